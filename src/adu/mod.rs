@@ -1,0 +1,190 @@
+//! Application data units: the versioned CBOR envelope carried in a bundle's payload block,
+//! and the kinds this node understands (so far: `message`).
+//!
+//! Envelope (CDDL in `bundles/README.md`): `{ "v": 1, "kind": tstr, "body": any }`.
+//! Unknown kinds and newer versions decode to [`Adu::Unknown`]: the bundle is still stored
+//! and forwarded byte for byte. Unknown *fields* in a known kind are an error, never dropped.
+//!
+//! Owns: payload semantics. Pure: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// The envelope version this code writes and fully understands.
+pub const ENVELOPE_VERSION: u64 = 1;
+pub const KIND_MESSAGE: &str = "message";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AduError {
+    #[error("payload is not a Mycelium envelope: {0}")]
+    NotAnEnvelope(String),
+    #[error("malformed {kind} body: {reason}")]
+    BadBody { kind: String, reason: String },
+}
+
+/// A message: text, or a file with a name and media type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Message {
+    #[serde(rename = "text")]
+    Text(String),
+    #[serde(rename = "file")]
+    File(FileMessage),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMessage {
+    pub name: String,
+    pub media_type: String,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// What a payload holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adu {
+    Message(Message),
+    /// A kind or version this node does not understand: kept as is.
+    Unknown {
+        version: u64,
+        kind: String,
+    },
+}
+
+impl Adu {
+    pub fn kind(&self) -> &str {
+        match self {
+            Adu::Message(_) => KIND_MESSAGE,
+            Adu::Unknown { kind, .. } => kind,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<B> {
+    v: u64,
+    kind: String,
+    body: B,
+}
+
+/// Encode a message as a payload.
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    encode(KIND_MESSAGE, m)
+}
+
+fn encode<B: Serialize>(kind: &str, body: &B) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serialising plain structs into a Vec cannot fail.
+    let _ = ciborium::into_writer(
+        &Envelope {
+            v: ENVELOPE_VERSION,
+            kind: kind.to_string(),
+            body,
+        },
+        &mut out,
+    );
+    out
+}
+
+/// Decode a payload's envelope and, for kinds we know, its body.
+pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
+    let env: Envelope<ciborium::Value> =
+        ciborium::from_reader(payload).map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
+    if env.v != ENVELOPE_VERSION {
+        return Ok(Adu::Unknown {
+            version: env.v,
+            kind: env.kind,
+        });
+    }
+    match env.kind.as_str() {
+        KIND_MESSAGE => {
+            let m: Message = env.body.deserialized().map_err(|e| AduError::BadBody {
+                kind: env.kind.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Adu::Message(m))
+        }
+        _ => Ok(Adu::Unknown {
+            version: env.v,
+            kind: env.kind,
+        }),
+    }
+}
+
+/// A short label for indexes: the kind, or `opaque` when the payload is no envelope.
+pub fn kind_label(payload: &[u8]) -> String {
+    match decode(payload) {
+        Ok(a) => a.kind().to_string(),
+        Err(AduError::BadBody { kind, .. }) => kind,
+        Err(_) => "opaque".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trips() {
+        for m in [
+            Message::Text("salam".into()),
+            Message::File(FileMessage {
+                name: "a.txt".into(),
+                media_type: "text/plain".into(),
+                data: vec![1, 2, 3],
+            }),
+        ] {
+            let p = encode_message(&m);
+            assert_eq!(decode(&p).unwrap(), Adu::Message(m));
+        }
+    }
+
+    #[test]
+    fn unknown_kind_and_future_version_are_kept_not_errors() {
+        let p = encode("payment", &42u32);
+        assert_eq!(
+            decode(&p).unwrap(),
+            Adu::Unknown {
+                version: 1,
+                kind: "payment".into()
+            }
+        );
+        let mut out = Vec::new();
+        ciborium::into_writer(
+            &Envelope {
+                v: 9,
+                kind: "message".into(),
+                body: "x",
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode(&out).unwrap(),
+            Adu::Unknown { version: 9, .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_not_dropped() {
+        #[derive(Serialize)]
+        struct Extra {
+            text: String,
+            colour: String,
+        }
+        let p = encode(
+            "message",
+            &Extra {
+                text: "x".into(),
+                colour: "red".into(),
+            },
+        );
+        assert!(matches!(decode(&p), Err(AduError::BadBody { .. })));
+        assert!(matches!(
+            decode(b"\x01\x02"),
+            Err(AduError::NotAnEnvelope(_))
+        ));
+        assert_eq!(kind_label(b"junk"), "opaque");
+    }
+}

@@ -1,0 +1,82 @@
+//! The `mycelium` command tree (clap) and its dispatch. Each command group has its own
+//! file; all of them print human text, or JSON with `--json`. Errors are `anyhow` here
+//! (the binary's edge) and become a message on stderr and exit code 1.
+
+mod bundle_cmds;
+mod demo;
+mod messages;
+mod node_cmds;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mycelium",
+    version,
+    about = "Store-and-forward, delay-tolerant messaging over sticks, broadcast feeds and QUIC"
+)]
+pub struct Cli {
+    /// Node home directory [default: $MYCELIUM_HOME, else $XDG_DATA_HOME/mycelium, else
+    /// ~/.local/share/mycelium]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create this node's identity and store
+    Init,
+    /// Print this node's ID
+    Id,
+    /// Create a signed message bundle for EID and store it for the next contact
+    Send(messages::SendArgs),
+    /// List stored bundles
+    List,
+    /// Show one stored bundle (any unique prefix of its id)
+    Show { id: String },
+    /// Messages addressed to this node
+    Inbox,
+    /// Write or read single bundle files
+    #[command(subcommand)]
+    Bundle(bundle_cmds::BundleCommand),
+    /// Check a bundle file's structure and signature (needs no home)
+    Verify { file: PathBuf },
+    /// Run the end-to-end demo on temporary homes
+    Demo(demo::DemoArgs),
+}
+
+/// Where the node lives, from `--home` or the defaults.
+pub fn home(cli: &Cli) -> PathBuf {
+    cli.home.clone().unwrap_or_else(crate::node::default_home)
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init => node_cmds::init(&cli),
+        Command::Id => node_cmds::id(&cli),
+        Command::Send(a) => messages::send(&cli, a),
+        Command::List => messages::list(&cli),
+        Command::Show { id } => messages::show(&cli, id),
+        Command::Inbox => messages::inbox(&cli),
+        Command::Bundle(c) => bundle_cmds::run(&cli, c),
+        Command::Verify { file } => bundle_cmds::verify(&cli, file),
+        Command::Demo(a) => demo::run(&cli, a),
+    }
+}
+
+/// Print a JSON value (pretty) to stdout.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}

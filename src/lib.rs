@@ -1,0 +1,28 @@
+//! Mycelium: store-and-forward, delay-tolerant messaging for places where the internet is
+//! cut or censored. Signed BPv7 bundles travel over USB sticks, broadcast feeds and QUIC.
+//!
+//! Crate map:
+//! - [`bundle`]: the BPv7 wire format (RFC 9171), strict decoding, canonical encoding, and
+//!   the BPSec Block Integrity Block (RFC 9172) that carries each bundle's Ed25519
+//!   signature. Pure code, no I/O.
+//! - [`adu`]: application data units, the versioned CBOR envelope in the payload block
+//!   (`message` today; task, result, payment, receipt and blob later). Pure.
+//! - [`identity`]: the node's Ed25519 key, its key file (0600) and the self-certifying
+//!   node ID `dtn://<base32 public key>/`.
+//! - [`time`]: DTN time (ms since 2000-01-01); the core takes times as values.
+//! - [`store`]: the RocksDB store in the node's home: bundles, indexes, metadata; durable
+//!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
+//! - [`node`]: a node's home directory, wiring identity and store together.
+//! - [`cli`]: the `mycelium` command tree (clap); `anyhow` lives only here and in `main`.
+
+pub mod adu;
+pub mod bundle;
+pub mod identity;
+pub mod time;
+
+#[cfg(feature = "store")]
+pub mod cli;
+#[cfg(feature = "store")]
+pub mod node;
+#[cfg(feature = "store")]
+pub mod store;

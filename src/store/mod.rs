@@ -1,0 +1,452 @@
+//! The node's RocksDB store: verified bundles by key, a metadata record per bundle, and
+//! indexes by destination node, by ADU kind and by expiry; plus node metadata (the
+//! creation-timestamp sequence counter). Every write is one synced `WriteBatch`, so a put
+//! that returned is durable and indexes never disagree with the bundles.
+//!
+//! Owns: on-disk layout. Accepts only [`VerifiedBundle`]s. Takes times as values.
+
+use crate::adu;
+use crate::bundle::{BundleError, BundleId, CreationTimestamp, Eid, VerifiedBundle};
+use crate::time::DtnTime;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Column families.
+pub mod cf {
+    /// bundle key (32 bytes) → exact bundle bytes
+    pub const BUNDLES: &str = "bundles";
+    /// bundle key → CBOR [`super::BundleRecord`]
+    pub const RECORDS: &str = "records";
+    /// destination node ID text ‖ 0x00 ‖ bundle key → ()
+    pub const BY_DEST: &str = "idx_dest";
+    /// kind text ‖ 0x00 ‖ bundle key → ()
+    pub const BY_KIND: &str = "idx_kind";
+    /// expiry (u64 BE, DTN ms) ‖ bundle key → ()
+    pub const BY_EXPIRY: &str = "idx_expiry";
+    /// text key → value: node metadata
+    pub const META: &str = "meta";
+    pub const ALL: [&str; 6] = [BUNDLES, RECORDS, BY_DEST, BY_KIND, BY_EXPIRY, META];
+}
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_SEQ: &[u8] = b"creation_seq";
+const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store at {path} is in use by another mycelium process (or was left locked): {reason}"
+    )]
+    Locked { path: String, reason: String },
+    #[error("RocksDB error in {path}: {reason}")]
+    Db { path: String, reason: String },
+    #[error("store record for {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store at {path} has schema version {found}, this build understands {SCHEMA_VERSION}")]
+    Schema { path: String, found: u64 },
+    #[error("no bundle matches id {0:?}: `mycelium list` shows what is stored")]
+    NotFound(String),
+    #[error("id {prefix:?} matches {count} bundles: give more hex digits")]
+    Ambiguous { prefix: String, count: usize },
+    #[error("{0:?} is not a bundle id (hex digits, at least 4)")]
+    BadId(String),
+    #[error("stored bundle {key} no longer verifies: {source}")]
+    Invalid { key: String, source: BundleError },
+}
+
+/// What the store knows about a bundle without decoding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    pub source: String,
+    pub destination: String,
+    pub created_ms: u64,
+    pub seq: u64,
+    pub lifetime_ms: u64,
+    pub received_at: DtnTime,
+    pub expires_at: DtnTime,
+    pub kind: String,
+    pub size: u64,
+}
+
+/// Outcome of a put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    New,
+    /// A bundle with the same BPv7 identity is already stored; nothing changed.
+    Duplicate,
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    write_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let p = path.display().to_string();
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        let cfs = cf::ALL.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("lock") {
+                StoreError::Locked {
+                    path: p.clone(),
+                    reason,
+                }
+            } else {
+                StoreError::Db {
+                    path: p.clone(),
+                    reason,
+                }
+            }
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            write_lock: Mutex::new(()),
+        };
+        match store.meta_u64(META_SCHEMA)? {
+            None => store.put_meta_u64(META_SCHEMA, SCHEMA_VERSION)?,
+            Some(SCHEMA_VERSION) => {}
+            Some(found) => return Err(StoreError::Schema { path: p, found }),
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, e: rocksdb::Error) -> StoreError {
+        StoreError::Db {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // All column families are created in `open`; a missing one is a programming error.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} was not opened"))
+    }
+
+    fn synced() -> WriteOptions {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::META), key)
+            .map_err(|e| self.db_err(e))?;
+        match v {
+            None => Ok(None),
+            Some(b) => {
+                let arr: [u8; 8] = b.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into(),
+                    reason: "metadata value is not 8 bytes".into(),
+                })?;
+                Ok(Some(u64::from_be_bytes(arr)))
+            }
+        }
+    }
+
+    fn put_meta_u64(&self, key: &[u8], v: u64) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(self.cf(cf::META), key, v.to_be_bytes(), &Self::synced())
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// The creation timestamp for a new bundle: `now` with a sequence number that never
+    /// repeats for this node (RFC 9171 §4.2.7). With `now` = 0 (clock unknown) the sequence
+    /// alone keeps bundle IDs unique. The counter is persisted (synced) before it is used.
+    pub fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self.meta_u64(META_SEQ)?.map_or(0, |s| s + 1);
+        self.put_meta_u64(META_SEQ, seq)?;
+        Ok(CreationTimestamp { time: now, seq })
+    }
+
+    /// Store a verified bundle durably. Dedup is on BPv7 identity: a second bundle with
+    /// the same identity is reported as a duplicate and changes nothing.
+    pub fn put(&self, vb: &VerifiedBundle, now: DtnTime) -> Result<PutOutcome, StoreError> {
+        let b = vb.bundle();
+        let key = vb.id().key();
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .db
+            .get_pinned_cf(self.cf(cf::RECORDS), key)
+            .map_err(|e| self.db_err(e))?
+            .is_some()
+        {
+            return Ok(PutOutcome::Duplicate);
+        }
+        let p = &b.primary;
+        let rec = BundleRecord {
+            source: p.source.to_string(),
+            destination: p.destination.to_string(),
+            created_ms: p.created.time.0,
+            seq: p.created.seq,
+            lifetime_ms: p.lifetime_ms,
+            received_at: now,
+            expires_at: b.expires_at(now),
+            kind: adu::kind_label(b.payload()),
+            size: vb.raw().len() as u64,
+        };
+        let mut rec_bytes = Vec::new();
+        let _ = ciborium::into_writer(&rec, &mut rec_bytes);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(cf::BUNDLES), key, vb.raw());
+        batch.put_cf(self.cf(cf::RECORDS), key, &rec_bytes);
+        batch.put_cf(
+            self.cf(cf::BY_DEST),
+            index_key(p.destination.node_id().to_string().as_bytes(), &key),
+            [],
+        );
+        batch.put_cf(
+            self.cf(cf::BY_KIND),
+            index_key(rec.kind.as_bytes(), &key),
+            [],
+        );
+        batch.put_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, &key), []);
+        self.db
+            .write_opt(batch, &Self::synced())
+            .map_err(|e| self.db_err(e))?;
+        Ok(PutOutcome::New)
+    }
+
+    /// Whether a bundle with this identity is stored.
+    pub fn contains(&self, id: &BundleId) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf::RECORDS), id.key())
+            .map_err(|e| self.db_err(e))?
+            .is_some())
+    }
+
+    /// The exact stored bytes of a bundle.
+    pub fn get_raw(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(cf::BUNDLES), key)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// A stored bundle, decoded and re-verified (a disk that rots is caught here).
+    pub fn get(&self, key: &[u8; 32]) -> Result<Option<VerifiedBundle>, StoreError> {
+        match self.get_raw(key)? {
+            None => Ok(None),
+            Some(raw) => {
+                VerifiedBundle::decode(&raw)
+                    .map(Some)
+                    .map_err(|source| StoreError::Invalid {
+                        key: hex::encode(key),
+                        source,
+                    })
+            }
+        }
+    }
+
+    pub fn record(&self, key: &[u8; 32]) -> Result<Option<BundleRecord>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::RECORDS), key)
+            .map_err(|e| self.db_err(e))?;
+        v.map(|b| decode_record(key, &b)).transpose()
+    }
+
+    /// Every stored bundle's key and record, in key order.
+    pub fn records(&self) -> Result<Vec<([u8; 32], BundleRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::RECORDS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = key32(&k)?;
+            out.push((key, decode_record(&key, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn len(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::RECORDS), IteratorMode::Start)
+        {
+            item.map_err(|e| self.db_err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+
+    fn index_scan(&self, cf_name: &str, prefix: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut p = prefix.to_vec();
+        p.push(0);
+        let mut out = Vec::new();
+        let it = self
+            .db
+            .iterator_cf(self.cf(cf_name), IteratorMode::From(&p, Direction::Forward));
+        for item in it {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            out.push(key32(&k[p.len()..])?);
+        }
+        Ok(out)
+    }
+
+    /// Keys of bundles addressed to any endpoint of `node` (its node ID).
+    pub fn for_destination_node(&self, node: &Eid) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.index_scan(cf::BY_DEST, node.node_id().to_string().as_bytes())
+    }
+
+    /// Keys of bundles whose payload is of ADU kind `kind` (`opaque` for non-envelopes).
+    pub fn of_kind(&self, kind: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.index_scan(cf::BY_KIND, kind.as_bytes())
+    }
+
+    /// Resolve a hex prefix (at least 4 digits) to one stored bundle key.
+    pub fn resolve(&self, prefix: &str) -> Result<[u8; 32], StoreError> {
+        let p = prefix.trim().to_ascii_lowercase();
+        if p.len() < 4 || p.len() > 64 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(StoreError::BadId(prefix.to_string()));
+        }
+        // Seek to the first key >= the prefix padded with zeros.
+        let mut start = [0u8; 32];
+        let even = &p[..p.len() & !1];
+        if hex::decode_to_slice(even, &mut start[..even.len() / 2]).is_err() {
+            return Err(StoreError::BadId(prefix.to_string()));
+        }
+        if p.len() % 2 == 1 {
+            let nib = u8::from_str_radix(&p[p.len() - 1..], 16)
+                .map_err(|_| StoreError::BadId(prefix.to_string()))?;
+            start[p.len() / 2] = nib << 4;
+        }
+        let mut found = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(cf::RECORDS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if !hex::encode(&k).starts_with(&p) {
+                break;
+            }
+            found.push(key32(&k)?);
+            if found.len() > 1 {
+                break;
+            }
+        }
+        match found.len() {
+            0 => Err(StoreError::NotFound(prefix.to_string())),
+            1 => Ok(found[0]),
+            _ => Err(StoreError::Ambiguous {
+                prefix: prefix.to_string(),
+                count: found.len(),
+            }),
+        }
+    }
+
+    /// Delete every bundle whose expiry is at or before `now`; returns how many.
+    pub fn purge_expired(&self, now: DtnTime) -> Result<usize, StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::BY_EXPIRY), IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if k.len() != 40 {
+                return Err(StoreError::Corrupt {
+                    key: hex::encode(&k),
+                    reason: "expiry index key is not 40 bytes".into(),
+                });
+            }
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&k[..8]);
+            if u64::from_be_bytes(t) > now.0 {
+                break;
+            }
+            let key = key32(&k[8..])?;
+            if let Some(rec) = self.record(&key)? {
+                batch.delete_cf(
+                    self.cf(cf::BY_DEST),
+                    index_key(dest_node(&rec.destination).as_bytes(), &key),
+                );
+                batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), &key));
+            }
+            batch.delete_cf(self.cf(cf::BUNDLES), key);
+            batch.delete_cf(self.cf(cf::RECORDS), key);
+            batch.delete_cf(self.cf(cf::BY_EXPIRY), &k);
+            n += 1;
+        }
+        if n > 0 {
+            self.db
+                .write_opt(batch, &Self::synced())
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(n)
+    }
+}
+
+fn dest_node(dest: &str) -> String {
+    Eid::parse(dest)
+        .map(|e| e.node_id().to_string())
+        .unwrap_or_else(|_| dest.to_string())
+}
+
+fn index_key(prefix: &[u8], key: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 33);
+    k.extend_from_slice(prefix);
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn expiry_key(t: DtnTime, key: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(&t.0.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn key32(b: &[u8]) -> Result<[u8; 32], StoreError> {
+    b.try_into().map_err(|_| StoreError::Corrupt {
+        key: hex::encode(b),
+        reason: "key is not 32 bytes".into(),
+    })
+}
+
+fn decode_record(key: &[u8; 32], b: &[u8]) -> Result<BundleRecord, StoreError> {
+    ciborium::from_reader(b).map_err(|e| StoreError::Corrupt {
+        key: hex::encode(key),
+        reason: e.to_string(),
+    })
+}

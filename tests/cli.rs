@@ -1,0 +1,220 @@
+//! The `mycelium` binary as a user meets it: real homes in temp dirs, real files.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn my(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("mycelium").unwrap();
+    c.env_remove("MYCELIUM_HOME").arg("--home").arg(home);
+    c
+}
+
+fn json(home: &Path, args: &[&str]) -> Value {
+    let out = my(home).arg("--json").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_message_travels_from_a_to_b_as_a_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    my(&a)
+        .arg("init")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("dtn://"));
+    my(&b).arg("init").assert().success();
+    // init twice refuses to overwrite the identity
+    my(&a)
+        .arg("init")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("refusing to overwrite"));
+
+    let b_id = json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
+    let sent = json(
+        &a,
+        &[
+            "send",
+            "--to",
+            &b_id,
+            "--text",
+            "hello B",
+            "--lifetime",
+            "2d",
+        ],
+    );
+    let id = sent["id"].as_str().unwrap().to_string();
+
+    let list = json(&a, &["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["kind"], "message");
+
+    // --home accepted after the subcommand too
+    let file = t.path().join("m.bundle");
+    Command::cargo_bin("mycelium")
+        .unwrap()
+        .args(["bundle", "dump", &id[..10], "-o"])
+        .arg(&file)
+        .arg("--home")
+        .arg(&a)
+        .assert()
+        .success();
+
+    my(&b)
+        .arg("verify")
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("valid"));
+    let loaded = json(&b, &["bundle", "load", file.to_str().unwrap()]);
+    assert_eq!(loaded["status"], "stored");
+    assert_eq!(loaded["id"], id.as_str());
+    let again = json(&b, &["bundle", "load", file.to_str().unwrap()]);
+    assert_eq!(again["status"], "duplicate");
+
+    let inbox = json(&b, &["inbox"]);
+    assert_eq!(inbox.as_array().unwrap().len(), 1);
+    assert_eq!(inbox[0]["message"]["text"], "hello B");
+    assert!(json(&a, &["inbox"]).as_array().unwrap().is_empty());
+
+    let shown = json(&b, &["show", &id[..8]]);
+    assert_eq!(shown["signature"], "valid");
+    assert_eq!(shown["payload"]["text"], "hello B");
+
+    // the file the CLI wrote is a BPv7 bundle to the independent bp7 crate
+    let bytes = std::fs::read(&file).unwrap();
+    let theirs = bp7::Bundle::try_from(bytes.as_slice()).unwrap();
+    theirs.validate().unwrap();
+    assert_eq!(theirs.primary.destination.to_string(), b_id);
+}
+
+#[test]
+fn send_a_file_and_read_it_back() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    my(&a).arg("init").assert().success();
+    let a_id = json(&a, &["id"])["node_id"].as_str().unwrap().to_string();
+    let f = t.path().join("report.csv");
+    std::fs::write(&f, "x,y\n1,2\n").unwrap();
+    json(
+        &a,
+        &[
+            "send",
+            "--to",
+            &a_id,
+            "--file",
+            f.to_str().unwrap(),
+            "--media-type",
+            "text/csv",
+        ],
+    );
+    let inbox = json(&a, &["inbox"]);
+    assert_eq!(inbox[0]["message"]["file"]["name"], "report.csv");
+    assert_eq!(inbox[0]["message"]["file"]["size"], 8);
+}
+
+#[test]
+fn bad_files_are_refused_with_reasons_and_nothing_is_stored() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    my(&a).arg("init").assert().success();
+    my(&b).arg("init").assert().success();
+    let b_id = json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
+    let id = json(&a, &["send", "--to", &b_id, "--text", "x"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = t.path().join("good.bundle");
+    my(&a)
+        .args(["bundle", "dump", &id, "-o"])
+        .arg(&good)
+        .assert()
+        .success();
+    let bytes = std::fs::read(&good).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            bytes[..bytes.len() - 7].to_vec(),
+            "malformed CBOR",
+        ),
+        (
+            "flipped",
+            {
+                let mut v = bytes.clone();
+                let n = v.len();
+                v[n - 5] ^= 0x20;
+                v
+            },
+            "CRC mismatch",
+        ),
+        ("empty", vec![], "empty input"),
+        ("text", b"hello".to_vec(), "not a BPv7 bundle"),
+    ];
+    for (name, data, why) in cases {
+        let p = t.path().join(format!("{name}.bundle"));
+        std::fs::write(&p, data).unwrap();
+        my(&b)
+            .args(["bundle", "load"])
+            .arg(&p)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(why))
+            .stderr(predicate::str::contains(format!("{name}.bundle")));
+        my(&b).arg("verify").arg(&p).assert().failure();
+    }
+    assert!(json(&b, &["list"]).as_array().unwrap().is_empty());
+    my(&b)
+        .args(["show", "0000"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no bundle matches"));
+}
+
+#[test]
+fn commands_before_init_say_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    my(&t.path().join("nowhere"))
+        .arg("list")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("mycelium init"));
+    my(t.path())
+        .args(["send", "--to", "not-an-eid", "--text", "x"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("not-an-eid"));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("mycelium")
+        .unwrap()
+        .args(["demo", "--json", "--dir"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["tampered_refused"].as_str().unwrap().contains("CRC"));
+    Command::cargo_bin("mycelium")
+        .unwrap()
+        .arg("demo")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("demo complete"));
+}
