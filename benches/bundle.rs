@@ -20,23 +20,27 @@ fn bench(c: &mut Criterion) {
             g.sample_size(20);
         }
         let mut seq = 0u64;
-        g.bench_with_input(BenchmarkId::new("create_sign_encode", name), &payload, |b, p| {
-            b.iter(|| {
-                seq += 1;
-                let vb = BundleBuilder::new(
-                    bob.clone(),
-                    CreationTimestamp {
-                        time: DtnTime(820_540_800_000),
-                        seq,
-                    },
-                    86_400_000,
-                )
-                .payload(p.clone())
-                .sign(&alice)
-                .unwrap();
-                black_box(vb.raw().len())
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("create_sign_encode", name),
+            &payload,
+            |b, p| {
+                b.iter(|| {
+                    seq += 1;
+                    let vb = BundleBuilder::new(
+                        bob.clone(),
+                        CreationTimestamp {
+                            time: DtnTime(820_540_800_000),
+                            seq,
+                        },
+                        86_400_000,
+                    )
+                    .payload(p.clone())
+                    .sign(&alice)
+                    .unwrap();
+                    black_box(vb.raw().len())
+                })
+            },
+        );
         let raw = BundleBuilder::new(
             bob.clone(),
             CreationTimestamp {

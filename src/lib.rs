@@ -17,7 +17,10 @@
 
 pub mod adu;
 pub mod bundle;
+pub mod fec;
 pub mod identity;
+pub mod route;
+pub mod sync;
 pub mod time;
 
 #[cfg(feature = "store")]
@@ -26,3 +29,5 @@ pub mod cli;
 pub mod node;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "store")]
+pub mod transport;

@@ -3,7 +3,9 @@
 
 mod common;
 use common::vectors;
-use mycelium::bundle::{block_types, Bundle, BundleBuilder, CreationTimestamp, Eid, VerifiedBundle};
+use mycelium::bundle::{
+    block_types, Bundle, BundleBuilder, CreationTimestamp, Eid, VerifiedBundle,
+};
 use mycelium::time::DtnTime;
 
 fn bp7_bundle(crc: u8, with_age: bool, time: u64) -> Vec<u8> {
@@ -46,10 +48,13 @@ fn we_decode_what_bp7_writes() {
     for crc in [bp7::crc::CRC_16, bp7::crc::CRC_32] {
         for (with_age, time) in [(false, 700_000_000_000u64), (true, 0)] {
             let bytes = bp7_bundle(crc, with_age, time);
-            let b = Bundle::decode(&bytes)
-                .unwrap_or_else(|e| panic!("crc {crc} age {with_age}: {e}"));
+            let b =
+                Bundle::decode(&bytes).unwrap_or_else(|e| panic!("crc {crc} age {with_age}: {e}"));
             assert_eq!(b.primary.source, Eid::parse("dtn://alpha/app").unwrap());
-            assert_eq!(b.primary.destination, Eid::parse("dtn://beta/inbox").unwrap());
+            assert_eq!(
+                b.primary.destination,
+                Eid::parse("dtn://beta/inbox").unwrap()
+            );
             assert_eq!(b.primary.created.time, DtnTime(time));
             assert_eq!(b.primary.created.seq, 3);
             assert_eq!(b.primary.lifetime_ms, 3_600_000);

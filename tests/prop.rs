@@ -4,8 +4,8 @@
 mod common;
 use common::vectors;
 use mycelium::bundle::{
-    block_types, primary::flags, Bundle, BundleBuilder, CanonicalBlock, CreationTimestamp,
-    CrcType, Eid, PrimaryBlock, VerifiedBundle,
+    block_types, primary::flags, Bundle, BundleBuilder, CanonicalBlock, CrcType, CreationTimestamp,
+    Eid, PrimaryBlock, VerifiedBundle,
 };
 use mycelium::time::DtnTime;
 use proptest::prelude::*;
@@ -22,51 +22,83 @@ fn eid() -> impl Strategy<Value = Eid> {
 }
 
 fn crc() -> impl Strategy<Value = CrcType> {
-    prop_oneof![Just(CrcType::None), Just(CrcType::Crc16), Just(CrcType::Crc32c)]
+    prop_oneof![
+        Just(CrcType::None),
+        Just(CrcType::Crc16),
+        Just(CrcType::Crc32c)
+    ]
 }
 
 fn bundle() -> impl Strategy<Value = Bundle> {
     (
-        (eid(), eid(), eid(), 1u64..u64::MAX, any::<u64>(), any::<u64>()),
+        (
+            eid(),
+            eid(),
+            eid(),
+            1u64..u64::MAX,
+            any::<u64>(),
+            any::<u64>(),
+        ),
         prop_oneof![Just(CrcType::Crc16), Just(CrcType::Crc32c)],
         proptest::option::of((0u64..1000, 1000u64..100_000)),
-        proptest::collection::vec((192u64..256, any::<u64>(), crc(), proptest::collection::vec(any::<u8>(), 0..40)), 0..5),
+        proptest::collection::vec(
+            (
+                192u64..256,
+                any::<u64>(),
+                crc(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ),
+            0..5,
+        ),
         (crc(), proptest::collection::vec(any::<u8>(), 0..600)),
     )
-        .prop_map(|((dst, src, rep, t, seq, life), pcrc, frag, ext, (paycrc, payload))| {
-            let mut fl = flags::MUST_NOT_FRAGMENT;
-            let fragment = frag.map(|(offset, total_adu_len)| {
-                fl = flags::IS_FRAGMENT;
-                mycelium::bundle::Fragment { offset, total_adu_len }
-            });
-            let primary = PrimaryBlock {
-                flags: fl,
-                crc: pcrc,
-                destination: dst,
-                source: if fragment.is_some() && src.is_null() {
-                    Eid::dtn_node("x").unwrap()
-                } else {
-                    src
-                },
-                report_to: rep,
-                created: CreationTimestamp { time: DtnTime(t), seq },
-                lifetime_ms: life,
-                fragment,
-            };
-            let mut blocks: Vec<CanonicalBlock> = ext
-                .into_iter()
-                .enumerate()
-                .map(|(i, (ty, fl, c, data))| CanonicalBlock {
-                    block_type: ty,
-                    number: 2 + i as u64,
+        .prop_map(
+            |((dst, src, rep, t, seq, life), pcrc, frag, ext, (paycrc, payload))| {
+                let mut fl = flags::MUST_NOT_FRAGMENT;
+                let fragment = frag.map(|(offset, total_adu_len)| {
+                    fl = flags::IS_FRAGMENT;
+                    mycelium::bundle::Fragment {
+                        offset,
+                        total_adu_len,
+                    }
+                });
+                let primary = PrimaryBlock {
                     flags: fl,
-                    crc: c,
-                    data,
-                })
-                .collect();
-            blocks.push(CanonicalBlock::new(block_types::PAYLOAD, 1, paycrc, payload));
-            Bundle { primary, blocks }
-        })
+                    crc: pcrc,
+                    destination: dst,
+                    source: if fragment.is_some() && src.is_null() {
+                        Eid::dtn_node("x").unwrap()
+                    } else {
+                        src
+                    },
+                    report_to: rep,
+                    created: CreationTimestamp {
+                        time: DtnTime(t),
+                        seq,
+                    },
+                    lifetime_ms: life,
+                    fragment,
+                };
+                let mut blocks: Vec<CanonicalBlock> = ext
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ty, fl, c, data))| CanonicalBlock {
+                        block_type: ty,
+                        number: 2 + i as u64,
+                        flags: fl,
+                        crc: c,
+                        data,
+                    })
+                    .collect();
+                blocks.push(CanonicalBlock::new(
+                    block_types::PAYLOAD,
+                    1,
+                    paycrc,
+                    payload,
+                ));
+                Bundle { primary, blocks }
+            },
+        )
 }
 
 proptest! {

@@ -1,26 +1,67 @@
 //! `demo`: the end-to-end flow that exists so far, on temporary homes, narrated.
 //!
-//! Today: node A writes a signed message bundle for node B to a file (the "stick"),
-//! a copy with one flipped bit is refused by B, B loads the good file, a second load is a
-//! duplicate, and B reads the message from its inbox.
+//! Today: A writes a message and a photo for C onto stick 1; a file on stick 1 is lost;
+//! B (a courier) imports it and exports everything for the road onto stick 2; a file on
+//! stick 2 is corrupted; C imports stick 2, rebuilds from parity, verifies and reads both.
+//! On the way, a single-bundle file with one flipped bit is refused.
 
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
 use super::{print_json, Cli};
-use crate::adu::{self, Message};
+use crate::adu::{self, Adu, FileMessage, Message};
+use crate::fec::Policy;
 use crate::node::Node;
-use crate::store::PutOutcome;
 use crate::time::DtnTime;
+use crate::transport::folder::{self, ExportOptions, ImportOptions, ImportReport};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use indicatif::ProgressBar;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Keep the demo's homes and stick in this folder instead of a temporary one
+    /// Keep the demo's homes and sticks in this folder instead of a temporary one
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+fn pack_files(stick: &Path) -> Result<Vec<PathBuf>> {
+    let dir = stick.join(folder::ROOT).join("shards");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "msp"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn export(node: &Node, stick: &Path, now: DtnTime) -> Result<folder::ExportReport> {
+    let opts = ExportOptions {
+        for_node: None,
+        max_bytes: None,
+        policy: Policy::folder(0.25),
+        now,
+    };
+    Ok(folder::export(node, stick, &opts, &ProgressBar::hidden())?)
+}
+
+fn import(node: &Node, stick: &Path, now: DtnTime) -> Result<ImportReport> {
+    let opts = ImportOptions { clean: false, now };
+    Ok(folder::import(node, stick, &opts, &ProgressBar::hidden())?)
+}
+
+/// A deterministic stand-in for a photo: 300 kB of bytes.
+fn photo() -> Vec<u8> {
+    let mut out = Vec::with_capacity(300_000);
+    let mut h = blake3::Hasher::new();
+    h.update(b"demo photo");
+    h.finalize_xof().fill({
+        out.resize(300_000, 0);
+        &mut out
+    });
+    out
 }
 
 pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
@@ -42,75 +83,162 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     };
     let now = DtnTime::now();
 
-    say("== Mycelium demo: a message from A to B on a stick ==".into());
+    say("== Mycelium demo: A to C by two USB sticks, through courier B ==".into());
     let alice = Node::init(&root.join("node-a"))?;
     let bob = Node::init(&root.join("node-b"))?;
-    say(format!("1. node A is {}", alice.node_id()));
-    say(format!("   node B is {}", bob.node_id()));
+    let carol = Node::init(&root.join("node-c"))?;
+    say(format!("1. nodes:  A {}", alice.node_id()));
+    say(format!("           B {}", bob.node_id()));
+    say(format!("           C {}", carol.node_id()));
 
     let text = "Salam from A: the clinic needs insulin, 20 units, by Friday.";
-    let vb = alice.originate(
-        bob.node_id(),
+    let week = 7 * 24 * 3600 * 1000;
+    let msg = alice.originate(
+        carol.node_id(),
         adu::encode_message(&Message::Text(text.into())),
-        7 * 24 * 3600 * 1000,
+        week,
+        now,
+    )?;
+    let pic = photo();
+    let file = alice.originate(
+        carol.node_id(),
+        adu::encode_message(&Message::File(FileMessage {
+            name: "clinic.jpg".into(),
+            media_type: "image/jpeg".into(),
+            data: pic.clone(),
+        })),
+        week,
         now,
     )?;
     say(format!(
-        "2. A signs a BPv7 bundle for B: {} bytes, id {}",
-        vb.raw().len(),
-        &vb.id().hex()[..16]
+        "2. A signs two BPv7 bundles for C: a message ({} B) and a photo ({} B)",
+        msg.raw().len(),
+        file.raw().len()
     ));
 
-    let stick = root.join("stick");
-    std::fs::create_dir_all(&stick)?;
-    let file = stick.join("message.bundle");
-    write_atomic(&file, vb.raw())?;
-    say(format!("3. A writes it to the stick: {}", file.display()));
-
-    let mut tampered = vb.raw().to_vec();
+    // A single bundle file with one flipped bit is refused outright.
+    let loose = root.join("loose.bundle");
+    let mut tampered = msg.raw().to_vec();
     let n = tampered.len();
     tampered[n - 10] ^= 0x01;
-    let tampered_file = stick.join("tampered.bundle");
-    write_atomic(&tampered_file, &tampered)?;
-    let refusal = match bob.receive(&read_bundle_file(&tampered_file)?, now) {
+    write_atomic(&loose, &tampered)?;
+    let refusal = match bob.receive(&read_bundle_file(&loose)?, now) {
         Ok(_) => bail!("B accepted a bundle with a flipped bit"),
         Err(e) => e.to_string(),
     };
     say(format!(
-        "4. someone flips one bit of a copy on the stick; B refuses it: {refusal}"
+        "   (a copy with one flipped bit is refused: {refusal})"
     ));
 
-    let (id, first) = bob.receive(&read_bundle_file(&file)?, now)?;
-    let (_, second) = bob.receive(&read_bundle_file(&file)?, now)?;
-    if first != PutOutcome::New || second != PutOutcome::Duplicate {
-        bail!("unexpected store outcomes {first:?}, {second:?}");
-    }
+    let stick1 = root.join("stick-1");
+    let e1 = export(&alice, &stick1, now)?;
     say(format!(
-        "5. B loads the stick: signature valid, stored durably (bundle {}); loading it again is a duplicate",
-        &id.hex()[..16]
+        "3. A exports to stick 1: {} bundles as {} shards in {} files, 25% parity",
+        e1.bundles, e1.shards, e1.files
+    ));
+    let lost = pack_files(&stick1)?
+        .into_iter()
+        .next()
+        .context("stick 1 has no shard files")?;
+    std::fs::remove_file(&lost)?;
+    say(format!(
+        "4. on the way, a file is lost from stick 1: {}",
+        lost.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
 
-    let inbox = bob.inbox()?;
-    let Some(item) = inbox.first() else {
-        bail!("B's inbox is empty")
-    };
-    let got = adu_text(&item.adu);
-    if got != text {
-        bail!("B read {got:?}, expected {text:?}");
+    let i1 = import(&bob, &stick1, now)?;
+    say(format!(
+        "5. courier B imports stick 1: {} new bundles ({} rebuilt from parity), {} incomplete",
+        i1.new, i1.rebuilt_from_parity, i1.incomplete
+    ));
+    if i1.new != 2 {
+        bail!("B should have rebuilt both bundles, got {}", i1.new);
     }
-    say(format!("6. B's inbox: from {}", item.record.source));
-    say(format!("   \"{got}\""));
-    say("demo complete: signed, carried, tamper refused, delivered once.".into());
+
+    let stick2 = root.join("stick-2");
+    let e2 = export(&bob, &stick2, now)?;
+    say(format!(
+        "6. B exports to stick 2 for the road: {} bundles, {} files",
+        e2.bundles, e2.files
+    ));
+    let hit = pack_files(&stick2)?
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .context("stick 2 has no shard files")?;
+    let mut bytes = std::fs::read(&hit)?;
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&hit, &bytes)?;
+    say(format!(
+        "7. on the way, 64 bytes of a file on stick 2 are corrupted: {}",
+        hit.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+
+    let i2 = import(&carol, &stick2, now)?;
+    say(format!(
+        "8. C imports stick 2: {} new bundles ({} rebuilt from parity); refused parts: {}",
+        i2.new,
+        i2.rebuilt_from_parity,
+        i2.rejected.len()
+    ));
+    for r in &i2.rejected {
+        say(format!("     ! {}: {}", short_name(&r.file), r.reason));
+    }
+
+    let inbox = carol.inbox()?;
+    let mut got_text = None;
+    let mut got_photo = false;
+    for item in &inbox {
+        match &item.adu {
+            Ok(Adu::Message(Message::Text(t))) => got_text = Some(t.clone()),
+            Ok(Adu::Message(Message::File(f))) => got_photo = f.data == pic,
+            _ => {}
+        }
+    }
+    let Some(got) = got_text else {
+        bail!("C's inbox has no message")
+    };
+    if got != text || !got_photo {
+        bail!("C read {got:?} and photo intact = {got_photo}");
+    }
+    say("9. C's inbox:".to_string());
+    for item in &inbox {
+        say(format!(
+            "     from {}: {}",
+            item.record.source,
+            adu_text(&item.adu)
+        ));
+    }
+    say("   the photo is byte-identical to A's.".into());
+    say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered.".into());
     if cli.json {
         print_json(&json!({
             "node_a": alice.node_id().to_string(),
             "node_b": bob.node_id().to_string(),
-            "bundle": id.hex(),
-            "bundle_size": vb.raw().len(),
+            "node_c": carol.node_id().to_string(),
             "tampered_refused": refusal,
+            "stick1": {"files": e1.files, "lost": lost.display().to_string(),
+                        "b_new": i1.new, "b_rebuilt_from_parity": i1.rebuilt_from_parity},
+            "stick2": {"files": e2.files, "corrupted": hit.display().to_string(),
+                        "c_new": i2.new, "c_rebuilt_from_parity": i2.rebuilt_from_parity,
+                        "c_rejected": i2.rejected.len()},
             "delivered": got,
+            "photo_intact": got_photo,
             "ok": true,
         }));
     }
     Ok(())
+}
+
+fn short_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
 }

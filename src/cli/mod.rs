@@ -6,6 +6,7 @@ mod bundle_cmds;
 mod demo;
 mod messages;
 mod node_cmds;
+mod sneakernet;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -48,6 +49,10 @@ pub enum Command {
     /// Write or read single bundle files
     #[command(subcommand)]
     Bundle(bundle_cmds::BundleCommand),
+    /// Write the bundles that should travel to a USB stick or folder, as shards
+    Export(sneakernet::ExportArgs),
+    /// Read what a USB stick or folder brought: verify, rebuild, store
+    Import(sneakernet::ImportArgs),
     /// Check a bundle file's structure and signature (needs no home)
     Verify { file: PathBuf },
     /// Run the end-to-end demo on temporary homes
@@ -68,6 +73,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Show { id } => messages::show(&cli, id),
         Command::Inbox => messages::inbox(&cli),
         Command::Bundle(c) => bundle_cmds::run(&cli, c),
+        Command::Export(a) => sneakernet::export(&cli, a),
+        Command::Import(a) => sneakernet::import(&cli, a),
         Command::Verify { file } => bundle_cmds::verify(&cli, file),
         Command::Demo(a) => demo::run(&cli, a),
     }

@@ -13,8 +13,12 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+mod objects;
+pub use objects::{ObjectStatus, PartialSummary, Rebuilt};
 
 /// Column families.
 pub mod cf {
@@ -30,7 +34,26 @@ pub mod cf {
     pub const BY_EXPIRY: &str = "idx_expiry";
     /// text key → value: node metadata
     pub const META: &str = "meta";
-    pub const ALL: [&str; 6] = [BUNDLES, RECORDS, BY_DEST, BY_KIND, BY_EXPIRY, META];
+    /// object id ‖ leaf index (u64 BE) → verified shard record, for incomplete objects
+    pub const PARTIAL: &str = "partial_shards";
+    /// object id → first seen (u64 BE, DTN ms), for expiring incomplete objects
+    pub const PARTIAL_SEEN: &str = "partial_seen";
+    /// object id → CBOR [`super::ObjectStatus`]: objects already rebuilt (or refused)
+    pub const OBJECTS: &str = "objects";
+    /// peer node ID text → that peer's latest signed have-summary
+    pub const PEERS: &str = "peers";
+    pub const ALL: [&str; 10] = [
+        BUNDLES,
+        RECORDS,
+        BY_DEST,
+        BY_KIND,
+        BY_EXPIRY,
+        META,
+        PARTIAL,
+        PARTIAL_SEEN,
+        OBJECTS,
+        PEERS,
+    ];
 }
 
 const META_SCHEMA: &[u8] = b"schema";
@@ -190,17 +213,36 @@ impl Store {
     /// Store a verified bundle durably. Dedup is on BPv7 identity: a second bundle with
     /// the same identity is reported as a duplicate and changes nothing.
     pub fn put(&self, vb: &VerifiedBundle, now: DtnTime) -> Result<PutOutcome, StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let outcome = self.stage_put(&mut batch, vb, now, &mut HashSet::new())?;
+        if outcome == PutOutcome::New {
+            self.write_synced(batch)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Add a bundle's writes to `batch` unless it is already stored (or already staged,
+    /// per `staged`). The caller holds the write lock.
+    fn stage_put(
+        &self,
+        batch: &mut WriteBatch,
+        vb: &VerifiedBundle,
+        now: DtnTime,
+        staged: &mut HashSet<[u8; 32]>,
+    ) -> Result<PutOutcome, StoreError> {
         let b = vb.bundle();
         let key = vb.id().key();
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self
-            .db
-            .get_pinned_cf(self.cf(cf::RECORDS), key)
-            .map_err(|e| self.db_err(e))?
-            .is_some()
+        if staged.contains(&key)
+            || self
+                .db
+                .get_pinned_cf(self.cf(cf::RECORDS), key)
+                .map_err(|e| self.db_err(e))?
+                .is_some()
         {
             return Ok(PutOutcome::Duplicate);
         }
+        staged.insert(key);
         let p = &b.primary;
         let rec = BundleRecord {
             source: p.source.to_string(),
@@ -215,7 +257,6 @@ impl Store {
         };
         let mut rec_bytes = Vec::new();
         let _ = ciborium::into_writer(&rec, &mut rec_bytes);
-        let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(cf::BUNDLES), key, vb.raw());
         batch.put_cf(self.cf(cf::RECORDS), key, &rec_bytes);
         batch.put_cf(
@@ -229,10 +270,13 @@ impl Store {
             [],
         );
         batch.put_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, &key), []);
+        Ok(PutOutcome::New)
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         self.db
             .write_opt(batch, &Self::synced())
-            .map_err(|e| self.db_err(e))?;
-        Ok(PutOutcome::New)
+            .map_err(|e| self.db_err(e))
     }
 
     /// Whether a bundle with this identity is stored.

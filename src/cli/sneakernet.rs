@@ -1,0 +1,200 @@
+//! `export DIR` and `import DIR`: bundles to and from a USB stick or any folder.
+
+use super::{home, print_json, Cli};
+use crate::bundle::Eid;
+use crate::fec::Policy;
+use crate::node::Node;
+use crate::time::DtnTime;
+use crate::transport::folder::{self, ExportOptions, ImportOptions};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The stick or folder to write to
+    pub dir: PathBuf,
+    /// Skip what this node is known to hold (from its have-summary)
+    #[arg(long = "for", value_name = "EID")]
+    pub for_node: Option<String>,
+    /// Write at most this much, e.g. 500MiB, 2GB
+    #[arg(long, value_name = "N")]
+    pub max_bytes: Option<String>,
+    /// Parity shards as a fraction of data shards (0 to 1)
+    #[arg(long, default_value_t = 0.25, value_name = "P")]
+    pub parity: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The stick or folder to read
+    pub dir: PathBuf,
+    /// Afterwards delete shard files whose every shard is durably stored
+    #[arg(long)]
+    pub clean: bool,
+}
+
+/// Parse `123`, `64KiB`, `500MiB`, `2GB`, ….
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size (try 500MiB or 2GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        u => bail!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// A byte progress bar on a terminal; hidden with `--json` or when stderr is not a TTY.
+pub fn progress(cli: &Cli, what: &str) -> ProgressBar {
+    if cli.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn human(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}
+
+pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&a.parity) {
+        bail!("--parity must be between 0 and 1 (0.25 = 25% extra shards)");
+    }
+    let for_node = a
+        .for_node
+        .as_deref()
+        .map(Eid::parse)
+        .transpose()
+        .context("--for")?;
+    let max_bytes = a.max_bytes.as_deref().map(parse_bytes).transpose()?;
+    let node = Node::open(&home(cli))?;
+    let now = DtnTime::now();
+    node.store.purge_expired(now)?;
+    let pb = progress(cli, "export");
+    let t = std::time::Instant::now();
+    let r = folder::export(
+        &node,
+        &a.dir,
+        &ExportOptions {
+            for_node,
+            max_bytes,
+            policy: Policy::folder(a.parity),
+            now,
+        },
+        &pb,
+    )?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    if cli.json {
+        print_json(&json!({
+            "bundles": r.bundles, "shards": r.shards, "files": r.files, "bytes": r.bytes,
+            "candidates": r.candidates,
+            "skipped": {"expired": r.skipped.expired, "already_there_or_held": r.skipped.unwanted,
+                        "over_budget": r.skipped.over_budget},
+            "seconds": secs, "error": r.error, "warnings": r.warnings,
+        }));
+    } else {
+        println!("export to {}", a.dir.join(folder::ROOT).display());
+        println!("  bundles written      {:>8}", r.bundles);
+        println!("  shards / files       {:>8} / {}", r.shards, r.files);
+        println!("  bytes                {:>8}", human(r.bytes));
+        println!("  skipped: on drive or held by peer {}", r.skipped.unwanted);
+        println!("  skipped: expired     {:>8}", r.skipped.expired);
+        println!("  skipped: no room     {:>8}", r.skipped.over_budget);
+        println!("  time                 {secs:>8.2}s");
+        for w in &r.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    if let Some(e) = r.error {
+        bail!(
+            "export stopped early: {e} (the {} bundles reported are complete on the drive)",
+            r.bundles
+        );
+    }
+    Ok(())
+}
+
+pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    let now = DtnTime::now();
+    let pb = progress(cli, "import");
+    let t = std::time::Instant::now();
+    let r = folder::import(
+        &node,
+        &a.dir,
+        &ImportOptions {
+            clean: a.clean,
+            now,
+        },
+        &pb,
+    )?;
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let partial = node.store.partial_summary()?;
+    if cli.json {
+        let rej = |v: &Vec<folder::Rejection>| {
+            v.iter()
+                .map(|x| json!({"file": x.file, "reason": x.reason}))
+                .collect::<Vec<_>>()
+        };
+        print_json(&json!({
+            "files": r.files, "bytes": r.bytes, "shards": r.shards,
+            "duplicate_shards": r.duplicate_shards,
+            "new": r.new, "duplicate": r.duplicate, "rebuilt_from_parity": r.rebuilt_from_parity,
+            "incomplete": r.incomplete, "partial_objects_held": partial.objects,
+            "refused": rej(&r.refused), "rejected": rej(&r.rejected),
+            "have_summaries": r.summaries, "cleaned_files": r.cleaned, "seconds": secs,
+            "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("import from {}", a.dir.join(folder::ROOT).display());
+    println!("  files read           {:>8} ({})", r.files, human(r.bytes));
+    println!(
+        "  shards valid         {:>8} ({} redundant)",
+        r.shards, r.duplicate_shards
+    );
+    println!("  bundles new          {:>8}", r.new);
+    println!("  bundles duplicate    {:>8}", r.duplicate);
+    println!("  rebuilt from parity  {:>8}", r.rebuilt_from_parity);
+    println!(
+        "  incomplete, waiting  {:>8} (store holds {} partial objects)",
+        r.incomplete, partial.objects
+    );
+    println!("  refused bundles      {:>8}", r.refused.len());
+    println!("  rejected files/parts {:>8}", r.rejected.len());
+    if a.clean {
+        println!("  files cleaned        {:>8}", r.cleaned);
+    }
+    println!("  time                 {secs:>8.2}s");
+    for x in r.refused.iter().chain(&r.rejected) {
+        println!("  ! {}: {}", x.file, x.reason);
+    }
+    Ok(())
+}

@@ -1,0 +1,773 @@
+//! Sneakernet: export bundles to a folder (a USB stick) as erasure-coded shard packs, and
+//! import whatever survived the trip.
+//!
+//! Drive layout, under `DIR/mycelium/`:
+//!
+//! ```text
+//! VERSION                       "mycelium-drive 1"
+//! shards/<session>-<group>-<pack>.msp   shard packs (see `pack`); names carry no metadata
+//! catalog/<session>-<group>.cat         bundle keys each export wrote, to skip on re-export
+//! have/<node>.have                      signed have-summaries of the nodes that exported
+//! ```
+//!
+//! Every file is written to a `.tmp-*` name, fsynced and renamed, so an interrupted export
+//! leaves only complete files (stale temp files are removed by the next export and ignored
+//! by import). The shards of each bundle go to distinct pack files, so losing any one file
+//! loses at most one shard of each bundle. Import never opens a path read from the drive's
+//! contents, follows no symlinks, reads only regular files, streams them, and verifies every
+//! shard before keeping it. Nothing on the drive changes unless `--clean` is given.
+
+use super::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
+use crate::bundle::{Eid, VerifiedBundle};
+use crate::fec::{self, ObjectId, Params, Policy, Shard};
+use crate::node::Node;
+use crate::route::{self, Candidate, Skipped};
+use crate::store::{ObjectStatus, PutOutcome, Rebuilt, StoreError};
+use crate::sync::have::HaveSummary;
+use crate::time::DtnTime;
+use indicatif::ProgressBar;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+pub const ROOT: &str = "mycelium";
+const SHARDS: &str = "shards";
+const CATALOG: &str = "catalog";
+const HAVE: &str = "have";
+const VERSION_FILE: &str = "VERSION";
+const VERSION_TEXT: &str = "mycelium-drive 1\n";
+const TMP_PREFIX: &str = ".tmp-";
+const CATALOG_MAGIC: &[u8; 8] = b"MYCCAT1\n";
+/// Preferred size of one pack file.
+const PACK_TARGET: u64 = 4 * 1024 * 1024;
+/// Bundles are exported in groups of about this many shard bytes (bounds memory).
+const GROUP_BYTES: u64 = 32 * 1024 * 1024;
+/// Left free on the drive.
+const RESERVE: u64 = 1024 * 1024;
+/// Shards of incomplete objects held in memory during import before spilling to the store.
+const PENDING_BUDGET: usize = 128 * 1024 * 1024;
+/// Catalog and have-summary files larger than this are refused.
+const MAX_SIDE_FILE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{0} has no mycelium/ folder: nothing to import (was it exported to?)")]
+    NotADrive(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path, e: io::Error) -> FolderError {
+    let reason = match e.raw_os_error() {
+        Some(30) => "read-only file system: this drive cannot be written".to_string(),
+        Some(28) => "no space left on the drive".to_string(),
+        Some(13) => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    FolderError::Io {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Write a file atomically: temp name, fsync, rename, fsync the folder.
+fn write_atomic(dir: &Path, name: &str, tmp_tag: &str, bytes: &[u8]) -> Result<(), FolderError> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{tmp_tag}"));
+    let fin = dir.join(name);
+    let res = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &fin)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&fin, e));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Bytes a bundle of `len` takes on the drive with `policy`.
+pub fn drive_cost(policy: &Policy, len: u64) -> u64 {
+    let p = policy.params(len as usize);
+    let depth = u64::from(fec::merkle::depth(p.leaves()));
+    let per_shard = u64::from(p.shard_len) + 8 + 64 + 34 * depth;
+    p.leaves() * per_shard
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Skip what this node's last known have-summary lists.
+    pub for_node: Option<Eid>,
+    pub max_bytes: Option<u64>,
+    pub policy: Policy,
+    pub now: DtnTime,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ExportReport {
+    pub bundles: usize,
+    pub shards: usize,
+    pub files: usize,
+    pub bytes: u64,
+    pub already_on_drive: usize,
+    pub skipped: Skipped,
+    pub candidates: usize,
+    /// Set when the export stopped early (drive full, write error); what was reported
+    /// exported is complete on the drive.
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Write shards of the bundles that should travel into `dir/mycelium/`.
+pub fn export(
+    node: &Node,
+    dir: &Path,
+    opts: &ExportOptions,
+    pb: &ProgressBar,
+) -> Result<ExportReport, FolderError> {
+    let root = dir.join(ROOT);
+    let shards_dir = root.join(SHARDS);
+    let catalog_dir = root.join(CATALOG);
+    let have_dir = root.join(HAVE);
+    for d in [&shards_dir, &catalog_dir, &have_dir] {
+        fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
+    }
+    if !root.join(VERSION_FILE).exists() {
+        write_atomic(&root, VERSION_FILE, "version", VERSION_TEXT.as_bytes())?;
+    }
+    let mut report = ExportReport::default();
+    for d in [&shards_dir, &catalog_dir, &have_dir] {
+        remove_stale_temp(d);
+    }
+    let on_drive = read_catalogs(&catalog_dir, &mut report.warnings);
+
+    let summary_of = |node_id: &str| -> Option<HaveSummary> {
+        let raw = node.store.peer_summary(node_id).ok()??;
+        HaveSummary::decode_verified(&raw).ok()
+    };
+    let peer = opts
+        .for_node
+        .as_ref()
+        .and_then(|e| summary_of(&e.node_id().to_string()));
+    let mut dest_summaries: HashMap<String, Option<HaveSummary>> = HashMap::new();
+    let mut delivered = HashSet::new();
+    let mut cands = Vec::new();
+    for (key, rec) in node.store.records()? {
+        let dest_node = Eid::parse(&rec.destination)
+            .map(|e| e.node_id().to_string())
+            .unwrap_or_else(|_| rec.destination.clone());
+        let ds = dest_summaries
+            .entry(dest_node.clone())
+            .or_insert_with(|| summary_of(&dest_node));
+        if ds.as_ref().is_some_and(|s| s.contains(&key)) {
+            delivered.insert(key);
+        }
+        cands.push(Candidate {
+            key,
+            kind: rec.kind,
+            expires_at: rec.expires_at,
+            cost: drive_cost(&opts.policy, rec.size),
+        });
+    }
+    report.candidates = cands.len();
+    let free = fs4::available_space(&shards_dir).unwrap_or(u64::MAX);
+    let budget = opts
+        .max_bytes
+        .unwrap_or(u64::MAX)
+        .min(free.saturating_sub(RESERVE));
+    let (plan, skipped) = route::plan(cands, opts.now, budget, |c| {
+        if on_drive.contains(&c.key) {
+            return true;
+        }
+        delivered.contains(&c.key) || peer.as_ref().is_some_and(|p| p.contains(&c.key))
+    });
+    report.already_on_drive = plan.len(); // fixed below
+    report.already_on_drive = 0;
+    report.skipped = skipped;
+    pb.set_length(plan.iter().map(|c| c.cost).sum());
+
+    let session = hex::encode(rand_bytes());
+    let mut group: Vec<&Candidate> = Vec::new();
+    let mut group_cost = 0;
+    let mut gi = 0usize;
+    let mut flush = |group: &mut Vec<&Candidate>, report: &mut ExportReport| -> bool {
+        if group.is_empty() {
+            return true;
+        }
+        let res = write_group(node, &shards_dir, &session, gi, group, &opts.policy, pb).and_then(
+            |(files, shards, bytes)| {
+                let mut cat = CATALOG_MAGIC.to_vec();
+                for c in group.iter() {
+                    cat.extend_from_slice(&c.key);
+                }
+                write_atomic(
+                    &catalog_dir,
+                    &format!("{session}-{gi:05}.cat"),
+                    &format!("{session}-{gi:05}.cat"),
+                    &cat,
+                )?;
+                Ok((files, shards, bytes))
+            },
+        );
+        gi += 1;
+        match res {
+            Ok((files, shards, bytes)) => {
+                report.bundles += group.len();
+                report.files += files;
+                report.shards += shards;
+                report.bytes += bytes;
+                group.clear();
+                true
+            }
+            Err(e) => {
+                report.error = Some(e.to_string());
+                false
+            }
+        }
+    };
+    let mut ok = true;
+    for c in &plan {
+        if group_cost + c.cost > GROUP_BYTES && !group.is_empty() {
+            group_cost = 0;
+            if !flush(&mut group, &mut report) {
+                ok = false;
+                break;
+            }
+        }
+        group_cost += c.cost;
+        group.push(c);
+    }
+    if ok {
+        flush(&mut group, &mut report);
+    }
+    sync_dir(&shards_dir);
+    sync_dir(&catalog_dir);
+    report.skipped.unwanted = skipped.unwanted;
+    report.already_on_drive = on_drive.len();
+
+    // This node's have-summary, so the next export towards it can skip what it holds.
+    let keys: Vec<[u8; 32]> = node.store.records()?.into_iter().map(|(k, _)| k).collect();
+    let summary = HaveSummary::new(node.node_id(), opts.now, keys).sign(&node.identity);
+    let name = node.node_id().node_name().unwrap_or("node").to_string();
+    let short = &name[..name.len().min(16)];
+    if let Err(e) = write_atomic(
+        &have_dir,
+        &format!("{short}.have"),
+        &format!("{short}.have"),
+        &summary,
+    ) {
+        if report.error.is_none() {
+            report.error = Some(e.to_string());
+        }
+    }
+    sync_dir(&have_dir);
+    Ok(report)
+}
+
+fn rand_bytes() -> [u8; 6] {
+    use rand_core::RngCore;
+    let mut b = [0u8; 6];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn remove_stale_temp(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Bundle keys listed by the catalogs on the drive (what earlier exports wrote).
+fn read_catalogs(dir: &Path, warnings: &mut Vec<String>) -> HashSet<[u8; 32]> {
+    let mut out = HashSet::new();
+    for path in regular_files(dir, ".cat", warnings) {
+        let ok = fs::metadata(&path)
+            .map(|m| m.len() <= MAX_SIDE_FILE)
+            .unwrap_or(false);
+        let bytes = if ok { fs::read(&path).ok() } else { None };
+        match bytes {
+            Some(b) if b.starts_with(CATALOG_MAGIC) && (b.len() - 8) % 32 == 0 => {
+                for k in b[8..].chunks_exact(32) {
+                    let mut key = [0u8; 32];
+                    key.copy_from_slice(k);
+                    out.insert(key);
+                }
+            }
+            _ => warnings.push(format!("{}: not a valid catalog, ignored", path.display())),
+        }
+    }
+    out
+}
+
+/// Regular files in `dir` ending in `ext`, sorted by name. Symlinks, folders and other
+/// kinds of entries are reported, never followed or opened. Temp files are skipped.
+fn regular_files(dir: &Path, ext: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            problems.push(format!("{}: cannot list: {e}", dir.display()));
+            return out;
+        }
+    };
+    for entry in rd {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("{}: cannot list: {e}", dir.display()));
+                continue;
+            }
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                problems.push(format!("{}: symbolic link, not followed", path.display()))
+            }
+            Ok(m) if !m.is_file() => {
+                if name.ends_with(ext) {
+                    problems.push(format!("{}: not a regular file", path.display()))
+                }
+            }
+            Ok(_) if name.ends_with(ext) => out.push(path),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Encode one group of bundles and write its packs. Returns (files, shards, bytes).
+fn write_group(
+    node: &Node,
+    shards_dir: &Path,
+    session: &str,
+    gi: usize,
+    group: &[&Candidate],
+    policy: &Policy,
+    pb: &ProgressBar,
+) -> Result<(usize, usize, u64), FolderError> {
+    let mut objects: Vec<Vec<Shard>> = Vec::with_capacity(group.len());
+    for c in group {
+        let Some(raw) = node.store.get_raw(&c.key)? else {
+            continue;
+        };
+        let params = policy.params(raw.len());
+        let (_, shards) = fec::encode(&raw, params).map_err(|e| FolderError::Io {
+            path: hex::encode(c.key),
+            reason: e.to_string(),
+        })?;
+        objects.push(shards);
+    }
+    let max_n = objects.iter().map(Vec::len).max().unwrap_or(1) as u64;
+    let total: u64 = objects
+        .iter()
+        .flat_map(|o| o.iter().map(|s| s.data.len() as u64 + 128))
+        .sum();
+    let f = max_n.max(total.div_ceil(PACK_TARGET)).max(1) as usize;
+    let mut packs: Vec<Vec<u8>> = vec![PACK_MAGIC.to_vec(); f];
+    let mut rot = 0usize;
+    let mut nshards = 0;
+    for obj in &objects {
+        for (j, s) in obj.iter().enumerate() {
+            push_frame(&mut packs[(rot + j) % f], &s.encode());
+            nshards += 1;
+        }
+        rot = (rot + obj.len()) % f;
+    }
+    let mut files = 0;
+    let mut bytes = 0;
+    for (i, p) in packs.iter().enumerate() {
+        if p.len() == PACK_MAGIC.len() {
+            continue;
+        }
+        let name = format!("{session}-{gi:05}-{i:04}.msp");
+        write_atomic(shards_dir, &name, &name, p)?;
+        files += 1;
+        bytes += p.len() as u64;
+        pb.inc(p.len() as u64);
+    }
+    Ok((files, nshards, bytes))
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Delete shard files whose every shard is durably stored.
+    pub clean: bool,
+    pub now: DtnTime,
+}
+
+/// A file (or part of one) that was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ImportReport {
+    pub files: usize,
+    pub bytes: u64,
+    pub shards: usize,
+    pub duplicate_shards: usize,
+    pub new: usize,
+    pub duplicate: usize,
+    pub rebuilt_from_parity: usize,
+    /// Objects still waiting for more shards (kept in the store).
+    pub incomplete: usize,
+    pub refused: Vec<Rejection>,
+    pub rejected: Vec<Rejection>,
+    pub summaries: usize,
+    pub cleaned: usize,
+    /// Keys of bundles newly stored.
+    pub stored: Vec<[u8; 32]>,
+}
+
+struct Pending {
+    params: Params,
+    shards: HashMap<u64, Shard>,
+    bytes: usize,
+}
+
+struct Importer<'a> {
+    node: &'a Node,
+    now: DtnTime,
+    pending: HashMap<ObjectId, Pending>,
+    pending_bytes: usize,
+    done: HashSet<ObjectId>,
+    /// Complete objects waiting for data shards that may be in later files.
+    ready: HashSet<ObjectId>,
+    queue: Vec<(Rebuilt, bool)>,
+    report: ImportReport,
+}
+
+impl Importer<'_> {
+    fn shard(&mut self, shard: Shard) -> Result<(), FolderError> {
+        let obj = shard.object;
+        if self.done.contains(&obj) {
+            self.report.duplicate_shards += 1;
+            return Ok(());
+        }
+        if !self.pending.contains_key(&obj) {
+            if self.node.store.object_status(&obj)?.is_some() {
+                self.done.insert(obj);
+                self.report.duplicate_shards += 1;
+                return Ok(());
+            }
+            let mut p = Pending {
+                params: shard.params,
+                shards: HashMap::new(),
+                bytes: 0,
+            };
+            for rec in self.node.store.partial_shards(&obj)? {
+                if let Ok(s) = Shard::decode_verified(&rec) {
+                    if s.object == obj {
+                        p.bytes += s.data.len();
+                        p.shards.insert(s.leaf_index(), s);
+                    }
+                }
+            }
+            self.pending_bytes += p.bytes;
+            self.pending.insert(obj, p);
+        }
+        let Some(p) = self.pending.get_mut(&obj) else {
+            return Ok(());
+        };
+        let leaf = shard.leaf_index();
+        if p.shards.contains_key(&leaf) {
+            self.report.duplicate_shards += 1;
+            return Ok(());
+        }
+        p.bytes += shard.data.len();
+        self.pending_bytes += shard.data.len();
+        p.shards.insert(leaf, shard);
+        let refs: Vec<&Shard> = p.shards.values().collect();
+        if fec::complete(&p.params, &refs) {
+            let all_data = p.shards.values().filter(|s| !s.is_parity()).count()
+                == (p.params.k * p.params.stripes) as usize;
+            if all_data {
+                self.rebuild(obj);
+            } else {
+                // Data shards may still come in later files: parity is used only for
+                // what is really missing once everything has been read.
+                self.ready.insert(obj);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild a complete pending object and queue it for the next commit.
+    fn rebuild(&mut self, obj: ObjectId) {
+        self.ready.remove(&obj);
+        let Some(p) = self.pending.remove(&obj) else {
+            return;
+        };
+        self.pending_bytes -= p.bytes;
+        self.done.insert(obj);
+        let refs: Vec<&Shard> = p.shards.values().collect();
+        let (result, parity) = match fec::rebuild(&p.params, &refs) {
+            Ok((bytes, parity)) => (
+                VerifiedBundle::decode(&bytes)
+                    .map_err(|e| format!("rebuilt bundle refused: {e}"))
+                    .and_then(|vb| {
+                        let exp = vb.bundle().expires_at(self.now);
+                        if exp <= self.now {
+                            Err(format!("bundle expired at {}", exp.to_rfc3339()))
+                        } else {
+                            Ok(vb)
+                        }
+                    }),
+                parity,
+            ),
+            Err(e) => (Err(format!("rebuild failed: {e}")), false),
+        };
+        self.queue.push((
+            Rebuilt {
+                object: obj,
+                result,
+            },
+            parity,
+        ));
+    }
+
+    /// Rebuild every object that has enough shards but waited for missing data shards.
+    fn rebuild_ready(&mut self) {
+        let ready: Vec<ObjectId> = self.ready.iter().copied().collect();
+        for obj in ready {
+            self.rebuild(obj);
+        }
+    }
+
+    /// Durably store everything rebuilt so far.
+    fn commit(&mut self) -> Result<(), FolderError> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let (items, parity): (Vec<Rebuilt>, Vec<bool>) =
+            std::mem::take(&mut self.queue).into_iter().unzip();
+        let outcomes = self.node.store.commit_rebuilt(&items, self.now)?;
+        for ((it, par), out) in items.iter().zip(parity).zip(outcomes) {
+            match (&it.result, out) {
+                (Ok(vb), Some(PutOutcome::New)) => {
+                    self.report.new += 1;
+                    self.report.stored.push(vb.id().key());
+                    if par {
+                        self.report.rebuilt_from_parity += 1;
+                    }
+                }
+                (Ok(_), _) => self.report.duplicate += 1,
+                (Err(reason), _) => self.report.refused.push(Rejection {
+                    file: format!("object {}", hex::encode(&it.object[..8])),
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Move incomplete objects from memory to the store.
+    fn spill(&mut self, sync: bool) -> Result<(), FolderError> {
+        let mut recs = Vec::new();
+        for (obj, p) in self.pending.drain() {
+            for (leaf, s) in p.shards {
+                recs.push((obj, leaf, s.encode()));
+            }
+        }
+        self.pending_bytes = 0;
+        self.ready.clear();
+        self.node.store.save_partial(&recs, self.now, sync)?;
+        Ok(())
+    }
+}
+
+/// Read every shard under `dir/mycelium/`, rebuild and store what is complete.
+pub fn import(
+    node: &Node,
+    dir: &Path,
+    opts: &ImportOptions,
+    pb: &ProgressBar,
+) -> Result<ImportReport, FolderError> {
+    let root = dir.join(ROOT);
+    match fs::symlink_metadata(&root) {
+        Ok(m) if m.is_dir() => {}
+        _ => return Err(FolderError::NotADrive(dir.display().to_string())),
+    }
+    let mut problems = Vec::new();
+    let mut imp = Importer {
+        node,
+        now: opts.now,
+        pending: HashMap::new(),
+        pending_bytes: 0,
+        done: HashSet::new(),
+        ready: HashSet::new(),
+        queue: Vec::new(),
+        report: ImportReport::default(),
+    };
+    let reject = |r: &mut ImportReport, file: &Path, reason: String| {
+        r.rejected.push(Rejection {
+            file: file.display().to_string(),
+            reason,
+        })
+    };
+
+    for path in regular_files(&root.join(HAVE), ".have", &mut problems) {
+        let read = fs::metadata(&path).and_then(|m| {
+            if m.len() > MAX_SIDE_FILE {
+                Err(io::Error::other("too large for a have-summary"))
+            } else {
+                fs::read(&path)
+            }
+        });
+        match read.map_err(|e| e.to_string()).and_then(|b| {
+            HaveSummary::decode_verified(&b)
+                .map(|s| (s, b))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok((s, bytes)) => {
+                let node_id = s.node.node_id().to_string();
+                let newer = match node.store.peer_summary(&node_id)? {
+                    Some(old) => HaveSummary::decode_verified(&old)
+                        .map(|o| o.generated < s.generated)
+                        .unwrap_or(true),
+                    None => true,
+                };
+                if newer && s.node != node.node_id() {
+                    node.store.put_peer_summary(&node_id, &bytes)?;
+                }
+                imp.report.summaries += 1;
+            }
+            Err(reason) => reject(&mut imp.report, &path, reason),
+        }
+    }
+
+    let files = regular_files(&root.join(SHARDS), ".msp", &mut problems);
+    let total: u64 = files
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok().map(|m| m.len()))
+        .sum();
+    pb.set_length(total);
+    let mut clean_candidates: Vec<(PathBuf, HashSet<ObjectId>)> = Vec::new();
+    for path in &files {
+        imp.report.files += 1;
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                reject(&mut imp.report, path, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        let mut reader = match PackReader::open(BufReader::with_capacity(1 << 20, file)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => {
+                reject(&mut imp.report, path, reason);
+                continue;
+            }
+            Err(e) => {
+                reject(&mut imp.report, path, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        let mut objects = HashSet::new();
+        let mut bad = false;
+        let mut last = 0;
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    reject(
+                        &mut imp.report,
+                        path,
+                        format!("read error at byte {}: {e}", reader.offset()),
+                    );
+                    bad = true;
+                    break;
+                }
+            };
+            match frame {
+                Frame::Record { offset, bytes } => match Shard::decode_verified(&bytes) {
+                    Ok(s) => {
+                        imp.report.shards += 1;
+                        objects.insert(s.object);
+                        imp.shard(s)?;
+                    }
+                    Err(e) => {
+                        bad = true;
+                        reject(
+                            &mut imp.report,
+                            path,
+                            format!("shard at byte {offset}: {e}"),
+                        );
+                        reader.unread(bytes);
+                    }
+                },
+                Frame::Damage { offset, reason } => {
+                    bad = true;
+                    reject(&mut imp.report, path, format!("at byte {offset}: {reason}"));
+                }
+            }
+            let off = reader.offset();
+            if off > last {
+                pb.inc(off - last);
+                imp.report.bytes += off - last;
+                last = off;
+            }
+        }
+        if imp.pending_bytes > PENDING_BUDGET {
+            imp.rebuild_ready();
+            imp.spill(false)?;
+        }
+        imp.commit()?;
+        if !bad {
+            clean_candidates.push((path.clone(), objects));
+        }
+    }
+    imp.rebuild_ready();
+    imp.commit()?;
+    imp.report.incomplete = imp.pending.len();
+    imp.spill(true)?;
+    for p in problems {
+        imp.report.rejected.push(Rejection {
+            file: p.split(": ").next().unwrap_or("").to_string(),
+            reason: p
+                .split_once(": ")
+                .map(|x| x.1.to_string())
+                .unwrap_or(p.clone()),
+        });
+    }
+    if opts.clean {
+        for (path, objects) in clean_candidates {
+            let mut all_stored = true;
+            for o in &objects {
+                if !matches!(node.store.object_status(o)?, Some(ObjectStatus::Stored(_))) {
+                    all_stored = false;
+                    break;
+                }
+            }
+            if all_stored && fs::remove_file(&path).is_ok() {
+                imp.report.cleaned += 1;
+            }
+        }
+        sync_dir(&root.join(SHARDS));
+    }
+    Ok(imp.report)
+}
