@@ -89,14 +89,37 @@ fn encode<B: Serialize>(kind: &str, body: &B) -> Vec<u8> {
 
 /// Decode a payload's envelope and, for kinds we know, its body.
 pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
-    let env: Envelope<ciborium::Value> =
-        ciborium::from_reader(payload).map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
-    if env.v != ENVELOPE_VERSION {
-        return Ok(Adu::Unknown {
-            version: env.v,
-            kind: env.kind,
-        });
+    let mut rest = payload;
+    let value: ciborium::Value =
+        ciborium::from_reader(&mut rest).map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(AduError::NotAnEnvelope(format!(
+            "{} bytes after the envelope",
+            rest.len()
+        )));
     }
+    let field = |name: &str| {
+        value.as_map().and_then(|m| {
+            m.iter()
+                .find(|(k, _)| k.as_text() == Some(name))
+                .map(|(_, v)| v)
+        })
+    };
+    let version = field("v")
+        .and_then(|v| v.as_integer())
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or_else(|| AduError::NotAnEnvelope("no version field \"v\"".into()))?;
+    let kind = field("kind")
+        .and_then(|k| k.as_text())
+        .ok_or_else(|| AduError::NotAnEnvelope("no \"kind\" field".into()))?
+        .to_string();
+    if version != ENVELOPE_VERSION {
+        // A newer envelope may have fields we do not know: keep it whole.
+        return Ok(Adu::Unknown { version, kind });
+    }
+    let env: Envelope<ciborium::Value> = value
+        .deserialized()
+        .map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
     match env.kind.as_str() {
         KIND_MESSAGE => {
             let m: Message = env.body.deserialized().map_err(|e| AduError::BadBody {

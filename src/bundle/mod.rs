@@ -264,6 +264,17 @@ impl Bundle {
         {
             let asb = bib::Asb::decode(b.number, &b.data)?;
             for t in &asb.targets {
+                let target = self.blocks.iter().find(|x| x.number == *t);
+                if target.is_some_and(|x| {
+                    x.block_type == block_types::BIB || x.block_type == block_types::BCB
+                }) {
+                    return Err(BundleError::BadBlock {
+                        number: Some(b.number),
+                        reason: format!(
+                            "a BIB must not target block {t}, a security block (RFC 9172 §3.7)"
+                        ),
+                    });
+                }
                 if *t != 0 && !numbers.contains(t) {
                     return Err(BundleError::BadBlock {
                         number: Some(b.number),
@@ -353,7 +364,7 @@ impl Bundle {
                 claimed: source.to_string(),
             });
         }
-        if identity::key_for_node_id(source).is_err() {
+        if identity::key_for_node_id(source).is_err() || source.node_id() != *source {
             return Err(BundleError::UnknownSigner(source.to_string()));
         }
         let sig = results

@@ -61,10 +61,12 @@ pub enum FolderError {
 }
 
 fn io_err(path: &Path, e: io::Error) -> FolderError {
-    let reason = match e.raw_os_error() {
-        Some(30) => "read-only file system: this drive cannot be written".to_string(),
-        Some(28) => "no space left on the drive".to_string(),
-        Some(13) => "permission denied".to_string(),
+    let reason = match e.kind() {
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "read-only file system: this drive cannot be written".to_string()
+        }
+        io::ErrorKind::StorageFull => "no space left on the drive".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
         _ => e.to_string(),
     };
     FolderError::Io {
@@ -142,6 +144,11 @@ pub fn export(
     for d in [&shards_dir, &catalog_dir, &have_dir] {
         fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
     }
+    // Find out now, not half way, whether this drive can be written at all.
+    tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(&shards_dir)
+        .map_err(|e| io_err(&shards_dir, e))?;
     if !root.join(VERSION_FILE).exists() {
         write_atomic(&root, VERSION_FILE, "version", VERSION_TEXT.as_bytes())?;
     }
@@ -689,6 +696,9 @@ pub fn import(
         let mut objects = HashSet::new();
         let mut bad = false;
         let mut last = 0;
+        // After a record that did not verify, the scan resumes right behind its header;
+        // the bytes it skips are that same record and are not reported twice.
+        let mut resume_at = None;
         loop {
             let frame = match reader.next_frame() {
                 Ok(Some(f)) => f,
@@ -718,11 +728,14 @@ pub fn import(
                             format!("shard at byte {offset}: {e}"),
                         );
                         reader.unread(bytes);
+                        resume_at = Some(reader.offset());
                     }
                 },
                 Frame::Damage { offset, reason } => {
                     bad = true;
-                    reject(&mut imp.report, path, format!("at byte {offset}: {reason}"));
+                    if resume_at != Some(offset) {
+                        reject(&mut imp.report, path, format!("at byte {offset}: {reason}"));
+                    }
                 }
             }
             let off = reader.offset();
