@@ -7,6 +7,7 @@
 //! parameters and the Merkle root of all shards. Pure: no I/O.
 
 pub mod merkle;
+pub mod pack;
 
 use crate::bundle::cbor::{Reader, Writer};
 use merkle::Hash;

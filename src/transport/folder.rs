@@ -17,8 +17,8 @@
 //! contents, follows no symlinks, reads only regular files, streams them, and verifies every
 //! shard before keeping it. Nothing on the drive changes unless `--clean` is given.
 
-use super::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
 use crate::bundle::{Eid, VerifiedBundle};
+use crate::fec::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
 use crate::fec::{self, ObjectId, Params, Policy, Shard};
 use crate::node::Node;
 use crate::route::{self, Candidate, Skipped};

@@ -5,4 +5,3 @@
 //!   have-summaries.
 
 pub mod folder;
-mod pack;

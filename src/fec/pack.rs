@@ -3,13 +3,13 @@
 //! costs the records it touches, not the rest of the file. Reading is streamed: at most one
 //! record (bounded by [`MAX_RECORD`]) is in memory.
 
-use crate::fec;
+use super::MAX_SHARD_LEN;
 use std::io::{self, Read};
 
 pub const PACK_MAGIC: &[u8; 8] = b"MYCPACK1";
 pub const REC_MAGIC: &[u8; 4] = b"MSR1";
 /// Largest record accepted: the largest shard plus room for its header and proof.
-pub const MAX_RECORD: u32 = fec::MAX_SHARD_LEN + 64 * 1024;
+pub const MAX_RECORD: u32 = MAX_SHARD_LEN + 64 * 1024;
 
 /// Append one framed record to a pack being built in memory.
 pub fn push_frame(pack: &mut Vec<u8>, record: &[u8]) {
