@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
         let records: Vec<Vec<u8>> = shards
             .iter()
             // the first m data shards of every stripe are lost: parity must be used
-            .filter(|s| !(s.index < p.m.min(p.k)))
+            .filter(|s| s.index >= p.m.min(p.k))
             .map(Shard::encode)
             .collect();
         g.bench_function(BenchmarkId::new("decode", name), |b| {
