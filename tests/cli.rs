@@ -211,10 +211,68 @@ fn demo_runs_end_to_end() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
     assert!(v["tampered_refused"].as_str().unwrap().contains("CRC"));
+    assert_eq!(v["photo_intact"], true);
+    assert_eq!(v["stick1"]["b_new"], 2);
+    assert_eq!(v["stick2"]["c_new"], 2);
+    assert!(v["stick2"]["c_rejected"].as_u64().unwrap() >= 1);
     Command::cargo_bin("mycelium")
         .unwrap()
         .arg("demo")
         .assert()
         .success()
         .stdout(predicate::str::contains("demo complete"));
+}
+
+#[test]
+fn export_and_import_through_a_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    my(&a).arg("init").assert().success();
+    my(&b).arg("init").assert().success();
+    let b_id = json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
+    json(&a, &["send", "--to", &b_id, "--text", "over the stick"]);
+    let stick = t.path().join("stick");
+    let s = stick.to_str().unwrap();
+    let e = json(&a, &["export", s, "--parity", "0.5"]);
+    assert_eq!(e["bundles"], 1);
+    assert!(e["error"].is_null());
+    // a human summary too, and no progress bar garbage without a terminal
+    my(&a)
+        .args(["export", s])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bundles written"))
+        .stderr(predicate::str::is_empty());
+    let i = json(&b, &["import", s]);
+    assert_eq!(i["new"], 1);
+    assert_eq!(i["rejected"].as_array().unwrap().len(), 0);
+    assert_eq!(json(&b, &["inbox"])[0]["message"]["text"], "over the stick");
+    let again = json(&b, &["import", s]);
+    assert_eq!(again["new"], 0);
+
+    // refusals say what is wrong
+    my(&b)
+        .args(["import"])
+        .arg(t.path().join("a"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("nothing to import"));
+    my(&a)
+        .args(["export", s, "--parity", "2"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--parity"));
+    my(&a)
+        .args(["export", s, "--max-bytes", "5 parsecs"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("size unit"));
+    let file = t.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    my(&a)
+        .arg("export")
+        .arg(&file)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("plain-file"));
 }
