@@ -26,6 +26,9 @@ pub struct ExportArgs {
     /// Parity shards as a fraction of data shards (0 to 1)
     #[arg(long, default_value_t = 0.25, value_name = "P")]
     pub parity: f64,
+    /// Preferred shard size for bundles larger than 4 KiB (smaller ones travel as copies)
+    #[arg(long, default_value = "64KiB", value_name = "N")]
+    pub shard_size: String,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +95,14 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         .transpose()
         .context("--for")?;
     let max_bytes = a.max_bytes.as_deref().map(parse_bytes).transpose()?;
+    let shard = parse_bytes(&a.shard_size)?;
+    if !(512..=(8 << 20)).contains(&shard) {
+        bail!("--shard-size must be between 512B and 8MiB");
+    }
+    let policy = Policy {
+        shard_target: shard as usize,
+        ..Policy::folder(a.parity)
+    };
     let node = Node::open(&home(cli))?;
     let now = DtnTime::now();
     node.store.purge_expired(now)?;
@@ -103,7 +114,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         &ExportOptions {
             for_node,
             max_bytes,
-            policy: Policy::folder(a.parity),
+            policy,
             now,
         },
         &pb,

@@ -47,6 +47,8 @@ const GROUP_BYTES: u64 = 32 * 1024 * 1024;
 const RESERVE: u64 = 1024 * 1024;
 /// Shards of incomplete objects held in memory during import before spilling to the store.
 const PENDING_BUDGET: usize = 128 * 1024 * 1024;
+/// Shards of an object that stays incomplete this long are dropped.
+pub const PARTIAL_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Catalog and have-summary files larger than this are refused.
 const MAX_SIDE_FILE: u64 = 16 * 1024 * 1024;
 
@@ -618,6 +620,8 @@ pub fn import(
         Ok(m) if m.is_dir() => {}
         _ => return Err(FolderError::NotADrive(dir.display().to_string())),
     }
+    node.store
+        .purge_partial(DtnTime(opts.now.0.saturating_sub(PARTIAL_MAX_AGE_MS)))?;
     let mut problems = Vec::new();
     let mut imp = Importer {
         node,
@@ -673,7 +677,8 @@ pub fn import(
         .sum();
     pb.set_length(total);
     let mut clean_candidates: Vec<(PathBuf, HashSet<ObjectId>)> = Vec::new();
-    for path in &files {
+    for (n, path) in files.iter().enumerate() {
+        pb.set_message(format!("import file {}/{}", n + 1, files.len()));
         imp.report.files += 1;
         let file = match fs::File::open(path) {
             Ok(f) => f,
