@@ -22,6 +22,9 @@ pub enum ObjectStatus {
 pub struct Rebuilt {
     pub object: ObjectId,
     pub result: Result<VerifiedBundle, String>,
+    /// Whether shards of it were kept in the store (only then are there any to delete:
+    /// range deletions are not free for later reads, so none are issued needlessly).
+    pub had_partial: bool,
 }
 
 /// Incomplete objects held.
@@ -125,13 +128,15 @@ impl Store {
             let mut v = Vec::new();
             let _ = ciborium::into_writer(&status, &mut v);
             batch.put_cf(self.cf(cf::OBJECTS), it.object, v);
-            batch.delete_range_cf(
-                self.cf(cf::PARTIAL),
-                shard_key(&it.object, 0),
-                shard_key(&it.object, u64::MAX),
-            );
-            batch.delete_cf(self.cf(cf::PARTIAL), shard_key(&it.object, u64::MAX));
-            batch.delete_cf(self.cf(cf::PARTIAL_SEEN), it.object);
+            if it.had_partial {
+                batch.delete_range_cf(
+                    self.cf(cf::PARTIAL),
+                    shard_key(&it.object, 0),
+                    shard_key(&it.object, u64::MAX),
+                );
+                batch.delete_cf(self.cf(cf::PARTIAL), shard_key(&it.object, u64::MAX));
+                batch.delete_cf(self.cf(cf::PARTIAL_SEEN), it.object);
+            }
             out.push(outcome);
         }
         self.write_synced(batch)?;

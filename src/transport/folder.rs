@@ -455,6 +455,8 @@ struct Pending {
     params: Params,
     shards: HashMap<u64, Shard>,
     bytes: usize,
+    /// Some of its shards are (or were) kept in the store.
+    in_store: bool,
 }
 
 struct Importer<'a> {
@@ -486,8 +488,10 @@ impl Importer<'_> {
                 params: shard.params,
                 shards: HashMap::new(),
                 bytes: 0,
+                in_store: false,
             };
             for rec in self.node.store.partial_shards(&obj)? {
+                p.in_store = true;
                 if let Ok(s) = Shard::decode_verified(&rec) {
                     if s.object == obj {
                         p.bytes += s.data.len();
@@ -553,6 +557,7 @@ impl Importer<'_> {
             Rebuilt {
                 object: obj,
                 result,
+                had_partial: p.in_store,
             },
             parity,
         ));
