@@ -12,6 +12,26 @@ const SIZES: [(&str, usize); 2] = [("1KiB", 1024), ("1MiB", 1024 * 1024)];
 fn bench(c: &mut Criterion) {
     let alice = Identity::from_seed([1; 32]);
     let bob = Identity::from_seed([2; 32]).node_id();
+    // Baselines in the same run: Ed25519 alone, over a message as long as our signed bytes.
+    let mut base = c.benchmark_group("ed25519");
+    base.throughput(Throughput::Elements(1));
+    let msg = [7u8; 160];
+    let sig = alice.sign(&msg);
+    let node = alice.node_id();
+    base.bench_function("sign", |b| {
+        b.iter(|| black_box(alice.sign(black_box(&msg))))
+    });
+    base.bench_function("verify_strict", |b| {
+        b.iter(|| {
+            assert!(mycelium::identity::verify_by_node(
+                &node,
+                black_box(&msg),
+                &sig
+            ))
+        })
+    });
+    base.finish();
+
     let mut g = c.benchmark_group("bundle");
     for (name, size) in SIZES {
         let payload = vec![0x5au8; size];

@@ -508,3 +508,79 @@ fn a_read_only_drive_imports_and_refuses_export_clearly() {
     assert!(err.contains("read-only"), "{err}");
     umount(&stick);
 }
+
+#[repr(C)]
+struct RUsage {
+    utime: [i64; 2],
+    stime: [i64; 2],
+    maxrss: i64,
+    rest: [i64; 13],
+}
+
+extern "C" {
+    fn getrusage(who: i32, usage: *mut RUsage) -> i32;
+}
+
+/// Peak resident set of finished child processes, in KiB.
+fn children_max_rss_kib() -> i64 {
+    let mut u = RUsage {
+        utime: [0; 2],
+        stime: [0; 2],
+        maxrss: 0,
+        rest: [0; 13],
+    };
+    // SAFETY: getrusage writes one struct rusage (18 longs on x86_64 Linux) into `u`.
+    assert_eq!(unsafe { getrusage(-1, &mut u) }, 0); // RUSAGE_CHILDREN
+    u.maxrss
+}
+
+#[test]
+fn import_streams_a_huge_drive_in_bounded_memory() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let stick = t.path().join("stick");
+    {
+        let an = Node::init(&a).unwrap();
+        let bn = Node::init(&b).unwrap();
+        // the CLI runs on the wall clock: bundles made now
+        let now = DtnTime::now();
+        for i in 0..5u8 {
+            let m = Message::File(FileMessage {
+                name: format!("f{i}"),
+                media_type: "x/y".into(),
+                data: bytes(i, 300_000),
+            });
+            an.originate(bn.node_id(), adu::encode_message(&m), WEEK, now)
+                .unwrap();
+        }
+        let mut o = export_opts(0.25);
+        o.now = now;
+        export(&an, &stick, &o);
+    }
+    // A 256 MiB pack of junk (sparse on disk); the 4 GiB announced record is tested above.
+    let f = fs::File::create(stick.join("mycelium/shards/zz-huge.msp")).unwrap();
+    use std::io::Write;
+    (&f).write_all(b"MYCPACK1").unwrap();
+    f.set_len(256 << 20).unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
+        .arg("--home")
+        .arg(&b)
+        .args(["--json", "import"])
+        .arg(&stick)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["new"], 5);
+    assert!(v["rejected"].to_string().contains("zz-huge.msp"));
+    let peak_mib = children_max_rss_kib() / 1024;
+    eprintln!("import peak RSS: {peak_mib} MiB");
+    assert!(
+        peak_mib < 100,
+        "import of a 256 MiB drive peaked at {peak_mib} MiB"
+    );
+}
