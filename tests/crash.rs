@@ -96,6 +96,16 @@ fn check_store(home: &Path) -> HashSet<[u8; 32]> {
     keys
 }
 
+/// Import `drive` into a new node at `home`.
+fn import_fresh(home: &Path, drive: &Path) -> folder::ImportReport {
+    let c = Node::init(home).unwrap();
+    let opts = ImportOptions {
+        clean: false,
+        now: DtnTime::now(),
+    };
+    folder::import(&c, drive, &opts, &ProgressBar::hidden()).unwrap()
+}
+
 fn time_of(args: &[&str], home: &Path) -> Duration {
     let t = Instant::now();
     run_or_kill(args, home, Duration::from_secs(600)).unwrap();
@@ -158,46 +168,24 @@ fn sigkill_during_import_and_export_loses_nothing_reported() {
         if !d.join("mycelium").exists() {
             continue;
         }
-        let c = Node::init(&t.path().join(format!("c-{i}"))).unwrap();
-        let r = folder::import(
-            &c,
-            &d,
-            &ImportOptions {
-                clean: false,
-                now: DtnTime::now(),
-            },
-            &ProgressBar::hidden(),
-        )
-        .unwrap();
+        let r = import_fresh(&t.path().join(format!("c-{i}")), &d);
         assert!(
             r.rejected.is_empty(),
             "drive {i} after a kill: {:?}",
             r.rejected
         );
         // An export interrupted and run again completes the drive.
-        drop(c);
-        let opts = ExportOptions {
-            for_node: None,
-            max_bytes: None,
-            policy: Policy::folder(0.25),
-            now: DtnTime::now(),
-        };
         if i % 8 == 0 {
+            let opts = ExportOptions {
+                for_node: None,
+                max_bytes: None,
+                policy: Policy::folder(0.25),
+                now: DtnTime::now(),
+            };
             let an = Node::open(&a).unwrap();
             folder::export(&an, &d, &opts, &ProgressBar::hidden()).unwrap();
             drop(an);
-            let c2 = Node::init(&t.path().join(format!("c2-{i}"))).unwrap();
-            let r2 = folder::import(
-                &c2,
-                &d,
-                &ImportOptions {
-                    clean: false,
-                    now: DtnTime::now(),
-                },
-                &ProgressBar::hidden(),
-            )
-            .unwrap();
-            assert_eq!(r2.new, 300);
+            assert_eq!(import_fresh(&t.path().join(format!("c2-{i}")), &d).new, 300);
         }
     }
     assert!(killed >= 20, "only {killed} of 50 runs were interrupted");
