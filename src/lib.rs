@@ -20,6 +20,7 @@ pub mod bundle;
 pub mod fec;
 pub mod identity;
 pub mod route;
+pub mod sim;
 pub mod sync;
 pub mod time;
 

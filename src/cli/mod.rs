@@ -2,6 +2,7 @@
 //! file; all of them print human text, or JSON with `--json`. Errors are `anyhow` here
 //! (the binary's edge) and become a message on stderr and exit code 1.
 
+mod broadcast;
 mod bundle_cmds;
 mod demo;
 mod messages;
@@ -53,6 +54,12 @@ pub enum Command {
     Export(sneakernet::ExportArgs),
     /// Read what a USB stick or folder brought: verify, rebuild, store
     Import(sneakernet::ImportArgs),
+    /// The one-way broadcast feed: publish (uplink side) and ingest (receivers)
+    #[command(subcommand)]
+    Broadcast(broadcast::BroadcastCommand),
+    /// Which nodes this node trusts, and for what
+    #[command(subcommand)]
+    Trust(broadcast::TrustCommand),
     /// Check a bundle file's structure and signature (needs no home)
     Verify { file: PathBuf },
     /// Run the end-to-end demo on temporary homes
@@ -75,6 +82,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bundle(c) => bundle_cmds::run(&cli, c),
         Command::Export(a) => sneakernet::export(&cli, a),
         Command::Import(a) => sneakernet::import(&cli, a),
+        Command::Broadcast(c) => broadcast::run(&cli, c),
+        Command::Trust(c) => broadcast::trust(&cli, c),
         Command::Verify { file } => bundle_cmds::verify(&cli, file),
         Command::Demo(a) => demo::run(&cli, a),
     }

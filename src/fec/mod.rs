@@ -6,6 +6,7 @@
 //! The object id commits to this one encoding: blake3 (derive-key mode) over the coding
 //! parameters and the Merkle root of all shards. Pure: no I/O.
 
+pub mod fountain;
 pub mod merkle;
 pub mod pack;
 
@@ -71,6 +72,9 @@ impl Params {
 
     pub fn validate(&self) -> Result<(), FecError> {
         let bad = |s: String| Err(FecError::Params(s));
+        if self.k > MAX_SHARDS_PER_STRIPE || self.m > MAX_SHARDS_PER_STRIPE {
+            return bad(format!("k = {} or m = {} exceeds 256", self.k, self.m));
+        }
         if self.k == 0 || self.stripes == 0 || self.shard_len == 0 {
             return bad("k, stripes and shard length must be at least 1".into());
         }
@@ -165,7 +169,10 @@ impl Policy {
             };
         }
         let max_k = self.max_k.clamp(1, 255);
-        let total = len.div_ceil(self.shard_target.max(1)).max(2) as u32;
+        // Never more data shards than the leaf limit leaves room for with full parity.
+        let total = len
+            .div_ceil(self.shard_target.max(1))
+            .clamp(2, (MAX_LEAVES / 2) as usize) as u32;
         let stripes = total.div_ceil(max_k);
         let k = total.div_ceil(stripes);
         let m = m_for(k).min(MAX_SHARDS_PER_STRIPE - k);

@@ -71,6 +71,24 @@ pub fn plan(
     (out, skipped)
 }
 
+/// Broadcast carousel schedule: given how many symbols each segment sends in a pass, the
+/// contents of each file as `(segment, symbol index)`, `per_file` to a file. Segments are
+/// interleaved round-robin (symbol i of every segment, then i + 1, ...), so consecutive
+/// files carry different symbols of every segment and a burst of lost files costs each
+/// segment a little instead of one segment everything.
+pub fn interleave(counts: &[usize], per_file: usize) -> Vec<Vec<(usize, usize)>> {
+    let longest = counts.iter().copied().max().unwrap_or(0);
+    let mut order = Vec::with_capacity(counts.iter().sum());
+    for i in 0..longest {
+        for (s, n) in counts.iter().enumerate() {
+            if i < *n {
+                order.push((s, i));
+            }
+        }
+    }
+    order.chunks(per_file.max(1)).map(<[_]>::to_vec).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +100,25 @@ mod tests {
             expires_at: DtnTime(exp),
             cost,
         }
+    }
+
+    #[test]
+    fn interleave_spreads_every_segment_over_consecutive_files() {
+        // equal segments, a file as wide as the segment count: one symbol of each per file
+        let files = interleave(&[5, 5, 5], 3);
+        assert_eq!(files.len(), 5);
+        for (i, f) in files.iter().enumerate() {
+            assert_eq!(f, &vec![(0, i), (1, i), (2, i)]);
+        }
+        // unequal segments: every symbol exactly once, in round-robin order
+        let files = interleave(&[6, 3, 6], 4);
+        let all: Vec<(usize, usize)> = files.concat();
+        assert_eq!(all.len(), 15);
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 15);
+        assert_eq!(&all[..4], &[(0, 0), (1, 0), (2, 0), (0, 1)]);
     }
 
     #[test]

@@ -42,7 +42,13 @@ pub mod cf {
     pub const OBJECTS: &str = "objects";
     /// peer node ID text → that peer's latest signed have-summary
     pub const PEERS: &str = "peers";
-    pub const ALL: [&str; 10] = [
+    /// node ID text → 1 if trusted for broadcast feeds
+    pub const TRUST: &str = "trust";
+    /// feed file key (blake3 of its signed header) → consumed at (u64 BE, DTN ms)
+    pub const FEED_FILES: &str = "feed_files";
+    pub const ALL: [&str; 12] = [
+        TRUST,
+        FEED_FILES,
         BUNDLES,
         RECORDS,
         BY_DEST,

@@ -12,8 +12,8 @@ use std::collections::HashSet;
 /// What became of an object whose shards were complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ObjectStatus {
-    /// Rebuilt, verified and stored as the bundle with this key.
-    Stored([u8; 32]),
+    /// Rebuilt, verified and stored as the bundles with these keys.
+    Stored(Vec<[u8; 32]>),
     /// Rebuilt but refused (the reason); further shards of it are ignored.
     Refused(String),
 }
@@ -21,7 +21,9 @@ pub enum ObjectStatus {
 /// The outcome of one rebuild, committed together with others in one synced batch.
 pub struct Rebuilt {
     pub object: ObjectId,
-    pub result: Result<VerifiedBundle, String>,
+    /// The verified bundles it held (one for a sneakernet object, many for a feed
+    /// segment), or why it was refused.
+    pub result: Result<Vec<VerifiedBundle>, String>,
     /// Whether shards of it were kept in the store (only then are there any to delete:
     /// range deletions are not free for later reads, so none are issued needlessly).
     pub had_partial: bool,
@@ -74,6 +76,82 @@ impl Store {
         Ok(out)
     }
 
+    /// How many shard records are held for an incomplete object (keys only).
+    pub fn partial_count(&self, object: &ObjectId) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let mut ro = rocksdb::ReadOptions::default();
+        let mut upper = object.to_vec();
+        upper.extend_from_slice(&[0xff; 9]);
+        ro.set_iterate_upper_bound(upper);
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf::PARTIAL),
+            ro,
+            IteratorMode::From(object, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(object) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Mark a node as trusted (or not) for broadcast feeds.
+    pub fn set_trust(&self, node: &str, broadcast: bool) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(
+                self.cf(cf::TRUST),
+                node.as_bytes(),
+                [u8::from(broadcast)],
+                &Self::synced(),
+            )
+            .map_err(|e| self.db_err(e))
+    }
+
+    pub fn remove_trust(&self, node: &str) -> Result<bool, StoreError> {
+        let had = self
+            .db
+            .get_cf(self.cf(cf::TRUST), node.as_bytes())
+            .map_err(|e| self.db_err(e))?
+            .is_some();
+        self.db
+            .delete_cf_opt(self.cf(cf::TRUST), node.as_bytes(), &Self::synced())
+            .map_err(|e| self.db_err(e))?;
+        Ok(had)
+    }
+
+    pub fn trusted_for_broadcast(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(cf::TRUST), node.as_bytes())
+            .map_err(|e| self.db_err(e))?
+            .is_some_and(|v| v.first() == Some(&1)))
+    }
+
+    /// Every trusted node and whether it is trusted for broadcast.
+    pub fn trust_list(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::TRUST), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                v.first() == Some(&1),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether a feed file (by its key) was already consumed.
+    pub fn feed_file_consumed(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf::FEED_FILES), key)
+            .map_err(|e| self.db_err(e))?
+            .is_some())
+    }
+
     /// Keep verified shard records of incomplete objects. With `sync` the write is durable
     /// before this returns; without, it reaches disk with the next synced write.
     pub fn save_partial(
@@ -105,25 +183,36 @@ impl Store {
         self.db.write_opt(batch, &w).map_err(|e| self.db_err(e))
     }
 
-    /// Commit rebuilt objects in one synced batch: store the bundles (deduplicated), record
-    /// each object's status, and drop their partial shards. Returns each bundle's outcome
-    /// (`None` for refused objects).
+    /// Commit rebuilt objects in one synced batch, together with `extra` metadata writes
+    /// (`(column family, key, value)`): store the bundles (deduplicated), record each
+    /// object's status, and drop their partial shards. Returns, per object, the outcome of
+    /// each of its bundles (empty for refused objects).
     pub fn commit_rebuilt(
         &self,
         items: &[Rebuilt],
+        extra: &[(&str, Vec<u8>, Vec<u8>)],
         now: DtnTime,
-    ) -> Result<Vec<Option<PutOutcome>>, StoreError> {
+    ) -> Result<Vec<Vec<PutOutcome>>, StoreError> {
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
         let mut out = Vec::with_capacity(items.len());
+        for (cf_name, k, v) in extra {
+            batch.put_cf(self.cf(cf_name), k, v);
+        }
         for it in items {
             let (status, outcome) = match &it.result {
-                Ok(vb) => (
-                    ObjectStatus::Stored(vb.id().key()),
-                    Some(self.stage_put(&mut batch, vb, now, &mut staged)?),
-                ),
-                Err(reason) => (ObjectStatus::Refused(reason.clone()), None),
+                Ok(vbs) => {
+                    let mut outs = Vec::with_capacity(vbs.len());
+                    for vb in vbs {
+                        outs.push(self.stage_put(&mut batch, vb, now, &mut staged)?);
+                    }
+                    (
+                        ObjectStatus::Stored(vbs.iter().map(|v| v.id().key()).collect()),
+                        outs,
+                    )
+                }
+                Err(reason) => (ObjectStatus::Refused(reason.clone()), Vec::new()),
             };
             let mut v = Vec::new();
             let _ = ciborium::into_writer(&status, &mut v);

@@ -98,6 +98,9 @@ impl HaveSummary {
         }
         let node =
             Eid::parse(r.text().map_err(m)?).map_err(|e| HaveError::Malformed(e.to_string()))?;
+        if node.node_id() != node {
+            return Err(HaveError::Malformed(format!("{node} is not a node ID")));
+        }
         let generated = DtnTime(r.uint().map_err(m)?);
         let raw = r.bytes().map_err(m)?;
         if raw.len() % 8 != 0 || raw.len() / 8 > MAX_ENTRIES {

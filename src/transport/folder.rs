@@ -153,6 +153,7 @@ pub fn export(
         .map_err(|e| io_err(&shards_dir, e))?;
     if !root.join(VERSION_FILE).exists() {
         write_atomic(&root, VERSION_FILE, "version", VERSION_TEXT.as_bytes())?;
+        sync_dir(&root);
     }
     let mut report = ExportReport::default();
     for d in [&shards_dir, &catalog_dir, &have_dir] {
@@ -326,6 +327,10 @@ fn read_catalogs(dir: &Path, warnings: &mut Vec<String>) -> HashSet<[u8; 32]> {
 /// kinds of entries are reported, never followed or opened. Temp files are skipped.
 fn regular_files(dir: &Path, ext: &str, problems: &mut Vec<String>) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        problems.push(format!("{}: symbolic link, not followed", dir.display()));
+        return out;
+    }
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
@@ -546,7 +551,7 @@ impl Importer<'_> {
                         if exp <= self.now {
                             Err(format!("bundle expired at {}", exp.to_rfc3339()))
                         } else {
-                            Ok(vb)
+                            Ok(vec![vb])
                         }
                     }),
                 parity,
@@ -578,10 +583,11 @@ impl Importer<'_> {
         }
         let (items, parity): (Vec<Rebuilt>, Vec<bool>) =
             std::mem::take(&mut self.queue).into_iter().unzip();
-        let outcomes = self.node.store.commit_rebuilt(&items, self.now)?;
+        let outcomes = self.node.store.commit_rebuilt(&items, &[], self.now)?;
         for ((it, par), out) in items.iter().zip(parity).zip(outcomes) {
-            match (&it.result, out) {
-                (Ok(vb), Some(PutOutcome::New)) => {
+            match (&it.result, out.first().copied()) {
+                (Ok(vbs), Some(PutOutcome::New)) => {
+                    let Some(vb) = vbs.first() else { continue };
                     self.report.new += 1;
                     self.report.stored.push(vb.id().key());
                     if par {

@@ -4,4 +4,5 @@
 //! - [`folder`]: USB sticks and any folder (sneakernet): shard packs, catalogs,
 //!   have-summaries.
 
+pub mod broadcast;
 pub mod folder;

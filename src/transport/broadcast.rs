@@ -1,0 +1,870 @@
+//! The one-way broadcast feed (a satellite channel recorded to a folder): `publish` turns
+//! the bundles bound for a region into feed files; `ingest` reads whatever a receiver
+//! caught, with gaps, repeats and corruption, over many runs.
+//!
+//! Bundles are batched into segments (CBOR array of bundle byte strings, ~1 MiB), each
+//! fountain-coded (`fec::fountain`). A pass sends every segment's symbols interleaved
+//! round-robin across many files, so a burst of lost files costs each segment a little;
+//! later passes carry fresh repair symbols. Each file is self-describing and verifiable
+//! alone:
+//!
+//! ```text
+//! "MYCFEED1" ‖ u32 BE header length ‖ header ‖ Ed25519 signature (64)
+//!   header = CBOR [1, publisher node ID, feed id (16), pass, seq, file length, [record hash*]]
+//!   signature over "mycelium/feed/v1" ‖ header
+//! then frames "MSR1" ‖ u32 BE length ‖ record,
+//!   record = CBOR [segment id (blake3 of the segment, 32), segment length, symbol size,
+//!                  symbol id, symbol]
+//! ```
+//!
+//! A record is used only if its blake3 hash is listed in the signed header, so a flipped
+//! bit costs one symbol, and nobody but the publisher can add symbols to its segments
+//! (symbols are kept per publisher). A file shorter than its header says is still being
+//! written: it is left for the next run. Consumed files are remembered by header hash, so
+//! a rerun or a replayed old file costs one header read.
+
+use crate::bundle::cbor::{Reader, Writer};
+use crate::bundle::{Eid, VerifiedBundle};
+use crate::fec::fountain::{self, SegmentParams};
+use crate::fec::pack::{push_frame, Frame, PackReader};
+use crate::fec::ObjectId;
+use crate::identity;
+use crate::node::Node;
+use crate::route::{self, Candidate};
+use crate::store::{cf, PutOutcome, Rebuilt, StoreError};
+use crate::time::DtnTime;
+use indicatif::ProgressBar;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+pub const FEED_MAGIC: &[u8; 8] = b"MYCFEED1";
+const DOMAIN: &[u8] = b"mycelium/feed/v1";
+const EXT: &str = "mfd";
+/// Largest signed header accepted (a file of 2^16 records).
+const MAX_HEADER: u32 = 4 << 20;
+/// Incomplete segments not completed within this time are dropped.
+pub const PARTIAL_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("bad publish options: {0}")]
+    Options(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path, e: io::Error) -> BroadcastError {
+    BroadcastError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Repair symbols in the first pass, as a fraction of the source symbols.
+    pub overhead: f64,
+    pub file_size: usize,
+    pub passes: u32,
+    /// Only bundles created at or after this time.
+    pub since: Option<DtnTime>,
+    pub symbol_size: u16,
+    pub segment_size: usize,
+    pub now: DtnTime,
+}
+
+impl PublishOptions {
+    pub fn new(now: DtnTime) -> Self {
+        PublishOptions {
+            overhead: 0.3,
+            file_size: 1 << 20,
+            passes: 1,
+            since: None,
+            symbol_size: 1024,
+            segment_size: 1 << 20,
+            now,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PublishReport {
+    pub bundles: usize,
+    pub segments: usize,
+    pub files: usize,
+    pub bytes: u64,
+    pub feed_id: String,
+}
+
+/// Pack bundles into a segment: a CBOR array of byte strings.
+pub fn pack_segment(bundles: &[&[u8]]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(bundles.iter().map(|b| b.len() + 5).sum::<usize>() + 5);
+    w.array(bundles.len());
+    for b in bundles {
+        w.bytes(b);
+    }
+    w.into_vec()
+}
+
+/// The bundles in a segment (borrowed), or why it is malformed.
+pub fn unpack_segment(seg: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut r = Reader::new(seg);
+    let n = r.array().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(r.bytes().map_err(|e| e.to_string())?);
+    }
+    r.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+struct Record<'a> {
+    segment: [u8; 32],
+    params: SegmentParams,
+    symbol: u32,
+    data: &'a [u8],
+}
+
+fn encode_record(segment: &[u8; 32], p: SegmentParams, symbol: u32, data: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(data.len() + 64);
+    w.array(5);
+    w.bytes(segment);
+    w.uint(p.len);
+    w.uint(p.symbol_size.into());
+    w.uint(symbol.into());
+    w.bytes(data);
+    w.into_vec()
+}
+
+fn decode_record(b: &[u8]) -> Result<Record<'_>, String> {
+    let mut r = Reader::new(b);
+    let e = |x: crate::bundle::cbor::CborError| x.to_string();
+    if r.array().map_err(e)? != 5 {
+        return Err("record is not a 5-element array".into());
+    }
+    let segment: [u8; 32] = r
+        .bytes()
+        .map_err(e)?
+        .try_into()
+        .map_err(|_| "segment id is not 32 bytes".to_string())?;
+    let len = r.uint().map_err(e)?;
+    let symbol_size = u16::try_from(r.uint().map_err(e)?).map_err(|_| "symbol size".to_string())?;
+    let symbol = u32::try_from(r.uint().map_err(e)?).map_err(|_| "symbol id".to_string())?;
+    let data = r.bytes().map_err(e)?;
+    r.finish().map_err(e)?;
+    let params = SegmentParams { len, symbol_size };
+    params.validate().map_err(|x| x.to_string())?;
+    if data.len() != symbol_size as usize {
+        return Err(format!("symbol is {} bytes, not {symbol_size}", data.len()));
+    }
+    Ok(Record {
+        segment,
+        params,
+        symbol,
+        data,
+    })
+}
+
+/// The signed header of a feed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    pub publisher: Eid,
+    pub feed_id: [u8; 16],
+    pub pass: u32,
+    pub seq: u32,
+    pub file_len: u64,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+impl FileHeader {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(100 + 34 * self.hashes.len());
+        w.array(7);
+        w.uint(1);
+        w.text(&self.publisher.to_string());
+        w.bytes(&self.feed_id);
+        w.uint(self.pass.into());
+        w.uint(self.seq.into());
+        w.uint(self.file_len);
+        w.array(self.hashes.len());
+        for h in &self.hashes {
+            w.bytes(h);
+        }
+        w.into_vec()
+    }
+
+    fn decode(b: &[u8]) -> Result<FileHeader, String> {
+        let mut r = Reader::new(b);
+        let e = |x: crate::bundle::cbor::CborError| x.to_string();
+        if r.array().map_err(e)? != 7 || r.uint().map_err(e)? != 1 {
+            return Err("unknown feed header version".into());
+        }
+        let publisher = Eid::parse(r.text().map_err(e)?).map_err(|x| x.to_string())?;
+        let feed_id: [u8; 16] = r
+            .bytes()
+            .map_err(e)?
+            .try_into()
+            .map_err(|_| "feed id is not 16 bytes".to_string())?;
+        let pass = u32::try_from(r.uint().map_err(e)?).map_err(|_| "pass".to_string())?;
+        let seq = u32::try_from(r.uint().map_err(e)?).map_err(|_| "seq".to_string())?;
+        let file_len = r.uint().map_err(e)?;
+        let n = r.array().map_err(e)?;
+        let mut hashes = Vec::with_capacity(n);
+        for _ in 0..n {
+            hashes.push(
+                r.bytes()
+                    .map_err(e)?
+                    .try_into()
+                    .map_err(|_| "record hash is not 32 bytes".to_string())?,
+            );
+        }
+        r.finish().map_err(e)?;
+        Ok(FileHeader {
+            publisher,
+            feed_id,
+            pass,
+            seq,
+            file_len,
+            hashes,
+        })
+    }
+}
+
+/// Write feed files for the bundles that should go out, into `out`.
+pub fn publish(
+    node: &Node,
+    out: &Path,
+    opts: &PublishOptions,
+    pb: &ProgressBar,
+) -> Result<PublishReport, BroadcastError> {
+    if !(0.0..=10.0).contains(&opts.overhead) || opts.passes == 0 || opts.passes > 100 {
+        return Err(BroadcastError::Options(
+            "overhead must be 0 to 10 and passes 1 to 100".into(),
+        ));
+    }
+    if opts.symbol_size < 64
+        || opts.symbol_size % 8 != 0
+        || opts.file_size < 2 * opts.symbol_size as usize
+    {
+        return Err(BroadcastError::Options(
+            "symbol size must be a multiple of 8, at least 64, and files hold at least two".into(),
+        ));
+    }
+    fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let recs = node.store.records()?;
+    let created: HashMap<[u8; 32], u64> = recs.iter().map(|(k, r)| (*k, r.created_ms)).collect();
+    let cands: Vec<Candidate> = recs
+        .into_iter()
+        .map(|(key, r)| Candidate {
+            key,
+            kind: r.kind,
+            expires_at: r.expires_at,
+            cost: r.size,
+        })
+        .collect();
+    let (plan, _) = route::plan(cands, opts.now, u64::MAX, |c| {
+        opts.since
+            .is_some_and(|s| created.get(&c.key).copied().unwrap_or(0) < s.0)
+    });
+
+    // Segments of about segment_size, in priority order.
+    let mut segments: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<Vec<u8>> = Vec::new();
+    let mut cur_len = 0;
+    let mut bundles = 0;
+    for c in &plan {
+        let Some(raw) = node.store.get_raw(&c.key)? else {
+            continue;
+        };
+        if cur_len + raw.len() > opts.segment_size && !cur.is_empty() {
+            let refs: Vec<&[u8]> = cur.iter().map(Vec::as_slice).collect();
+            segments.push(pack_segment(&refs));
+            cur.clear();
+            cur_len = 0;
+        }
+        cur_len += raw.len();
+        cur.push(raw);
+        bundles += 1;
+    }
+    if !cur.is_empty() {
+        let refs: Vec<&[u8]> = cur.iter().map(Vec::as_slice).collect();
+        segments.push(pack_segment(&refs));
+    }
+    let mut encoded = Vec::with_capacity(segments.len());
+    for seg in &segments {
+        let id = *blake3::hash(seg).as_bytes();
+        let e = fountain::encode(seg, opts.symbol_size, opts.overhead, opts.passes)
+            .map_err(|e| BroadcastError::Options(e.to_string()))?;
+        encoded.push((id, e));
+    }
+    drop(segments);
+
+    let mut feed_id = [0u8; 16];
+    {
+        use rand_core::RngCore;
+        rand_core::OsRng.fill_bytes(&mut feed_id);
+    }
+    let publisher = node.node_id();
+    let per_record = opts.symbol_size as usize + 8 + 60;
+    let per_file = ((opts.file_size.saturating_sub(400)) / (per_record + 34)).max(1);
+    let mut report = PublishReport {
+        bundles,
+        segments: encoded.len(),
+        feed_id: hex::encode(&feed_id[..4]),
+        ..Default::default()
+    };
+    pb.set_length(opts.passes as u64);
+    for pass in 0..opts.passes {
+        let counts: Vec<usize> = encoded
+            .iter()
+            .map(|(_, e)| e.passes[pass as usize].len())
+            .collect();
+        for (seq, chunk) in route::interleave(&counts, per_file).iter().enumerate() {
+            let records: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|(s, i)| {
+                    let (id, e) = &encoded[*s];
+                    let (sym, data) = &e.passes[pass as usize][*i];
+                    encode_record(id, e.params, *sym, data)
+                })
+                .collect();
+            let name = format!("feed-{}-p{:02}-{:06}.{EXT}", report.feed_id, pass + 1, seq);
+            let bytes = build_file(node, &publisher, feed_id, pass, seq as u32, &records);
+            write_atomic(out, &name, &bytes)?;
+            report.files += 1;
+            report.bytes += bytes.len() as u64;
+        }
+        pb.inc(1);
+    }
+    if let Ok(d) = fs::File::open(out) {
+        let _ = d.sync_all();
+    }
+    Ok(report)
+}
+
+fn build_file(
+    node: &Node,
+    publisher: &Eid,
+    feed_id: [u8; 16],
+    pass: u32,
+    seq: u32,
+    records: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    for r in records {
+        push_frame(&mut body, r);
+    }
+    let mut header = FileHeader {
+        publisher: publisher.clone(),
+        feed_id,
+        pass,
+        seq,
+        file_len: 0,
+        hashes: records
+            .iter()
+            .map(|r| *blake3::hash(r).as_bytes())
+            .collect(),
+    };
+    // The file length is inside the header; its encoding length settles after one round.
+    for _ in 0..3 {
+        let hl = header.encode().len() as u64;
+        header.file_len = 8 + 4 + hl + 64 + body.len() as u64;
+    }
+    let h = header.encode();
+    let mut msg = DOMAIN.to_vec();
+    msg.extend_from_slice(&h);
+    let sig = node.identity.sign(&msg);
+    let mut out = Vec::with_capacity(h.len() + body.len() + 80);
+    out.extend_from_slice(FEED_MAGIC);
+    out.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&sig);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BroadcastError> {
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let fin = dir.join(name);
+    let r = (|| {
+        use std::io::Write;
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &fin)
+    })();
+    r.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(&fin, e)
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Accept files and bundles signed by any valid key, not only trusted ones.
+    pub any_signer: bool,
+    pub now: DtnTime,
+}
+
+/// A problem with one file (or part of one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    pub files_read: usize,
+    pub files_already_consumed: usize,
+    pub files_incomplete: usize,
+    pub bytes: u64,
+    pub symbols: usize,
+    pub segments_completed: usize,
+    pub new: usize,
+    pub duplicate: usize,
+    pub untrusted_bundles: usize,
+    pub problems: Vec<Problem>,
+    pub stored: Vec<[u8; 32]>,
+    /// Per feed: (files seen, highest sequence + 1) for each pass, for a loss estimate.
+    pub seen: BTreeMap<(String, u32), (u32, u32)>,
+}
+
+impl IngestReport {
+    /// Fraction of files missing among the feeds and passes seen (an estimate: files past
+    /// the last one caught are not counted).
+    pub fn loss_estimate(&self) -> f64 {
+        let (got, span) = self.seen.values().fold((0u64, 0u64), |(g, s), (a, b)| {
+            (g + u64::from(*a), s + u64::from(*b))
+        });
+        if span == 0 {
+            0.0
+        } else {
+            1.0 - got as f64 / span as f64
+        }
+    }
+}
+
+/// The store key of a publisher's segment: symbols of one publisher never mix with
+/// another's, so a forger cannot poison a segment it did not publish.
+fn segment_key(publisher: &Eid, segment: &[u8; 32]) -> ObjectId {
+    let mut h = blake3::Hasher::new_derive_key("mycelium feed segment v1");
+    h.update(publisher.to_string().as_bytes());
+    h.update(segment);
+    *h.finalize().as_bytes()
+}
+
+fn feed_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Vec<PathBuf>, BroadcastError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") || !name.ends_with(&format!(".{EXT}")) {
+            continue;
+        }
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => out.push(path),
+            Ok(m) if m.file_type().is_symlink() => problems.push(Problem {
+                file: path.display().to_string(),
+                reason: "symbolic link, not followed".into(),
+            }),
+            Ok(_) => problems.push(Problem {
+                file: path.display().to_string(),
+                reason: "not a regular file".into(),
+            }),
+            Err(e) => problems.push(Problem {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+enum Opened {
+    Ready(
+        FileHeader,
+        [u8; 32],
+        PackReader<ChainMagic<BufReader<fs::File>>>,
+    ),
+    /// Shorter than its header says: still being written; try again later.
+    Incomplete,
+    Bad(String),
+}
+
+fn open_feed_file(path: &Path) -> Result<Opened, io::Error> {
+    let f = fs::File::open(path)?;
+    let actual = f.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < 12 {
+        match r.read(&mut head[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < 12 {
+        // Empty, or the start of a feed file still being written.
+        return Ok(if FEED_MAGIC.starts_with(&head[..got.min(8)]) {
+            Opened::Incomplete
+        } else {
+            Opened::Bad("not a Mycelium feed file (bad magic)".into())
+        });
+    }
+    if &head[..8] != FEED_MAGIC {
+        return Ok(Opened::Bad("not a Mycelium feed file (bad magic)".into()));
+    }
+    let hl = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
+    if hl > MAX_HEADER {
+        return Ok(Opened::Bad(format!(
+            "header announces {hl} bytes, more than the {MAX_HEADER}-byte limit"
+        )));
+    }
+    if actual < 12 + u64::from(hl) + 64 {
+        return Ok(Opened::Incomplete);
+    }
+    let mut hbuf = vec![0u8; hl as usize + 64];
+    r.read_exact(&mut hbuf)?;
+    let (h, sig) = hbuf.split_at(hl as usize);
+    let header = match FileHeader::decode(h) {
+        Ok(x) => x,
+        Err(e) => return Ok(Opened::Bad(format!("bad header: {e}"))),
+    };
+    let mut msg = DOMAIN.to_vec();
+    msg.extend_from_slice(h);
+    let sig: [u8; 64] = sig.try_into().unwrap_or([0; 64]);
+    if !identity::verify_by_node(&header.publisher, &msg, &sig) {
+        return Ok(Opened::Bad(format!(
+            "header signature by {} does not verify (corrupted or forged)",
+            header.publisher
+        )));
+    }
+    if actual < header.file_len {
+        return Ok(Opened::Incomplete);
+    }
+    let key = *blake3::hash(h).as_bytes();
+    // The records follow; PackReader wants its own 8-byte header, so give it one.
+    let pr = match PackReader::open(ChainMagic::new(r)) {
+        Ok(Ok(p)) => p,
+        _ => return Ok(Opened::Bad("unreadable records".into())),
+    };
+    Ok(Opened::Ready(header, key, pr))
+}
+
+/// Presents `PACK_MAGIC` followed by the inner reader, so feed records reuse the pack
+/// frame reader.
+pub struct ChainMagic<R> {
+    pre: &'static [u8],
+    inner: R,
+}
+
+impl<R: Read> ChainMagic<R> {
+    fn new(inner: R) -> Self {
+        ChainMagic {
+            pre: crate::fec::pack::PACK_MAGIC,
+            inner,
+        }
+    }
+}
+
+impl<R: Read> Read for ChainMagic<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.pre.is_empty() {
+            let n = buf.len().min(self.pre.len());
+            buf[..n].copy_from_slice(&self.pre[..n]);
+            self.pre = &self.pre[n..];
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// Files a watching ingest has finished with (consumed or bad), by length and mtime, so a
+/// rescan after each file-system event does not reopen them.
+#[derive(Default)]
+pub struct SeenFiles(HashMap<PathBuf, (u64, Option<std::time::SystemTime>)>);
+
+impl SeenFiles {
+    fn stamp(path: &Path) -> Option<(u64, Option<std::time::SystemTime>)> {
+        fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    }
+
+    fn done(&self, path: &Path) -> bool {
+        match (self.0.get(path), Self::stamp(path)) {
+            (Some(a), Some(b)) => *a == b,
+            _ => false,
+        }
+    }
+
+    fn mark(&mut self, path: &Path) {
+        if let Some(s) = Self::stamp(path) {
+            self.0.insert(path.to_path_buf(), s);
+        }
+    }
+}
+
+/// Ingest every complete, not yet consumed feed file in `dir`.
+pub fn ingest(
+    node: &Node,
+    dir: &Path,
+    opts: &IngestOptions,
+    pb: &ProgressBar,
+) -> Result<IngestReport, BroadcastError> {
+    ingest_with(node, dir, opts, pb, &mut SeenFiles::default())
+}
+
+/// [`ingest`], skipping files `seen` says are finished and recording the ones it finishes.
+pub fn ingest_with(
+    node: &Node,
+    dir: &Path,
+    opts: &IngestOptions,
+    pb: &ProgressBar,
+    seen_files: &mut SeenFiles,
+) -> Result<IngestReport, BroadcastError> {
+    let mut report = IngestReport::default();
+    node.store
+        .purge_partial(DtnTime(opts.now.0.saturating_sub(PARTIAL_MAX_AGE_MS)))?;
+    let mut problems = Vec::new();
+    let files = feed_files(dir, &mut problems)?;
+    report.problems.extend(problems);
+    let mut trusted_cache: HashMap<String, bool> = HashMap::new();
+    let mut trusted = |node: &Node, who: &Eid| -> Result<bool, StoreError> {
+        if opts.any_signer {
+            return Ok(true);
+        }
+        let k = who.node_id().to_string();
+        if let Some(t) = trusted_cache.get(&k) {
+            return Ok(*t);
+        }
+        let t = node.store.trusted_for_broadcast(&k)?;
+        trusted_cache.insert(k, t);
+        Ok(t)
+    };
+    pb.set_length(files.len() as u64);
+    for path in &files {
+        pb.inc(1);
+        if seen_files.done(path) {
+            report.files_already_consumed += 1;
+            continue;
+        }
+        let problem = |report: &mut IngestReport, reason: String| {
+            report.problems.push(Problem {
+                file: path.display().to_string(),
+                reason,
+            })
+        };
+        let (header, key, mut reader) = match open_feed_file(path) {
+            Ok(Opened::Ready(h, k, r)) => (h, k, r),
+            Ok(Opened::Incomplete) => {
+                report.files_incomplete += 1;
+                continue;
+            }
+            Ok(Opened::Bad(reason)) => {
+                problem(&mut report, reason);
+                seen_files.mark(path);
+                continue;
+            }
+            Err(e) => {
+                problem(&mut report, format!("cannot read: {e}"));
+                continue;
+            }
+        };
+        if node.store.feed_file_consumed(&key)? {
+            report.files_already_consumed += 1;
+            seen_files.mark(path);
+            continue;
+        }
+        let publisher = header.publisher.node_id();
+        if !trusted(node, &publisher)? {
+            problem(
+                &mut report,
+                format!("published by {publisher}, which this node does not trust for broadcast (mycelium trust add {publisher} --broadcast)"),
+            );
+            continue;
+        }
+        report.files_read += 1;
+        let seen = report
+            .seen
+            .entry((hex::encode(&header.feed_id[..4]), header.pass))
+            .or_insert((0, 0));
+        seen.0 += 1;
+        seen.1 = seen.1.max(header.seq + 1);
+        let listed: HashSet<[u8; 32]> = header.hashes.iter().copied().collect();
+        let mut batch: Vec<(ObjectId, u64, Vec<u8>)> = Vec::new();
+        let mut touched: HashMap<ObjectId, ([u8; 32], SegmentParams)> = HashMap::new();
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    problem(&mut report, format!("read error: {e}"));
+                    break;
+                }
+            };
+            match frame {
+                Frame::Record { offset, bytes } => {
+                    if !listed.contains(blake3::hash(&bytes).as_bytes()) {
+                        problem(
+                            &mut report,
+                            format!(
+                                "record at byte {offset} is not in the signed header (corrupted)"
+                            ),
+                        );
+                        reader.unread(bytes);
+                        continue;
+                    }
+                    match decode_record(&bytes) {
+                        Ok(rec) => {
+                            let obj = segment_key(&publisher, &rec.segment);
+                            report.symbols += 1;
+                            touched.insert(obj, (rec.segment, rec.params));
+                            batch.push((obj, u64::from(rec.symbol), bytes.clone()));
+                        }
+                        Err(e) => problem(&mut report, format!("record at byte {offset}: {e}")),
+                    }
+                }
+                Frame::Damage { offset, reason } => {
+                    problem(&mut report, format!("at byte {offset}: {reason}"))
+                }
+            }
+        }
+        report.bytes += reader.offset();
+        // Symbols of segments already rebuilt are not kept again.
+        let mut done = HashSet::new();
+        for obj in touched.keys() {
+            if node.store.object_status(obj)?.is_some() {
+                done.insert(*obj);
+            }
+        }
+        batch.retain(|(o, _, _)| !done.contains(o));
+        node.store.save_partial(&batch, opts.now, false)?;
+        let mut rebuilt = Vec::new();
+        for (obj, (segment, params)) in touched {
+            if done.contains(&obj) {
+                continue;
+            }
+            if node.store.partial_count(&obj)? < params.source_symbols() as usize {
+                continue;
+            }
+            if let Some(r) = try_segment(
+                node,
+                &obj,
+                &segment,
+                params,
+                opts,
+                &publisher,
+                &mut trusted,
+                &mut report,
+            )? {
+                rebuilt.push(r);
+            }
+        }
+        // One synced write: the rebuilt bundles, their objects, and this file consumed.
+        let consumed = vec![(
+            cf::FEED_FILES,
+            key.to_vec(),
+            opts.now.0.to_be_bytes().to_vec(),
+        )];
+        let outcomes = node.store.commit_rebuilt(&rebuilt, &consumed, opts.now)?;
+        seen_files.mark(path);
+        for (it, outs) in rebuilt.iter().zip(outcomes) {
+            if let Ok(vbs) = &it.result {
+                report.segments_completed += 1;
+                for (vb, o) in vbs.iter().zip(outs) {
+                    match o {
+                        PutOutcome::New => {
+                            report.new += 1;
+                            report.stored.push(vb.id().key());
+                        }
+                        PutOutcome::Duplicate => report.duplicate += 1,
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Decode a segment from its stored symbols; `None` while more symbols are needed.
+#[allow(clippy::too_many_arguments)]
+fn try_segment(
+    node: &Node,
+    obj: &ObjectId,
+    segment: &[u8; 32],
+    params: SegmentParams,
+    opts: &IngestOptions,
+    publisher: &Eid,
+    trusted: &mut impl FnMut(&Node, &Eid) -> Result<bool, StoreError>,
+    report: &mut IngestReport,
+) -> Result<Option<Rebuilt>, BroadcastError> {
+    let recs = node.store.partial_shards(obj)?;
+    let mut symbols: Vec<(u32, &[u8])> = Vec::with_capacity(recs.len());
+    for r in &recs {
+        if let Ok(rec) = decode_record(r) {
+            if rec.params == params && &rec.segment == segment {
+                symbols.push((rec.symbol, rec.data));
+            }
+        }
+    }
+    let data = match fountain::decode(params, &symbols) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Ok(Some(Rebuilt {
+                object: *obj,
+                result: Err(format!("segment from {publisher}: {e}")),
+                had_partial: true,
+            }))
+        }
+    };
+    if blake3::hash(&data).as_bytes() != segment {
+        return Ok(Some(Rebuilt {
+            object: *obj,
+            result: Err(format!("segment from {publisher} does not match its id")),
+            had_partial: true,
+        }));
+    }
+    let bundles = match unpack_segment(&data) {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(Some(Rebuilt {
+                object: *obj,
+                result: Err(format!("malformed segment from {publisher}: {e}")),
+                had_partial: true,
+            }))
+        }
+    };
+    let mut ok = Vec::new();
+    for raw in bundles {
+        match VerifiedBundle::decode(raw) {
+            Ok(vb) => {
+                if vb.bundle().expires_at(opts.now) <= opts.now {
+                    continue;
+                }
+                if trusted(node, &vb.bundle().primary.source)? {
+                    ok.push(vb);
+                } else {
+                    report.untrusted_bundles += 1;
+                }
+            }
+            Err(e) => report.problems.push(Problem {
+                file: format!("segment {}", hex::encode(&segment[..8])),
+                reason: format!("bundle refused: {e}"),
+            }),
+        }
+    }
+    Ok(Some(Rebuilt {
+        object: *obj,
+        result: Ok(ok),
+        had_partial: true,
+    }))
+}
