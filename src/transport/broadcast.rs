@@ -637,6 +637,8 @@ pub fn ingest_with(
     let files = feed_files(dir, &mut problems)?;
     report.problems.extend(problems);
     let mut trusted_cache: HashMap<String, bool> = HashMap::new();
+    // Symbols held per incomplete segment, counted once from the store, then kept up to date.
+    let mut held: HashMap<ObjectId, usize> = HashMap::new();
     let mut trusted = |node: &Node, who: &Eid| -> Result<bool, StoreError> {
         if opts.any_signer {
             return Ok(true);
@@ -746,16 +748,26 @@ pub fn ingest_with(
             }
         }
         batch.retain(|(o, _, _)| !done.contains(o));
+        for obj in touched.keys().filter(|o| !done.contains(*o)) {
+            if !held.contains_key(obj) {
+                held.insert(*obj, node.store.partial_count(obj)?);
+            }
+        }
+        for (obj, _, _) in &batch {
+            // a repeated symbol overwrites its key: the count may run a little high, which
+            // only means a decode is tried and finds it needs more
+            *held.entry(*obj).or_insert(0) += 1;
+        }
         node.store.save_partial(&batch, opts.now, false)?;
         let mut rebuilt = Vec::new();
         for (obj, (segment, params)) in touched {
             if done.contains(&obj) {
                 continue;
             }
-            if node.store.partial_count(&obj)? < params.source_symbols() as usize {
+            if held.get(&obj).copied().unwrap_or(0) < params.source_symbols() as usize {
                 continue;
             }
-            if let Some(r) = try_segment(
+            match try_segment(
                 node,
                 &obj,
                 &segment,
@@ -765,7 +777,14 @@ pub fn ingest_with(
                 &mut trusted,
                 &mut report,
             )? {
-                rebuilt.push(r);
+                Some(r) => {
+                    held.remove(&obj);
+                    rebuilt.push(r);
+                }
+                // not decodable yet: recount exactly, so repeats do not fool the next try
+                None => {
+                    held.insert(obj, node.store.partial_count(&obj)?);
+                }
             }
         }
         // One synced write: the rebuilt bundles, their objects, and this file consumed.
