@@ -249,3 +249,70 @@ fn twenty_percent_loss_thirty_percent_overhead_one_pass_recovers_99_percent() {
     let p = sim::plain(&feed, 1, Channel::Independent { loss: 0.2 }, 1)[0];
     assert!(p < 0.9, "plain carousel recovered {p}");
 }
+
+#[test]
+fn ingest_watch_picks_up_files_as_they_arrive() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let market = Node::init(&t.path().join("market")).unwrap();
+    let user_home = t.path().join("user");
+    let user_id = Node::init(&user_home).unwrap().node_id();
+    let feed = t.path().join("feed");
+    fs::create_dir_all(&feed).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("mycelium");
+    let ok = std::process::Command::new(&bin)
+        .arg("--home")
+        .arg(&user_home)
+        .args(["trust", "add", &market.node_id().to_string(), "--broadcast"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut child = std::process::Command::new(&bin)
+        .arg("--home")
+        .arg(&user_home)
+        .args(["--json", "broadcast", "ingest", "--watch"])
+        .arg(&feed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> serde_json::Value {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("watch printed nothing for 2 minutes");
+        serde_json::from_str(&line).unwrap()
+    };
+    // The first round runs on the empty folder.
+    assert_eq!(next()["total_new"], 0);
+    let now = DtnTime::now();
+    for i in 0..30 {
+        market
+            .originate(
+                user_id.clone(),
+                adu::encode_message(&Message::Text(format!("p{i}"))),
+                WEEK,
+                now,
+            )
+            .unwrap();
+    }
+    let mut o = PublishOptions::new(now);
+    o.symbol_size = 256;
+    o.file_size = 4096;
+    broadcast::publish(&market, &feed, &o, &ProgressBar::hidden()).unwrap();
+    let mut total = 0;
+    while total < 30 {
+        total = next()["total_new"].as_u64().unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let user = Node::open(&user_home).unwrap();
+    assert_eq!(user.inbox().unwrap().len(), 30);
+}

@@ -215,6 +215,8 @@ fn demo_runs_end_to_end() {
     assert_eq!(v["stick1"]["b_new"], 2);
     assert_eq!(v["stick2"]["c_new"], 2);
     assert!(v["stick2"]["c_rejected"].as_u64().unwrap() >= 1);
+    assert_eq!(v["feed"]["c_new"], v["feed"]["bundles"]);
+    assert!(v["feed"]["deleted"].as_u64().unwrap() > 0);
     Command::cargo_bin("mycelium")
         .unwrap()
         .arg("demo")
