@@ -316,3 +316,58 @@ fn ingest_watch_picks_up_files_as_they_arrive() {
     let user = Node::open(&user_home).unwrap();
     assert_eq!(user.inbox().unwrap().len(), 30);
 }
+
+#[test]
+fn ingest_memory_does_not_grow_with_the_feed() {
+    let t = tempfile::tempdir().unwrap();
+    let market = Node::init(&t.path().join("market")).unwrap();
+    let user_home = t.path().join("user");
+    let user = Node::init(&user_home).unwrap();
+    user.store
+        .set_trust(&market.node_id().to_string(), true)
+        .unwrap();
+    let user_id = user.node_id();
+    drop(user);
+    let now = DtnTime::now();
+    // 160 MiB of bundles: more than the memory the ingest may use (its memtables, block
+    // cache and commit slices are bounded by constants).
+    for i in 0..160u32 {
+        let data: Vec<u8> = (0..1 << 20)
+            .map(|j: u32| (j.wrapping_mul(31) ^ i) as u8)
+            .collect();
+        let m = Message::File(adu::FileMessage {
+            name: format!("f{i}"),
+            media_type: "x/y".into(),
+            data,
+        });
+        market
+            .originate(user_id.clone(), adu::encode_message(&m), WEEK, now)
+            .unwrap();
+    }
+    let feed = t.path().join("feed");
+    let mut o = PublishOptions::new(now);
+    o.overhead = 0.1;
+    broadcast::publish(&market, &feed, &o, &ProgressBar::hidden()).unwrap();
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
+        .arg("--home")
+        .arg(&user_home)
+        .args(["--json", "broadcast", "ingest"])
+        .arg(&feed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["new"], 160);
+    let feed_mib = v["bytes"].as_u64().unwrap() >> 20;
+    let peak_mib = v["peak_memory_kib"].as_u64().unwrap() / 1024;
+    eprintln!("ingest of a {feed_mib} MiB feed peaked at {peak_mib} MiB");
+    assert!(feed_mib > 170);
+    assert!(
+        peak_mib < 150,
+        "ingest of a {feed_mib} MiB feed peaked at {peak_mib} MiB"
+    );
+}

@@ -120,6 +120,7 @@ fn summary(r: &IngestReport, partial: usize) -> serde_json::Value {
         "loss_estimate": r.loss_estimate(),
         "problems": r.problems.iter().map(|p| json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
         "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
+        "peak_memory_kib": super::peak_rss_kib(),
     })
 }
 

@@ -89,6 +89,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// This process's peak resident memory in KiB (Linux `VmHWM`), for `--json` summaries.
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Print a JSON value (pretty) to stdout.
 pub(crate) fn print_json(v: &serde_json::Value) {
     println!(

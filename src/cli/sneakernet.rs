@@ -182,6 +182,7 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
             "refused": rej(&r.refused), "rejected": rej(&r.rejected),
             "have_summaries": r.summaries, "cleaned_files": r.cleaned, "seconds": secs,
             "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
+            "peak_memory_kib": super::peak_rss_kib(),
         }));
         return Ok(());
     }

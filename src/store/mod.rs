@@ -127,9 +127,19 @@ impl Store {
         opts.set_bottommost_compression_type(DBCompressionType::Zstd);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
+        // All memtables together stay under 32 MiB and the block cache at 8 MiB, however much
+        // a feed or a stick brings:
+        // memory is bounded by this, not by the size of the input.
+        opts.set_db_write_buffer_size(32 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(8 << 20);
         let cfs = cf::ALL.iter().map(|name| {
             let mut o = Options::default();
             o.set_compression_type(DBCompressionType::Lz4);
+            o.set_write_buffer_size(8 << 20);
+            let mut bo = rocksdb::BlockBasedOptions::default();
+            bo.set_block_cache(&cache);
+            o.set_block_based_table_factory(&bo);
+            o.set_max_write_buffer_number(2);
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {

@@ -760,6 +760,7 @@ pub fn ingest_with(
         }
         node.store.save_partial(&batch, opts.now, false)?;
         let mut rebuilt = Vec::new();
+        let mut rebuilt_bytes = 0usize;
         for (obj, (segment, params)) in touched {
             if done.contains(&obj) {
                 continue;
@@ -779,6 +780,7 @@ pub fn ingest_with(
             )? {
                 Some(r) => {
                     held.remove(&obj);
+                    rebuilt_bytes += params.len as usize;
                     rebuilt.push(r);
                 }
                 // not decodable yet: recount exactly, so repeats do not fool the next try
@@ -786,31 +788,53 @@ pub fn ingest_with(
                     held.insert(obj, node.store.partial_count(&obj)?);
                 }
             }
+            // Many segments may complete with one file: store them in slices so memory
+            // stays bounded by the slice, not by the feed.
+            if rebuilt_bytes >= COMMIT_BYTES {
+                commit(node, &mut rebuilt, &[], opts.now, &mut report)?;
+                rebuilt_bytes = 0;
+            }
         }
-        // One synced write: the rebuilt bundles, their objects, and this file consumed.
+        // The rest, and this file marked consumed, in one synced write.
         let consumed = vec![(
             cf::FEED_FILES,
             key.to_vec(),
             opts.now.0.to_be_bytes().to_vec(),
         )];
-        let outcomes = node.store.commit_rebuilt(&rebuilt, &consumed, opts.now)?;
+        commit(node, &mut rebuilt, &consumed, opts.now, &mut report)?;
         seen_files.mark(path);
-        for (it, outs) in rebuilt.iter().zip(outcomes) {
-            if let Ok(vbs) = &it.result {
-                report.segments_completed += 1;
-                for (vb, o) in vbs.iter().zip(outs) {
-                    match o {
-                        PutOutcome::New => {
-                            report.new += 1;
-                            report.stored.push(vb.id().key());
-                        }
-                        PutOutcome::Duplicate => report.duplicate += 1,
+    }
+    Ok(report)
+}
+
+/// Rebuilt segments are committed in slices of about this many bytes.
+const COMMIT_BYTES: usize = 8 << 20;
+
+/// Store rebuilt segments (and `extra` writes) in one synced batch and count the outcome.
+fn commit(
+    node: &Node,
+    rebuilt: &mut Vec<Rebuilt>,
+    extra: &[(&str, Vec<u8>, Vec<u8>)],
+    now: DtnTime,
+    report: &mut IngestReport,
+) -> Result<(), BroadcastError> {
+    let outcomes = node.store.commit_rebuilt(rebuilt, extra, now)?;
+    for (it, outs) in rebuilt.iter().zip(outcomes) {
+        if let Ok(vbs) = &it.result {
+            report.segments_completed += 1;
+            for (vb, o) in vbs.iter().zip(outs) {
+                match o {
+                    PutOutcome::New => {
+                        report.new += 1;
+                        report.stored.push(vb.id().key());
                     }
+                    PutOutcome::Duplicate => report.duplicate += 1,
                 }
             }
         }
     }
-    Ok(report)
+    rebuilt.clear();
+    Ok(())
 }
 
 /// Decode a segment from its stored symbols; `None` while more symbols are needed.

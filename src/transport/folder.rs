@@ -47,6 +47,8 @@ const GROUP_BYTES: u64 = 32 * 1024 * 1024;
 const RESERVE: u64 = 1024 * 1024;
 /// Shards of incomplete objects held in memory during import before spilling to the store.
 const PENDING_BUDGET: usize = 128 * 1024 * 1024;
+/// Rebuilt bundles are committed in slices of about this many bytes (bounds memory).
+const COMMIT_BYTES: usize = 8 << 20;
 /// Shards of an object that stays incomplete this long are dropped.
 pub const PARTIAL_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Catalog and have-summary files larger than this are refused.
@@ -473,6 +475,7 @@ struct Importer<'a> {
     /// Complete objects waiting for data shards that may be in later files.
     ready: HashSet<ObjectId>,
     queue: Vec<(Rebuilt, bool)>,
+    queue_bytes: usize,
     report: ImportReport,
 }
 
@@ -542,6 +545,7 @@ impl Importer<'_> {
         self.pending_bytes -= p.bytes;
         self.done.insert(obj);
         let refs: Vec<&Shard> = p.shards.values().collect();
+        self.queue_bytes += p.params.object_len as usize;
         let (result, parity) = match fec::rebuild(&p.params, &refs) {
             Ok((bytes, parity)) => (
                 VerifiedBundle::decode(&bytes)
@@ -581,6 +585,7 @@ impl Importer<'_> {
         if self.queue.is_empty() {
             return Ok(());
         }
+        self.queue_bytes = 0;
         let (items, parity): (Vec<Rebuilt>, Vec<bool>) =
             std::mem::take(&mut self.queue).into_iter().unzip();
         let outcomes = self.node.store.commit_rebuilt(&items, &[], self.now)?;
@@ -642,6 +647,7 @@ pub fn import(
         done: HashSet::new(),
         ready: HashSet::new(),
         queue: Vec::new(),
+        queue_bytes: 0,
         report: ImportReport::default(),
     };
     let reject = |r: &mut ImportReport, file: &Path, reason: String| {
@@ -735,6 +741,10 @@ pub fn import(
                         imp.report.shards += 1;
                         objects.insert(s.object);
                         imp.shard(s)?;
+                        // many objects can complete in one file: store them in slices
+                        if imp.queue_bytes >= COMMIT_BYTES {
+                            imp.commit()?;
+                        }
                     }
                     Err(e) => {
                         bad = true;
