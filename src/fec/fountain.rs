@@ -15,7 +15,7 @@ use raptorq::{
 
 /// Largest segment: one RaptorQ source block of at most 56,403 symbols.
 pub const MAX_SEGMENT_LEN: u64 = 64 * 1024 * 1024;
-const MAX_SOURCE_SYMBOLS: u64 = 56_403;
+pub const MAX_SOURCE_SYMBOLS: u64 = 56_403;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FountainError {
@@ -88,6 +88,15 @@ pub fn encode(
     let k = params.source_symbols();
     let repair = (f64::from(k) * overhead.max(0.0)).ceil() as u32;
     let per_pass = k + repair;
+    // RFC 6330 symbol ids are 24 bits.
+    let ids = u64::from(k)
+        + u64::from(repair)
+        + u64::from(passes.saturating_sub(1)) * u64::from(per_pass);
+    if ids >= 1 << 24 {
+        return Err(FountainError::Params(format!(
+            "{passes} passes at {overhead} overhead need {ids} symbol ids, more than RFC 6330's 2^24"
+        )));
+    }
     let enc = SourceBlockEncoder::new(0, &params.oti(), &padded(data, k, symbol_size));
     let mut out = Vec::with_capacity(passes as usize);
     let mut next_repair = 0u32;

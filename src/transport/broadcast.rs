@@ -44,6 +44,8 @@ const DOMAIN: &[u8] = b"mycelium/feed/v1";
 const EXT: &str = "mfd";
 /// Largest signed header accepted (a file of 2^16 records).
 const MAX_HEADER: u32 = 4 << 20;
+/// A feed file with records missing is taken as final once unchanged this long.
+const SETTLE_SECS: u64 = 3600;
 /// Incomplete segments not completed within this time are dropped.
 pub const PARTIAL_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -297,7 +299,18 @@ pub fn publish(
     let mut encoded = Vec::with_capacity(segments.len());
     for seg in &segments {
         let id = *blake3::hash(seg).as_bytes();
-        let e = fountain::encode(seg, opts.symbol_size, opts.overhead, opts.passes)
+        // A segment holding one very large bundle gets symbols large enough to stay within
+        // one RaptorQ source block.
+        let min_symbol = (seg.len() as u64)
+            .div_ceil(fountain::MAX_SOURCE_SYMBOLS)
+            .next_multiple_of(8);
+        let symbol = u16::try_from(min_symbol.max(u64::from(opts.symbol_size))).map_err(|_| {
+            BroadcastError::Options(format!(
+                "a {}-byte segment is too large for the feed",
+                seg.len()
+            ))
+        })?;
+        let e = fountain::encode(seg, symbol, opts.overhead, opts.passes)
             .map_err(|e| BroadcastError::Options(e.to_string()))?;
         encoded.push((id, e));
     }
@@ -310,7 +323,8 @@ pub fn publish(
     }
     let publisher = node.node_id();
     let per_record = opts.symbol_size as usize + 8 + 60;
-    let per_file = ((opts.file_size.saturating_sub(400)) / (per_record + 34)).max(1);
+    // The signed header lists one 32-byte hash per record: keep it under MAX_HEADER.
+    let per_file = ((opts.file_size.saturating_sub(400)) / (per_record + 34)).clamp(1, 100_000);
     let mut report = PublishReport {
         bundles,
         segments: encoded.len(),
@@ -488,10 +502,13 @@ fn feed_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Vec<PathBuf>, B
 }
 
 enum Opened {
+    /// Header, header hash, the records (behind a stand-in 8-byte pack header), and the
+    /// offset in the file where the records start.
     Ready(
         FileHeader,
         [u8; 32],
-        PackReader<ChainMagic<BufReader<fs::File>>>,
+        Box<PackReader<ChainMagic<BufReader<fs::File>>>>,
+        u64,
     ),
     /// Shorter than its header says: still being written; try again later.
     Incomplete,
@@ -546,6 +563,12 @@ fn open_feed_file(path: &Path) -> Result<Opened, io::Error> {
             header.publisher
         )));
     }
+    if header.publisher.node_id() != header.publisher {
+        return Ok(Opened::Bad(format!(
+            "publisher {} is not a node ID",
+            header.publisher
+        )));
+    }
     if actual < header.file_len {
         return Ok(Opened::Incomplete);
     }
@@ -555,7 +578,12 @@ fn open_feed_file(path: &Path) -> Result<Opened, io::Error> {
         Ok(Ok(p)) => p,
         _ => return Ok(Opened::Bad("unreadable records".into())),
     };
-    Ok(Opened::Ready(header, key, pr))
+    Ok(Opened::Ready(
+        header,
+        key,
+        Box::new(pr),
+        12 + u64::from(hl) + 64,
+    ))
 }
 
 /// Presents `PACK_MAGIC` followed by the inner reader, so feed records reuse the pack
@@ -664,8 +692,8 @@ pub fn ingest_with(
                 reason,
             })
         };
-        let (header, key, mut reader) = match open_feed_file(path) {
-            Ok(Opened::Ready(h, k, r)) => (h, k, r),
+        let (header, key, mut reader, body_at) = match open_feed_file(path) {
+            Ok(Opened::Ready(h, k, r, b)) => (h, k, r, b),
             Ok(Opened::Incomplete) => {
                 report.files_incomplete += 1;
                 continue;
@@ -701,6 +729,7 @@ pub fn ingest_with(
         seen.0 += 1;
         seen.1 = seen.1.max(header.seq + 1);
         let listed: HashSet<[u8; 32]> = header.hashes.iter().copied().collect();
+        let mut found = 0usize;
         let mut batch: Vec<(ObjectId, u64, Vec<u8>)> = Vec::new();
         let mut touched: HashMap<ObjectId, ([u8; 32], SegmentParams)> = HashMap::new();
         loop {
@@ -714,6 +743,7 @@ pub fn ingest_with(
             };
             match frame {
                 Frame::Record { offset, bytes } => {
+                    let offset = offset + body_at - 8;
                     if !listed.contains(blake3::hash(&bytes).as_bytes()) {
                         problem(
                             &mut report,
@@ -724,6 +754,7 @@ pub fn ingest_with(
                         reader.unread(bytes);
                         continue;
                     }
+                    found += 1;
                     match decode_record(&bytes) {
                         Ok(rec) => {
                             let obj = segment_key(&publisher, &rec.segment);
@@ -735,11 +766,12 @@ pub fn ingest_with(
                     }
                 }
                 Frame::Damage { offset, reason } => {
+                    let offset = offset + body_at - 8;
                     problem(&mut report, format!("at byte {offset}: {reason}"))
                 }
             }
         }
-        report.bytes += reader.offset();
+        report.bytes += reader.offset() + body_at - 8;
         // Symbols of segments already rebuilt are not kept again.
         let mut done = HashSet::new();
         for obj in touched.keys() {
@@ -795,14 +827,29 @@ pub fn ingest_with(
                 rebuilt_bytes = 0;
             }
         }
-        // The rest, and this file marked consumed, in one synced write.
-        let consumed = vec![(
-            cf::FEED_FILES,
-            key.to_vec(),
-            opts.now.0.to_be_bytes().to_vec(),
-        )];
+        // The rest, and this file marked consumed, in one synced write. A file with records
+        // missing that changed within the last hour may be a recorder's preallocated file
+        // still being filled: it is read again next time instead.
+        let settled = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age.as_secs() >= SETTLE_SECS);
+        let finished = found >= listed.len() || settled;
+        let consumed = if finished {
+            vec![(
+                cf::FEED_FILES,
+                key.to_vec(),
+                opts.now.0.to_be_bytes().to_vec(),
+            )]
+        } else {
+            report.files_incomplete += 1;
+            Vec::new()
+        };
         commit(node, &mut rebuilt, &consumed, opts.now, &mut report)?;
-        seen_files.mark(path);
+        if finished {
+            seen_files.mark(path);
+        }
     }
     Ok(report)
 }
