@@ -6,6 +6,7 @@
 //! The object id commits to this one encoding: blake3 (derive-key mode) over the coding
 //! parameters and the Merkle root of all shards. Pure: no I/O.
 
+pub mod feed;
 pub mod fountain;
 pub mod merkle;
 pub mod pack;
