@@ -373,3 +373,30 @@ fn ingest_memory_does_not_grow_with_the_feed() {
         "ingest of a {feed_mib} MiB feed peaked at {peak_mib} MiB"
     );
 }
+
+#[test]
+fn since_limits_publish_to_recent_bundles_and_bad_options_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let market = Node::init(&t.path().join("m")).unwrap();
+    let now = DtnTime::now();
+    let old = DtnTime(now.0 - 3 * 24 * 3600 * 1000);
+    let to = market.node_id();
+    market
+        .originate(to.clone(), b"old".to_vec(), WEEK, old)
+        .unwrap();
+    market.originate(to, b"new".to_vec(), WEEK, now).unwrap();
+    let mut o = PublishOptions::new(now);
+    o.since = Some(DtnTime(now.0 - 24 * 3600 * 1000));
+    let r = broadcast::publish(&market, &t.path().join("f"), &o, &ProgressBar::hidden()).unwrap();
+    assert_eq!(r.bundles, 1);
+    let mut bad = PublishOptions::new(now);
+    bad.passes = 0;
+    assert!(
+        broadcast::publish(&market, &t.path().join("g"), &bad, &ProgressBar::hidden()).is_err()
+    );
+    let mut bad = PublishOptions::new(now);
+    bad.symbol_size = 100;
+    assert!(
+        broadcast::publish(&market, &t.path().join("g"), &bad, &ProgressBar::hidden()).is_err()
+    );
+}
