@@ -9,7 +9,7 @@ use crate::time::DtnTime;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -48,22 +48,20 @@ pub fn read_bundle_file(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Write bytes atomically: temp file beside the target, fsync, rename, fsync the folder.
+/// Write bytes atomically (temp file beside the target, fsync, rename, fsync the folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    crate::transport::write_atomic(&dir, &name, bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    crate::transport::sync_dir(&dir);
     Ok(())
 }
 

@@ -221,9 +221,7 @@ pub fn publish(
         }
         pb.inc(1);
     }
-    if let Ok(d) = fs::File::open(out) {
-        let _ = d.sync_all();
-    }
+    super::sync_dir(out);
     Ok(report)
 }
 
@@ -269,19 +267,7 @@ fn build_file(
 }
 
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BroadcastError> {
-    let tmp = dir.join(format!(".tmp-{name}"));
-    let fin = dir.join(name);
-    let r = (|| {
-        use std::io::Write;
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &fin)
-    })();
-    r.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_err(&fin, e)
-    })
+    super::write_atomic(dir, name, bytes).map_err(|e| io_err(&dir.join(name), e))
 }
 
 #[derive(Debug, Clone)]
@@ -345,7 +331,7 @@ fn feed_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Vec<PathBuf>, B
         let entry = entry.map_err(|e| io_err(dir, e))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-") || !name.ends_with(&format!(".{EXT}")) {
+        if name.starts_with(super::TMP_PREFIX) || !name.ends_with(&format!(".{EXT}")) {
             continue;
         }
         match fs::symlink_metadata(&path) {

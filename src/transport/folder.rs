@@ -17,6 +17,7 @@
 //! contents, follows no symlinks, reads only regular files, streams them, and verifies every
 //! shard before keeping it. Nothing on the drive changes unless `--clean` is given.
 
+use super::{sync_dir, TMP_PREFIX};
 use crate::bundle::{Eid, VerifiedBundle};
 use crate::fec::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
 use crate::fec::{self, ObjectId, Params, Policy, Shard};
@@ -28,7 +29,7 @@ use crate::time::DtnTime;
 use indicatif::ProgressBar;
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
 pub const ROOT: &str = "mycelium";
@@ -37,7 +38,6 @@ const CATALOG: &str = "catalog";
 const HAVE: &str = "have";
 const VERSION_FILE: &str = "VERSION";
 const VERSION_TEXT: &str = "mycelium-drive 1\n";
-const TMP_PREFIX: &str = ".tmp-";
 const CATALOG_MAGIC: &[u8; 8] = b"MYCCAT1\n";
 /// Preferred size of one pack file.
 const PACK_TARGET: u64 = 4 * 1024 * 1024;
@@ -79,27 +79,9 @@ fn io_err(path: &Path, e: io::Error) -> FolderError {
     }
 }
 
-/// Write a file atomically: temp name, fsync, rename, fsync the folder.
-fn write_atomic(dir: &Path, name: &str, tmp_tag: &str, bytes: &[u8]) -> Result<(), FolderError> {
-    let tmp = dir.join(format!("{TMP_PREFIX}{tmp_tag}"));
-    let fin = dir.join(name);
-    let res = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &fin)
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&fin, e));
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// [`super::write_atomic`], with errors naming the file.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FolderError> {
+    super::write_atomic(dir, name, bytes).map_err(|e| io_err(&dir.join(name), e))
 }
 
 /// Bytes a bundle of `len` takes on the drive with `policy`.
@@ -154,7 +136,7 @@ pub fn export(
         .tempfile_in(&shards_dir)
         .map_err(|e| io_err(&shards_dir, e))?;
     if !root.join(VERSION_FILE).exists() {
-        write_atomic(&root, VERSION_FILE, "version", VERSION_TEXT.as_bytes())?;
+        write_atomic(&root, VERSION_FILE, VERSION_TEXT.as_bytes())?;
         sync_dir(&root);
     }
     let mut report = ExportReport::default();
@@ -222,12 +204,7 @@ pub fn export(
                 for c in group.iter() {
                     cat.extend_from_slice(&c.key);
                 }
-                write_atomic(
-                    &catalog_dir,
-                    &format!("{session}-{gi:05}.cat"),
-                    &format!("{session}-{gi:05}.cat"),
-                    &cat,
-                )?;
+                write_atomic(&catalog_dir, &format!("{session}-{gi:05}.cat"), &cat)?;
                 Ok((files, shards, bytes))
             },
         );
@@ -272,12 +249,7 @@ pub fn export(
     let summary = HaveSummary::new(node.node_id(), opts.now, keys).sign(&node.identity);
     let name = node.node_id().node_name().unwrap_or("node").to_string();
     let short = &name[..name.len().min(16)];
-    if let Err(e) = write_atomic(
-        &have_dir,
-        &format!("{short}.have"),
-        &format!("{short}.have"),
-        &summary,
-    ) {
+    if let Err(e) = write_atomic(&have_dir, &format!("{short}.have"), &summary) {
         if report.error.is_none() {
             report.error = Some(e.to_string());
         }
@@ -417,7 +389,7 @@ fn write_group(
             continue;
         }
         let name = format!("{session}-{gi:05}-{i:04}.msp");
-        write_atomic(shards_dir, &name, &name, p)?;
+        write_atomic(shards_dir, &name, p)?;
         files += 1;
         bytes += p.len() as u64;
         pb.inc(p.len() as u64);
