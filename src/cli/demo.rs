@@ -253,11 +253,19 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         .filter(|p| p.extension().is_some_and(|e| e == "mfd"))
         .collect();
     files.sort();
+    // A quarter of the files, chosen at random (seeded, so the demo is reproducible).
     let mut rng = crate::sim::Rng::new(2026);
+    let total_files = files.len();
+    let mut order: Vec<usize> = (0..total_files).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let doomed: std::collections::HashSet<usize> =
+        order[..total_files / 4].iter().copied().collect();
     let mut deleted = 0;
     let mut kept = Vec::new();
-    for f in files {
-        if rng.unit() < 0.25 {
+    for (i, f) in files.into_iter().enumerate() {
+        if doomed.contains(&i) {
             std::fs::remove_file(&f)?;
             deleted += 1;
         } else {
@@ -275,7 +283,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         std::fs::write(f, b)?;
     }
     say(format!(
-        "11. the receiver's recording loses {deleted} files at random (25%) and {burst} consecutive files are corrupted"
+        "11. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
     ));
     carol.store.set_trust(&market.node_id().to_string(), true)?;
     let ir = broadcast::ingest(
