@@ -3,6 +3,13 @@
 use clap::Parser;
 
 fn main() {
+    // Behave like other Unix tools when the reader goes away (`mycelium list | head`):
+    // end quietly on SIGPIPE instead of panicking on a failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = mycelium::cli::Cli::parse();
     if let Err(e) = mycelium::cli::run(cli) {
         eprintln!("error: {e:#}");
