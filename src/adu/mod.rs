@@ -136,11 +136,22 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
 }
 
 /// A short label for indexes: the kind, or `opaque` when the payload is no envelope.
+/// Labels are short printable words (they become index keys); anything else is `opaque`.
 pub fn kind_label(payload: &[u8]) -> String {
-    match decode(payload) {
+    let kind = match decode(payload) {
         Ok(a) => a.kind().to_string(),
         Err(AduError::BadBody { kind, .. }) => kind,
-        Err(_) => "opaque".to_string(),
+        Err(_) => return "opaque".to_string(),
+    };
+    let ok = !kind.is_empty()
+        && kind.len() <= 32
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        kind
+    } else {
+        "opaque".to_string()
     }
 }
 

@@ -128,7 +128,7 @@ impl Eid {
                 }
                 _ => {
                     let ssp = r.text()?;
-                    if ssp.len() > MAX_EID_LEN {
+                    if ssp.len() + "dtn:".len() > MAX_EID_LEN {
                         return Err(BundleError::BadEid(format!("at byte {at}: too long")));
                     }
                     validate_dtn_ssp(ssp)

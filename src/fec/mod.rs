@@ -98,6 +98,15 @@ impl Params {
             ));
         }
         let capacity = u64::from(self.stripes) * u64::from(self.k) * u64::from(self.shard_len);
+        let exact = self
+            .object_len
+            .div_ceil(u64::from(self.stripes) * u64::from(self.k));
+        if u64::from(self.shard_len) != exact {
+            return bad(format!(
+                "shard length {} is not the {exact} bytes an object of {} needs",
+                self.shard_len, self.object_len
+            ));
+        }
         if self.object_len > capacity {
             return bad(format!(
                 "object length {} does not fit {} stripes of {} × {} bytes",
@@ -326,6 +335,10 @@ pub fn codec(k: u32, m: u32) -> Result<Arc<ReedSolomon>, FecError> {
     let c = Arc::new(
         ReedSolomon::new(k as usize, m as usize).map_err(|e| FecError::Rs(format!("{e:?}")))?,
     );
+    // A hostile stick chooses shapes: keep the cache small.
+    if g.len() >= 64 {
+        g.clear();
+    }
     g.insert((k, m), c.clone());
     Ok(c)
 }

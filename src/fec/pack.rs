@@ -30,7 +30,13 @@ pub struct PackReader<R: Read> {
     back_pos: usize,
     offset: u64,
     done: bool,
+    gave_up: bool,
+    /// Bytes given back so far; bounded so a crafted file cannot make us rescan forever.
+    reread: u64,
 }
+
+/// Most bytes a reader rescans after records that did not verify, per file.
+pub const MAX_REREAD: u64 = 64 << 20;
 
 impl<R: Read> Read for PackReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -56,6 +62,8 @@ impl<R: Read> PackReader<R> {
             back_pos: 0,
             offset: 0,
             done: false,
+            gave_up: false,
+            reread: 0,
         };
         let mut h = [0u8; 8];
         let n = r.fill(&mut h)?;
@@ -90,7 +98,14 @@ impl<R: Read> PackReader<R> {
 
     /// Give bytes back to be read again (after a record that did not decode, so scanning
     /// resumes right behind its header).
+    /// Past [`MAX_REREAD`] the bytes are dropped instead and the rest of the file is
+    /// skipped (the next frame says so).
     pub fn unread(&mut self, bytes: Vec<u8>) {
+        self.reread += bytes.len() as u64;
+        if self.reread > MAX_REREAD {
+            self.gave_up = true;
+            return;
+        }
         self.offset -= bytes.len() as u64;
         let mut v = bytes;
         v.extend_from_slice(&self.back[self.back_pos..]);
@@ -102,6 +117,16 @@ impl<R: Read> PackReader<R> {
     pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
         if self.done {
             return Ok(None);
+        }
+        if self.gave_up {
+            self.done = true;
+            return Ok(Some(Frame::Damage {
+                offset: self.offset,
+                reason: format!(
+                    "more than {} MiB rescanned after damaged records: rest of the file skipped",
+                    MAX_REREAD >> 20
+                ),
+            }));
         }
         let start = self.offset;
         let mut win = [0u8; 4];
@@ -194,6 +219,31 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn nested_record_headers_cannot_make_the_reader_rescan_forever() {
+        // A file of nothing but "MSR1" + maximal length: every record fails and is given
+        // back, and each rescan finds another header 8 bytes further on.
+        let mut p = PACK_MAGIC.to_vec();
+        while p.len() < 40 << 20 {
+            p.extend_from_slice(REC_MAGIC);
+            p.extend_from_slice(&MAX_RECORD.to_be_bytes());
+        }
+        let mut r = PackReader::open(p.as_slice()).unwrap().unwrap();
+        let mut records = 0;
+        let mut last = String::new();
+        while let Some(f) = r.next_frame().unwrap() {
+            match f {
+                Frame::Record { bytes, .. } => {
+                    records += 1;
+                    r.unread(bytes);
+                }
+                Frame::Damage { reason, .. } => last = reason,
+            }
+        }
+        assert!(records <= 6, "{records} records read");
+        assert!(last.contains("rest of the file skipped"), "{last}");
     }
 
     #[test]

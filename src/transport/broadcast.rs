@@ -512,8 +512,10 @@ pub fn ingest_with(
     seen_files: &mut SeenFiles,
 ) -> Result<IngestReport, BroadcastError> {
     let mut report = IngestReport::default();
-    node.store
-        .purge_partial(DtnTime(opts.now.0.saturating_sub(PARTIAL_MAX_AGE_MS)))?;
+    if opts.now.0 > PARTIAL_MAX_AGE_MS {
+        node.store
+            .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
+    }
     let mut problems = Vec::new();
     let files = feed_files(dir, &mut problems)?;
     report.problems.extend(problems);

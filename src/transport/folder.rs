@@ -47,6 +47,8 @@ const GROUP_BYTES: u64 = 32 * 1024 * 1024;
 const RESERVE: u64 = 1024 * 1024;
 /// Shards of incomplete objects held in memory during import before spilling to the store.
 const PENDING_BUDGET: usize = 128 * 1024 * 1024;
+/// Problems listed per file; beyond that one line says there were more.
+const MAX_REPORTS_PER_FILE: usize = 50;
 /// Rebuilt bundles are committed in slices of about this many bytes (bounds memory).
 const COMMIT_BYTES: usize = 8 << 20;
 /// Shards of an object that stays incomplete this long are dropped.
@@ -200,6 +202,8 @@ pub fn export(
         }
         let res = write_group(node, &shards_dir, &session, gi, group, &opts.policy, pb).and_then(
             |(files, shards, bytes)| {
+                // The packs' names must be durable before a catalog says they are here.
+                sync_dir(&shards_dir);
                 let mut cat = CATALOG_MAGIC.to_vec();
                 for c in group.iter() {
                     cat.extend_from_slice(&c.key);
@@ -433,9 +437,27 @@ pub struct ImportReport {
 struct Pending {
     params: Params,
     shards: HashMap<u64, Shard>,
+    /// Distinct shards held per stripe, and data shards held, kept up to date on insert.
+    per_stripe: Vec<u32>,
+    data: u64,
     bytes: usize,
     /// Some of its shards are (or were) kept in the store.
     in_store: bool,
+}
+
+impl Pending {
+    /// Keep a shard unless one with its leaf index is already held; `false` if it was.
+    fn insert(&mut self, s: Shard) -> bool {
+        let leaf = s.leaf_index();
+        if self.shards.contains_key(&leaf) || s.stripe as usize >= self.per_stripe.len() {
+            return false;
+        }
+        self.per_stripe[s.stripe as usize] += 1;
+        self.data += u64::from(!s.is_parity());
+        self.bytes += s.data.len();
+        self.shards.insert(leaf, s);
+        true
+    }
 }
 
 struct Importer<'a> {
@@ -467,6 +489,8 @@ impl Importer<'_> {
             let mut p = Pending {
                 params: shard.params,
                 shards: HashMap::new(),
+                per_stripe: vec![0; shard.params.stripes as usize],
+                data: 0,
                 bytes: 0,
                 in_store: false,
             };
@@ -474,8 +498,7 @@ impl Importer<'_> {
                 p.in_store = true;
                 if let Ok(s) = Shard::decode_verified(&rec) {
                     if s.object == obj {
-                        p.bytes += s.data.len();
-                        p.shards.insert(s.leaf_index(), s);
+                        p.insert(s);
                     }
                 }
             }
@@ -485,19 +508,14 @@ impl Importer<'_> {
         let Some(p) = self.pending.get_mut(&obj) else {
             return Ok(());
         };
-        let leaf = shard.leaf_index();
-        if p.shards.contains_key(&leaf) {
+        let before = p.bytes;
+        if !p.insert(shard) {
             self.report.duplicate_shards += 1;
             return Ok(());
         }
-        p.bytes += shard.data.len();
-        self.pending_bytes += shard.data.len();
-        p.shards.insert(leaf, shard);
-        let refs: Vec<&Shard> = p.shards.values().collect();
-        if fec::complete(&p.params, &refs) {
-            let all_data = p.shards.values().filter(|s| !s.is_parity()).count()
-                == (p.params.k * p.params.stripes) as usize;
-            if all_data {
+        self.pending_bytes += p.bytes - before;
+        if p.per_stripe.iter().all(|c| *c >= p.params.k) {
+            if p.data == u64::from(p.params.k) * u64::from(p.params.stripes) {
                 self.rebuild(obj);
             } else {
                 // Data shards may still come in later files: parity is used only for
@@ -608,8 +626,11 @@ pub fn import(
         Ok(m) if m.is_dir() => {}
         _ => return Err(FolderError::NotADrive(dir.display().to_string())),
     }
-    node.store
-        .purge_partial(DtnTime(opts.now.0.saturating_sub(PARTIAL_MAX_AGE_MS)))?;
+    // With no usable clock (time 0 or thereabouts) nothing is old enough to purge.
+    if opts.now.0 > PARTIAL_MAX_AGE_MS {
+        node.store
+            .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
+    }
     let mut problems = Vec::new();
     let mut imp = Importer {
         node,
@@ -623,10 +644,21 @@ pub fn import(
         report: ImportReport::default(),
     };
     let reject = |r: &mut ImportReport, file: &Path, reason: String| {
-        r.rejected.push(Rejection {
-            file: file.display().to_string(),
-            reason,
-        })
+        let file = file.display().to_string();
+        let n = r
+            .rejected
+            .iter()
+            .rev()
+            .take_while(|x| x.file == file)
+            .count();
+        if n < MAX_REPORTS_PER_FILE {
+            r.rejected.push(Rejection { file, reason });
+        } else if n == MAX_REPORTS_PER_FILE {
+            r.rejected.push(Rejection {
+                file,
+                reason: "more problems in this file, not listed".into(),
+            });
+        }
     };
 
     for path in regular_files(&root.join(HAVE), ".have", &mut problems) {
@@ -717,6 +749,12 @@ pub fn import(
                         if imp.queue_bytes >= COMMIT_BYTES {
                             imp.commit()?;
                         }
+                        // and a file may hold shards of very many objects: spill early
+                        if imp.pending_bytes > PENDING_BUDGET {
+                            imp.rebuild_ready();
+                            imp.spill(false)?;
+                            imp.commit()?;
+                        }
                     }
                     Err(e) => {
                         bad = true;
@@ -779,6 +817,15 @@ pub fn import(
             }
         }
         sync_dir(&root.join(SHARDS));
+        if imp.report.cleaned > 0 {
+            // Catalogs would claim the deleted packs are still here and stop the next
+            // export from writing those bundles again: remove them with the packs.
+            let mut ignored = Vec::new();
+            for c in regular_files(&root.join(CATALOG), ".cat", &mut ignored) {
+                let _ = fs::remove_file(c);
+            }
+            sync_dir(&root.join(CATALOG));
+        }
     }
     Ok(imp.report)
 }
