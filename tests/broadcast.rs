@@ -1,5 +1,7 @@
 //! The one-way broadcast feed: publish, lose and corrupt files, ingest what is left.
 
+mod common;
+
 use indicatif::ProgressBar;
 use mycelium::adu::{self, Message};
 use mycelium::node::Node;
@@ -350,19 +352,7 @@ fn ingest_memory_does_not_grow_with_the_feed() {
     let mut o = PublishOptions::new(now);
     o.overhead = 0.1;
     broadcast::publish(&market, &feed, &o, &ProgressBar::hidden()).unwrap();
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
-        .arg("--home")
-        .arg(&user_home)
-        .args(["--json", "broadcast", "ingest"])
-        .arg(&feed)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::cli_json(&user_home, &["broadcast", "ingest"], &feed);
     assert_eq!(v["new"], 160);
     let feed_mib = v["bytes"].as_u64().unwrap() >> 20;
     let peak_mib = v["peak_memory_kib"].as_u64().unwrap() / 1024;

@@ -1,5 +1,7 @@
 //! Sneakernet on real folders and real RocksDB: export to a "stick", import what survived.
 
+mod common;
+
 use indicatif::ProgressBar;
 use mycelium::adu::{self, FileMessage, Message};
 use mycelium::bundle::Eid;
@@ -537,19 +539,7 @@ fn import_streams_a_huge_drive_in_bounded_memory() {
     use std::io::Write;
     (&f).write_all(b"MYCPACK1").unwrap();
     f.set_len(256 << 20).unwrap();
-    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
-        .arg("--home")
-        .arg(&b)
-        .args(["--json", "import"])
-        .arg(&stick)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::cli_json(&b, &["import"], &stick);
     assert_eq!(v["new"], 5);
     assert!(v["rejected"].to_string().contains("zz-huge.msp"));
     let peak_mib = v["peak_memory_kib"].as_u64().unwrap() / 1024;

@@ -1,1 +1,23 @@
 pub mod vectors;
+
+use std::path::Path;
+
+/// Run `mycelium --home HOME --json ARGS... PATH` and parse its JSON output; fails the test
+/// with the command's stderr if it does not succeed.
+#[allow(dead_code)]
+pub fn cli_json(home: &Path, args: &[&str], path: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
+        .arg("--home")
+        .arg(home)
+        .arg("--json")
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
