@@ -76,6 +76,18 @@ impl Identity {
         node_id_for_key(&self.public_key())
     }
 
+    /// The key as PKCS#8 v1 DER (RFC 8410), for TLS libraries. Zeroised on drop.
+    pub fn pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut v = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        v.extend_from_slice(&PREFIX);
+        v.extend_from_slice(self.key.as_bytes());
+        v
+    }
+
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.key.sign(msg).to_bytes()
     }

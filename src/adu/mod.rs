@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The envelope version this code writes and fully understands.
 pub const ENVELOPE_VERSION: u64 = 1;
 pub const KIND_MESSAGE: &str = "message";
+pub const KIND_RECEIPT: &str = "receipt";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AduError {
@@ -40,10 +41,27 @@ pub struct FileMessage {
     pub data: Vec<u8>,
 }
 
+/// A delivery receipt: the destination of bundle `bundle` (its store key) says it
+/// arrived at `at`. Signed, as every bundle, by its source: the original's destination.
+/// Nodes that see it stop carrying the original until `expires` (the original's expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    #[serde(with = "serde_bytes")]
+    pub bundle: [u8; 32],
+    /// The original's creation time (DTN ms), so every node orders the key alike.
+    pub created: u64,
+    /// When the original expires (DTN ms): the receipt is useless after that.
+    pub expires: u64,
+    /// When it was delivered (DTN ms, 0 if the destination had no clock).
+    pub at: u64,
+}
+
 /// What a payload holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adu {
     Message(Message),
+    Receipt(Receipt),
     /// A kind or version this node does not understand: kept as is.
     Unknown {
         version: u64,
@@ -55,6 +73,7 @@ impl Adu {
     pub fn kind(&self) -> &str {
         match self {
             Adu::Message(_) => KIND_MESSAGE,
+            Adu::Receipt(_) => KIND_RECEIPT,
             Adu::Unknown { kind, .. } => kind,
         }
     }
@@ -71,6 +90,11 @@ struct Envelope<B> {
 /// Encode a message as a payload.
 pub fn encode_message(m: &Message) -> Vec<u8> {
     encode(KIND_MESSAGE, m)
+}
+
+/// Encode a delivery receipt as a payload.
+pub fn encode_receipt(r: &Receipt) -> Vec<u8> {
+    encode(KIND_RECEIPT, r)
 }
 
 fn encode<B: Serialize>(kind: &str, body: &B) -> Vec<u8> {
@@ -128,6 +152,13 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
             })?;
             Ok(Adu::Message(m))
         }
+        KIND_RECEIPT => {
+            let r: Receipt = env.body.deserialized().map_err(|e| AduError::BadBody {
+                kind: env.kind.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Adu::Receipt(r))
+        }
         _ => Ok(Adu::Unknown {
             version: env.v,
             kind: env.kind,
@@ -172,6 +203,35 @@ mod tests {
             let p = encode_message(&m);
             assert_eq!(decode(&p).unwrap(), Adu::Message(m));
         }
+    }
+
+    #[test]
+    fn receipt_round_trips_and_rejects_short_keys() {
+        let r = Receipt {
+            bundle: [7; 32],
+            created: 1,
+            expires: 99,
+            at: 5,
+        };
+        assert_eq!(decode(&encode_receipt(&r)).unwrap(), Adu::Receipt(r));
+        #[derive(Serialize)]
+        struct Short {
+            #[serde(with = "serde_bytes")]
+            bundle: Vec<u8>,
+            created: u64,
+            expires: u64,
+            at: u64,
+        }
+        let p = encode(
+            KIND_RECEIPT,
+            &Short {
+                bundle: vec![1; 31],
+                created: 0,
+                expires: 1,
+                at: 1,
+            },
+        );
+        assert!(matches!(decode(&p), Err(AduError::BadBody { .. })));
     }
 
     #[test]

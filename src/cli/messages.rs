@@ -153,6 +153,11 @@ pub fn adu_json(adu: &Result<Adu, String>) -> Value {
             "kind": "message",
             "file": {"name": f.name, "media_type": f.media_type, "size": f.data.len()},
         }),
+        Ok(Adu::Receipt(r)) => json!({
+            "kind": "receipt",
+            "delivered": hex::encode(r.bundle),
+            "at": DtnTime(r.at).to_rfc3339(),
+        }),
         Ok(Adu::Unknown { version, kind }) => {
             json!({"kind": kind, "version": version, "understood": false})
         }
@@ -172,6 +177,11 @@ pub fn adu_text(adu: &Result<Adu, String>) -> String {
                 f.data.len()
             )
         }
+        Ok(Adu::Receipt(r)) => format!(
+            "[receipt: your bundle {} was delivered {}]",
+            &hex::encode(r.bundle)[..12],
+            DtnTime(r.at).to_rfc3339()
+        ),
         Ok(Adu::Unknown { version, kind }) => format!("[{kind} v{version}: not understood here]"),
         Err(e) => format!("[opaque payload: {e}]"),
     }

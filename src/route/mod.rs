@@ -6,6 +6,8 @@
 
 use crate::time::DtnTime;
 
+pub mod delivery;
+
 /// Priority class of an ADU kind (lower travels first).
 pub fn priority(kind: &str) -> u8 {
     match kind {

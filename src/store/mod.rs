@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 mod objects;
+mod routing;
 pub use objects::{ObjectStatus, PartialSummary, Rebuilt};
+pub use routing::PeerRecord;
 
 /// Column families.
 pub mod cf {
@@ -46,7 +48,13 @@ pub mod cf {
     pub const TRUST: &str = "trust";
     /// feed file key (blake3 of its signed header) → consumed at (u64 BE, DTN ms)
     pub const FEED_FILES: &str = "feed_files";
-    pub const ALL: [&str; 12] = [
+    /// bundle key → CBOR tombstone: delivered, do not carry (route::delivery)
+    pub const TOMBSTONES: &str = "tombstones";
+    /// peer node ID text → CBOR peer sync record
+    pub const SYNC_PEERS: &str = "sync_peers";
+    pub const ALL: [&str; 14] = [
+        TOMBSTONES,
+        SYNC_PEERS,
         TRUST,
         FEED_FILES,
         BUNDLES,
@@ -435,6 +443,7 @@ impl Store {
 
     /// Delete every bundle whose expiry is at or before `now`; returns how many.
     pub fn purge_expired(&self, now: DtnTime) -> Result<usize, StoreError> {
+        self.purge_tombstones(now)?;
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut n = 0;
@@ -455,15 +464,7 @@ impl Store {
                 break;
             }
             let key = key32(&k[8..])?;
-            if let Some(rec) = self.record(&key)? {
-                batch.delete_cf(
-                    self.cf(cf::BY_DEST),
-                    index_key(dest_node(&rec.destination).as_bytes(), &key),
-                );
-                batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), &key));
-            }
-            batch.delete_cf(self.cf(cf::BUNDLES), key);
-            batch.delete_cf(self.cf(cf::RECORDS), key);
+            self.stage_delete(&mut batch, &key)?;
             batch.delete_cf(self.cf(cf::BY_EXPIRY), &k);
             n += 1;
         }
@@ -473,6 +474,27 @@ impl Store {
                 .map_err(|e| self.db_err(e))?;
         }
         Ok(n)
+    }
+}
+
+impl Store {
+    /// Add the deletion of a stored bundle and its index entries to `batch` (nothing if
+    /// it is not stored). The caller holds the write lock.
+    fn stage_delete(&self, batch: &mut WriteBatch, key: &[u8; 32]) -> Result<(), StoreError> {
+        if let Some(rec) = self.record(key)? {
+            batch.delete_cf(
+                self.cf(cf::BY_DEST),
+                index_key(dest_node(&rec.destination).as_bytes(), key),
+            );
+            batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), key));
+            batch.delete_cf(
+                self.cf(cf::BY_EXPIRY),
+                expiry_key(rec.expires_at, key),
+            );
+        }
+        batch.delete_cf(self.cf(cf::BUNDLES), key);
+        batch.delete_cf(self.cf(cf::RECORDS), key);
+        Ok(())
     }
 }
 

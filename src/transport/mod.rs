@@ -3,9 +3,12 @@
 //!
 //! - [`folder`]: USB sticks and any folder (sneakernet): shard packs, catalogs,
 //!   have-summaries.
+//! - [`broadcast`]: the one-way feed (publish, ingest, watch).
+//! - [`quic`]: sync sessions over QUIC with Ed25519 raw-public-key TLS.
 
 pub mod broadcast;
 pub mod folder;
+pub mod quic;
 
 use std::fs;
 use std::io::{self, Write};

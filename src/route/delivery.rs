@@ -1,0 +1,176 @@
+//! Delivery and receipts: what a node does with a verified bundle that arrived over any
+//! medium (QUIC, stick, feed), and the forwarding rules that go with it. Pure policy over
+//! a [`RouteStore`]: the RocksDB store implements it for real nodes, the simulation an
+//! in-memory map.
+//!
+//! - A bundle that reached its destination is delivered once: the destination keeps it
+//!   (its inbox), records a tombstone so it never offers it to anyone, and originates a
+//!   signed `receipt` bundle back to the source.
+//! - A node that sees a receipt signed by the original's destination records a tombstone
+//!   and drops its copy of the original (anti-entropy: copies die out once delivered).
+//!   Tombstones live until the original would have expired, so a late copy is refused
+//!   instead of being carried again. A receipt signed by anyone else cannot suppress a
+//!   bundle: a tombstone only counts when its signer is that bundle's destination.
+//! - Forwarding increments the hop count; a bundle at its hop limit stays put.
+
+use crate::adu::{self, Adu, Receipt};
+use crate::bundle::{
+    block_types, Bundle, BundleBuilder, BundleError, CreationTimestamp, HopCount,
+    VerifiedBundle,
+};
+use crate::identity::Identity;
+use crate::time::DtnTime;
+use serde::{Deserialize, Serialize};
+
+/// "Delivered; do not carry": kept until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Node ID that signed the receipt (or this node, at the destination).
+    pub signer: String,
+    /// The original's creation time (DTN ms): its place in reconciliation order.
+    pub created: u64,
+    pub expires: DtnTime,
+}
+
+/// One atomic change to a store: bundles to add, tombstones to record, keys to drop.
+#[derive(Default)]
+pub struct Change {
+    pub put: Vec<VerifiedBundle>,
+    pub tombstones: Vec<([u8; 32], Tombstone)>,
+    pub delete: Vec<[u8; 32]>,
+}
+
+/// What delivery needs from a store. `commit` must apply a [`Change`] atomically.
+pub trait RouteStore {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn has(&self, key: &[u8; 32]) -> Result<bool, Self::Error>;
+    /// Node ID (text) of the destination of a stored bundle.
+    fn destination_node(&self, key: &[u8; 32]) -> Result<Option<String>, Self::Error>;
+    fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, Self::Error>;
+    fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, Self::Error>;
+    fn commit(&self, change: Change, now: DtnTime) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Store(E),
+    #[error("cannot sign a receipt: {0}")]
+    Receipt(BundleError),
+}
+
+/// What became of an arriving bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Stored. `delivered`: this node is its destination (a receipt was issued);
+    /// `purged`: it was a receipt and this node dropped the original.
+    New { delivered: bool, purged: bool },
+    Duplicate,
+    /// Its destination already confirmed delivery: refused, nothing stored.
+    AlreadyDelivered,
+    Expired,
+}
+
+/// Shortest life given to a receipt, so one for a nearly expired bundle still travels.
+pub const MIN_RECEIPT_LIFETIME_MS: u64 = 60 * 60 * 1000;
+
+/// Handle a verified bundle that arrived from outside, at time `now`.
+pub fn accept<S: RouteStore>(
+    store: &S,
+    me: &Identity,
+    vb: VerifiedBundle,
+    now: DtnTime,
+) -> Result<Arrival, DeliveryError<S::Error>> {
+    let key = vb.id().key();
+    let b = vb.bundle();
+    let expires = b.expires_at(now);
+    if expires <= now {
+        return Ok(Arrival::Expired);
+    }
+    let dest_node = b.primary.destination.node_id();
+    if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
+        if t.signer == dest_node.to_string() {
+            return Ok(Arrival::AlreadyDelivered);
+        }
+    }
+    if store.has(&key).map_err(DeliveryError::Store)? {
+        return Ok(Arrival::Duplicate);
+    }
+    let mut change = Change::default();
+    let mut purged = false;
+    let mut delivered = false;
+    let adu = adu::decode(b.payload());
+    if let Ok(Adu::Receipt(r)) = &adu {
+        let signer = b.primary.source.node_id().to_string();
+        let stone = Tombstone {
+            signer: signer.clone(),
+            created: r.created,
+            // Never past the receipt's own expiry, whatever the body claims.
+            expires: DtnTime(r.expires).min(expires),
+        };
+        if store.destination_node(&r.bundle).map_err(DeliveryError::Store)? == Some(signer) {
+            change.delete.push(r.bundle);
+            purged = true;
+        }
+        change.tombstones.push((r.bundle, stone));
+    } else if dest_node == me.node_id() && !b.primary.source.is_null() {
+        delivered = true;
+        change.tombstones.push((
+            key,
+            Tombstone {
+                signer: me.node_id().to_string(),
+                created: b.primary.created.time.0,
+                expires,
+            },
+        ));
+        let receipt = adu::encode_receipt(&Receipt {
+            bundle: key,
+            created: b.primary.created.time.0,
+            expires: expires.0,
+            at: now.0,
+        });
+        let ts = store
+            .next_creation_timestamp(now)
+            .map_err(DeliveryError::Store)?;
+        let lifetime = expires
+            .0
+            .saturating_sub(now.0)
+            .max(MIN_RECEIPT_LIFETIME_MS);
+        let rb = BundleBuilder::new(b.primary.source.node_id(), ts, lifetime)
+            .payload(receipt)
+            .sign(me)
+            .map_err(DeliveryError::Receipt)?;
+        change.put.push(rb);
+    }
+    change.put.insert(0, vb);
+    store.commit(change, now).map_err(DeliveryError::Store)?;
+    Ok(Arrival::New { delivered, purged })
+}
+
+/// The bytes to send for a stored bundle: its hop count incremented. `None` when it is at
+/// its hop limit and must not travel further.
+pub fn forward_copy(raw: &[u8]) -> Result<Option<Vec<u8>>, BundleError> {
+    let mut b = Bundle::decode(raw)?;
+    let Some(pos) = b
+        .blocks
+        .iter()
+        .position(|bl| bl.block_type == block_types::HOP_COUNT)
+    else {
+        return Ok(Some(raw.to_vec()));
+    };
+    let hc = HopCount::from_data(b.blocks[pos].number, &b.blocks[pos].data)?;
+    if hc.count >= hc.limit {
+        return Ok(None);
+    }
+    b.blocks[pos].data = HopCount {
+        limit: hc.limit,
+        count: hc.count + 1,
+    }
+    .to_data();
+    Ok(Some(b.encode()))
+}
+
+/// Whether a bundle may still travel: not expired and below its hop limit.
+pub fn may_forward(b: &Bundle, now: DtnTime) -> bool {
+    b.expires_at(now) > now && b.hop_count().is_none_or(|h| h.count < h.limit)
+}

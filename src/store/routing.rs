@@ -1,0 +1,253 @@
+//! The store's side of routing and sync: tombstones (delivered bundles not to carry),
+//! the [`RouteStore`] implementation behind delivery and receipts, the inventory a sync
+//! session reconciles, per-peer sync records, and the gateway's daily byte budget.
+
+use super::{cf, decode_record, key32, Store, StoreError};
+use crate::bundle::{CreationTimestamp, Eid};
+use crate::route::delivery::{Change, RouteStore, Tombstone};
+use crate::route::priority;
+use crate::sync::session::Item;
+use crate::time::DtnTime;
+use rocksdb::{IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// What this node remembers about syncing with one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Last known address (`host:port`), from `peer add` or discovery.
+    pub addr: Option<String>,
+    /// On the allow-list (`peer add`).
+    pub allowed: bool,
+    pub last_attempt: DtnTime,
+    pub last_success: DtnTime,
+    pub sessions: u64,
+    pub bundles_in: u64,
+    pub bundles_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Why the last session failed, if it did.
+    pub last_error: Option<String>,
+}
+
+const META_GW_DAY: &[u8] = b"gateway_day";
+const META_GW_USED: &[u8] = b"gateway_used";
+const DAY_MS: u64 = 86_400_000;
+
+impl Store {
+    fn tombstone_of(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::TOMBSTONES), key)
+            .map_err(|e| self.db_err(e))?;
+        v.map(|b| {
+            ciborium::from_reader(b.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: hex::encode(key),
+                reason: format!("tombstone: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// All tombstones, in key order.
+    pub fn tombstones(&self) -> Result<Vec<([u8; 32], Tombstone)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::TOMBSTONES), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = key32(&k)?;
+            let t = ciborium::from_reader(&v[..]).map_err(|e| StoreError::Corrupt {
+                key: hex::encode(key),
+                reason: format!("tombstone: {e}"),
+            })?;
+            out.push((key, t));
+        }
+        Ok(out)
+    }
+
+    /// Drop tombstones whose bundles would have expired by `now`; returns how many.
+    pub fn purge_tombstones(&self, now: DtnTime) -> Result<usize, StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for (key, t) in self.tombstones()? {
+            if t.expires <= now {
+                batch.delete_cf(self.cf(cf::TOMBSTONES), key);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.write_synced(batch)?;
+        }
+        Ok(n)
+    }
+
+    /// What a sync session with `peer` reconciles: every stored bundle and every
+    /// tombstone. Sendable are live bundles that are neither delivered nor addressed to
+    /// this node (they have arrived).
+    pub fn sync_items(
+        &self,
+        me: &Eid,
+        peer: Option<&Eid>,
+        now: DtnTime,
+    ) -> Result<Vec<Item>, StoreError> {
+        let me = me.node_id().to_string();
+        let peer = peer.map(|p| p.node_id().to_string());
+        let stones = self.tombstones()?;
+        let dead: HashSet<[u8; 32]> = stones.iter().map(|(k, _)| *k).collect();
+        let mut out = Vec::with_capacity(stones.len());
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::RECORDS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let key = key32(&k)?;
+            let rec = decode_record(&key, &v)?;
+            let dest = super::dest_node(&rec.destination);
+            out.push(Item {
+                key,
+                created_ms: rec.created_ms,
+                class: priority(&rec.kind),
+                for_peer: peer.as_deref() == Some(dest.as_str()),
+                expires_ms: rec.expires_at.0,
+                size: rec.size,
+                sendable: !dead.contains(&key) && rec.expires_at > now && dest != me,
+            });
+        }
+        let stored: HashSet<[u8; 32]> = out.iter().map(|i| i.key).collect();
+        for (key, t) in stones {
+            if !stored.contains(&key) {
+                out.push(Item {
+                    key,
+                    created_ms: t.created,
+                    class: 0,
+                    for_peer: false,
+                    expires_ms: t.expires.0,
+                    size: 0,
+                    sendable: false,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn peer_record(&self, node: &str) -> Result<Option<PeerRecord>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::SYNC_PEERS), node.as_bytes())
+            .map_err(|e| self.db_err(e))?;
+        v.map(|b| {
+            ciborium::from_reader(b.as_slice()).map_err(|e| StoreError::Corrupt {
+                key: node.to_string(),
+                reason: format!("peer record: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Read, change and write back one peer's record (created if missing).
+    pub fn update_peer(
+        &self,
+        node: &str,
+        f: impl FnOnce(&mut PeerRecord),
+    ) -> Result<PeerRecord, StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self.peer_record(node)?.unwrap_or_default();
+        f(&mut rec);
+        let mut bytes = Vec::new();
+        let _ = ciborium::into_writer(&rec, &mut bytes);
+        self.db
+            .put_cf_opt(
+                self.cf(cf::SYNC_PEERS),
+                node.as_bytes(),
+                bytes,
+                &Self::synced(),
+            )
+            .map_err(|e| self.db_err(e))?;
+        Ok(rec)
+    }
+
+    /// Every peer record, by node ID.
+    pub fn peers(&self) -> Result<Vec<(String, PeerRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::SYNC_PEERS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let node = String::from_utf8_lossy(&k).into_owned();
+            let rec = ciborium::from_reader(&v[..]).map_err(|e| StoreError::Corrupt {
+                key: node.clone(),
+                reason: format!("peer record: {e}"),
+            })?;
+            out.push((node, rec));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the gateway has used on the day (UTC, DTN days) containing `now`.
+    pub fn gateway_used_today(&self, now: DtnTime) -> Result<u64, StoreError> {
+        let day = now.0 / DAY_MS;
+        if self.meta_u64(META_GW_DAY)? != Some(day) {
+            return Ok(0);
+        }
+        Ok(self.meta_u64(META_GW_USED)?.unwrap_or(0))
+    }
+
+    /// Add to the gateway's byte count for today.
+    pub fn add_gateway_used(&self, now: DtnTime, bytes: u64) -> Result<u64, StoreError> {
+        let used = self.gateway_used_today(now)?.saturating_add(bytes);
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(cf::META),
+            META_GW_DAY,
+            (now.0 / DAY_MS).to_be_bytes(),
+        );
+        batch.put_cf(self.cf(cf::META), META_GW_USED, used.to_be_bytes());
+        self.write_synced(batch)?;
+        Ok(used)
+    }
+}
+
+impl RouteStore for Store {
+    type Error = StoreError;
+
+    fn has(&self, key: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.record(key)?.is_some())
+    }
+
+    fn destination_node(&self, key: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .record(key)?
+            .map(|r| super::dest_node(&r.destination)))
+    }
+
+    fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, StoreError> {
+        self.tombstone_of(key)
+    }
+
+    fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, StoreError> {
+        Store::next_creation_timestamp(self, now)
+    }
+
+    fn commit(&self, change: Change, now: DtnTime) -> Result<(), StoreError> {
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut staged = HashSet::new();
+        for vb in &change.put {
+            self.stage_put(&mut batch, vb, now, &mut staged)?;
+        }
+        for (key, t) in &change.tombstones {
+            let mut bytes = Vec::new();
+            let _ = ciborium::into_writer(t, &mut bytes);
+            batch.put_cf(self.cf(cf::TOMBSTONES), key, bytes);
+        }
+        for key in &change.delete {
+            self.stage_delete(&mut batch, key)?;
+        }
+        self.write_synced(batch)
+    }
+}

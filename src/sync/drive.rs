@@ -1,0 +1,168 @@
+//! Glue between a [`Session`] and the bundles it moves, shared by every driver (QUIC, the
+//! in-memory simulation, benchmarks): turning "send bundle K" into bytes and arriving
+//! bundle bytes into a verified, stored key. Still no I/O here: [`BundleIo`] is the
+//! driver's store, and frames go in and out as bytes.
+
+use super::session::{Session, SyncError, Transmit};
+use super::wire::Frame;
+
+/// A driver's access to its store for one session.
+pub trait BundleIo {
+    /// The bytes to send for `key` (hop count already incremented), or `None` if it is
+    /// gone or must not travel further.
+    fn outgoing(&mut self, key: &[u8; 32]) -> Option<Vec<u8>>;
+    /// Verify and store an arriving bundle. `Ok(key)` when it verified (whether new, a
+    /// duplicate or already delivered); `Err(reason)` when it is forged or malformed,
+    /// which ends the session.
+    fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String>;
+}
+
+/// Feed one frame from the peer into the session.
+pub fn on_frame(s: &mut Session, io: &mut impl BundleIo, frame: Frame) -> Result<(), SyncError> {
+    if let Some(bytes) = s.on_frame(frame)? {
+        let key = io.incoming(bytes).map_err(SyncError::BadBundle)?;
+        s.bundle_received(&key)?;
+    }
+    Ok(())
+}
+
+/// What to write next: a whole frame, or a bundle as header and body (so large
+/// bundles are not copied again). `None` when nothing is due.
+pub enum Output {
+    Frame(Vec<u8>),
+    Bundle([u8; super::wire::HEADER], Vec<u8>),
+}
+
+impl Output {
+    pub fn len(&self) -> usize {
+        match self {
+            Output::Frame(f) => f.len(),
+            Output::Bundle(h, b) => h.len() + b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Output::Frame(f) => f,
+            Output::Bundle(h, b) => {
+                let mut v = Vec::with_capacity(h.len() + b.len());
+                v.extend_from_slice(&h);
+                v.extend_from_slice(&b);
+                v
+            }
+        }
+    }
+}
+
+/// The next output of the session, resolving bundle requests through `io`.
+pub fn next_output(s: &mut Session, io: &mut impl BundleIo) -> Option<Output> {
+    loop {
+        match s.poll_transmit()? {
+            Transmit::Frame(f) => return Some(Output::Frame(f.encode())),
+            Transmit::Bundle(key) => match io.outgoing(&key) {
+                Some(bytes) => {
+                    s.bundle_sent(bytes.len() as u64);
+                    return Some(Output::Bundle(Frame::bundle_header(bytes.len()), bytes));
+                }
+                None => s.bundle_unavailable(&key),
+            },
+        }
+    }
+}
+
+/// Split a byte stream's worth of frames (as written by [`next_output`]) back into frames.
+pub fn decode_stream(bytes: &[u8], max_bundle: usize) -> Result<Vec<Frame>, SyncError> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return Err(SyncError::Protocol("truncated frame header".into()));
+        }
+        let len = Frame::body_len([rest[0], rest[1], rest[2], rest[3]], max_bundle)
+            .map_err(|e| SyncError::Protocol(e.to_string()))?;
+        if rest.len() < 4 + len {
+            return Err(SyncError::Protocol("truncated frame".into()));
+        }
+        out.push(
+            Frame::decode(rest[4..4 + len].to_vec())
+                .map_err(|e| SyncError::Protocol(e.to_string()))?,
+        );
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
+/// Totals of an in-memory exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exchange {
+    /// Frames that crossed, both ways.
+    pub frames: usize,
+    /// Round trips: times the direction of traffic changed, halved (rounded up).
+    pub round_trips: usize,
+    pub bytes: u64,
+    /// Both sessions finished (false when `cut_after` stopped it).
+    pub finished: bool,
+}
+
+/// Run two sessions against each other in memory until both finish, or until
+/// `cut_after` frames have crossed (a link that drops mid-transfer). Errors name the side
+/// that failed: `(true, e)` for `a`.
+pub fn run_pair(
+    a: &mut Session,
+    a_io: &mut impl BundleIo,
+    b: &mut Session,
+    b_io: &mut impl BundleIo,
+    cut_after: Option<usize>,
+) -> Result<Exchange, (bool, SyncError)> {
+    let mut ex = Exchange::default();
+    let mut last_dir: Option<bool> = None;
+    let mut turns = 0usize;
+    loop {
+        let mut progressed = false;
+        for from_a in [true, false] {
+            loop {
+                let out = if from_a {
+                    next_output(a, a_io)
+                } else {
+                    next_output(b, b_io)
+                };
+                let Some(out) = out else { break };
+                if cut_after.is_some_and(|c| ex.frames >= c) {
+                    return Ok(ex);
+                }
+                progressed = true;
+                ex.frames += 1;
+                ex.bytes += out.len() as u64;
+                if last_dir != Some(from_a) {
+                    turns += 1;
+                    last_dir = Some(from_a);
+                }
+                let bytes = out.into_bytes();
+                let frames = decode_stream(&bytes, usize::MAX).map_err(|e| (!from_a, e))?;
+                for f in frames {
+                    let r = if from_a {
+                        on_frame(b, b_io, f)
+                    } else {
+                        on_frame(a, a_io, f)
+                    };
+                    r.map_err(|e| (!from_a, e))?;
+                }
+            }
+        }
+        if a.is_finished() && b.is_finished() {
+            ex.finished = true;
+            ex.round_trips = turns.div_ceil(2);
+            return Ok(ex);
+        }
+        if !progressed {
+            return Err((
+                true,
+                SyncError::Protocol("both sides stalled before finishing".into()),
+            ));
+        }
+    }
+}

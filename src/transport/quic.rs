@@ -1,0 +1,719 @@
+//! QUIC transport for sync sessions: quinn + rustls, ALPN `mycelium/1`, TLS 1.3 with raw
+//! public keys (RFC 7250) on both sides. Each node presents its Ed25519 node key as its
+//! TLS key; the handshake proves possession, and the peer's node ID is derived from the
+//! key it presented (no CA, no certificates). A client may insist on a node ID; a server
+//! may keep an allow-list.
+//!
+//! One sync session runs on one bidirectional stream: frames of [`crate::sync::wire`],
+//! driven by [`crate::sync::session`]. Reading and writing run as separate tasks so
+//! neither side can deadlock the other with full buffers; every frame must arrive within
+//! `frame_timeout` (slow peers are cut off) and lengths are checked before allocation.
+
+use crate::bundle::{Eid, VerifiedBundle};
+use crate::identity::{node_id_for_key, Identity};
+use crate::node::Node;
+use crate::route::delivery::{self, Arrival};
+use crate::sync::drive::{self, BundleIo, Output};
+use crate::sync::session::{Limits, Session, Stats, SyncError};
+use crate::sync::wire::{Frame, MAX_BUNDLE_FRAME};
+use crate::time::DtnTime;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const ALPN: &[u8] = b"mycelium/1";
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(String),
+    #[error("peer sent nothing for {0:?}: cut off")]
+    Timeout(Duration),
+    #[error("peer presented no Ed25519 key")]
+    NoPeerKey,
+    #[error("peer closed the stream before the sync finished")]
+    PeerClosed,
+    #[error("bad frame from peer: {0}")]
+    Frame(String),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// Knobs of the transport.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// A connection with no packets for this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive pings, well inside the idle timeout (NAT bindings, quiet links).
+    pub keep_alive: Duration,
+    /// Longest wait for the next frame (or the rest of one) before cutting the peer off.
+    pub frame_timeout: Duration,
+    /// Sessions a server runs at once; more connections wait.
+    pub max_sessions: usize,
+    /// Largest bundle frame accepted.
+    pub max_frame: usize,
+    pub limits: Limits,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            idle_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(60),
+            max_sessions: 16,
+            max_frame: MAX_BUNDLE_FRAME,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The Ed25519 SubjectPublicKeyInfo (DER) of a node key.
+pub fn spki_of(pk: &[u8; 32]) -> Vec<u8> {
+    let mut v = ED25519_SPKI_PREFIX.to_vec();
+    v.extend_from_slice(pk);
+    v
+}
+
+/// The Ed25519 key in an SPKI, if that is exactly what it is.
+pub fn key_of_spki(der: &[u8]) -> Option<[u8; 32]> {
+    if der.len() != 44 || der[..12] != ED25519_SPKI_PREFIX {
+        return None;
+    }
+    der[12..].try_into().ok()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certified_key(id: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, QuicError> {
+    let der = id.pkcs8_der();
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_slice());
+    let signer = rustls::crypto::ring::sign::any_eddsa_type(&pkcs8)
+        .map_err(|e| QuicError::Tls(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![CertificateDer::from(spki_of(&id.public_key()))],
+        signer,
+    )))
+}
+
+/// Checks the peer's raw public key: Ed25519, and allowed.
+#[derive(Debug)]
+struct PeerKeyVerifier {
+    /// Client side: the one key the server must have. Server side: the allow-list.
+    allowed: Option<HashSet<[u8; 32]>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PeerKeyVerifier {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let key = key_of_spki(end_entity.as_ref()).ok_or(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding,
+        ))?;
+        match &self.allowed {
+            Some(set) if !set.contains(&key) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn verify13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+}
+
+impl ServerCertVerifier for PeerKeyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+impl ClientCertVerifier for PeerKeyVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+fn transport(cfg: &QuicConfig) -> Result<quinn::TransportConfig, QuicError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| QuicError::Tls(e.to_string()))?,
+    ));
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    // Long fat links (satellite uplinks): windows far above the default so one stream can
+    // fill a high bandwidth-delay product, and BBR instead of loss-based congestion control.
+    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Ok(t)
+}
+
+/// A server endpoint for `id` on `addr`; `allow` restricts which node keys may connect.
+pub fn server_endpoint(
+    id: &Identity,
+    addr: SocketAddr,
+    allow: Option<HashSet<[u8; 32]>>,
+    cfg: &QuicConfig,
+) -> Result<quinn::Endpoint, QuicError> {
+    let provider = provider();
+    let verifier = Arc::new(PeerKeyVerifier {
+        allowed: allow,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(
+            rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(id)?),
+        ));
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let qsc = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qsc));
+    sc.transport_config(Arc::new(transport(cfg)?));
+    quinn::Endpoint::server(sc, addr).map_err(|source| QuicError::Bind { addr, source })
+}
+
+fn client_config(
+    id: &Identity,
+    expect: Option<[u8; 32]>,
+    cfg: &QuicConfig,
+) -> Result<quinn::ClientConfig, QuicError> {
+    let provider = provider();
+    let verifier = Arc::new(PeerKeyVerifier {
+        allowed: expect.map(|k| HashSet::from([k])),
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| QuicError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(
+            rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(id)?),
+        ));
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let qcc = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(qcc));
+    cc.transport_config(Arc::new(transport(cfg)?));
+    Ok(cc)
+}
+
+/// The node ID behind a connection's raw public key.
+pub fn peer_node(conn: &quinn::Connection) -> Result<Eid, QuicError> {
+    let any = conn.peer_identity().ok_or(QuicError::NoPeerKey)?;
+    let certs = any
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| QuicError::NoPeerKey)?;
+    let key = certs
+        .first()
+        .and_then(|c| key_of_spki(c.as_ref()))
+        .ok_or(QuicError::NoPeerKey)?;
+    Ok(node_id_for_key(&key))
+}
+
+/// What one session did, for summaries and peer records.
+#[derive(Debug, Clone, Default)]
+pub struct SessionReport {
+    pub peer: Option<Eid>,
+    pub stats: Stats,
+    pub new: u64,
+    pub duplicate: u64,
+    pub delivered: u64,
+    pub purged: u64,
+    pub already_delivered: u64,
+    pub expired: u64,
+    /// UDP bytes sent and received, QUIC and TLS overhead included.
+    pub wire_tx: u64,
+    pub wire_rx: u64,
+    pub elapsed: Duration,
+}
+
+/// A session's view of the node's store.
+pub struct NodeIo<'a> {
+    pub node: &'a Node,
+    pub now: DtnTime,
+    pub report: SessionReport,
+}
+
+impl BundleIo for NodeIo<'_> {
+    fn outgoing(&mut self, key: &[u8; 32]) -> Option<Vec<u8>> {
+        let raw = self.node.store.get_raw(key).ok()??;
+        delivery::forward_copy(&raw).ok()?
+    }
+
+    fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String> {
+        let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
+        let key = vb.id().key();
+        let arrival = delivery::accept(&self.node.store, &self.node.identity, vb, self.now)
+            .map_err(|e| format!("local store: {e}"))?;
+        let r = &mut self.report;
+        match arrival {
+            Arrival::New { delivered, purged } => {
+                r.new += 1;
+                r.delivered += delivered as u64;
+                r.purged += purged as u64;
+            }
+            Arrival::Duplicate => r.duplicate += 1,
+            Arrival::AlreadyDelivered => r.already_delivered += 1,
+            Arrival::Expired => r.expired += 1,
+        }
+        Ok(key)
+    }
+}
+
+/// Read one frame, each part within `timeout`.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+    timeout: Duration,
+) -> Result<Option<Frame>, QuicError> {
+    let mut h = [0u8; 4];
+    match tokio::time::timeout(timeout, recv.read_exact(&mut h)).await {
+        Err(_) => return Err(QuicError::Timeout(timeout)),
+        Ok(Err(quinn::ReadExactError::FinishedEarly(0))) => return Ok(None),
+        Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    let len = Frame::body_len(h, max).map_err(|e| QuicError::Frame(e.to_string()))?;
+    let mut body = Vec::new();
+    // Read in pieces so a peer that announces a large frame and stalls costs only what it
+    // actually sent, and each piece must arrive within the timeout.
+    let mut left = len;
+    while left > 0 {
+        let chunk = left.min(1 << 20);
+        let start = body.len();
+        body.resize(start + chunk, 0);
+        match tokio::time::timeout(timeout, recv.read_exact(&mut body[start..])).await {
+            Err(_) => return Err(QuicError::Timeout(timeout)),
+            Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => {
+                return Err(QuicError::Frame("stream ended inside a frame".into()))
+            }
+            Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
+            Ok(Ok(())) => {}
+        }
+        left -= chunk;
+    }
+    Frame::decode(body)
+        .map(Some)
+        .map_err(|e| QuicError::Frame(e.to_string()))
+}
+
+/// Run a session over one bidirectional stream until both sides are done.
+pub async fn run_session(
+    mut session: Session,
+    io: &mut impl BundleIo,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    cfg: &QuicConfig,
+) -> Result<Stats, QuicError> {
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame, QuicError>>(16);
+    let (max, timeout) = (cfg.max_frame, cfg.frame_timeout);
+    let reader = tokio::spawn(async move {
+        loop {
+            match read_frame(&mut recv, max, timeout).await {
+                Ok(Some(f)) => {
+                    if in_tx.send(Ok(f)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = in_tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(4);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let r = match out {
+                Output::Frame(f) => send.write_all(&f).await,
+                Output::Bundle(h, b) => match send.write_all(&h).await {
+                    Ok(()) => send.write_all(&b).await,
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = r {
+                return Err(QuicError::Connection(e.to_string()));
+            }
+        }
+        let _ = send.finish();
+        // Wait until the peer has everything (or has gone).
+        let _ = send.stopped().await;
+        Ok(())
+    });
+    let result = drive_loop(&mut session, io, &mut in_rx, &out_tx).await;
+    if let Err(e) = &result {
+        let reason = e.to_string();
+        let _ = out_tx.try_send(Output::Frame(Frame::Error(reason).encode()));
+    }
+    drop(out_tx);
+    reader.abort();
+    let w = if result.is_ok() {
+        tokio::time::timeout(cfg.frame_timeout, writer)
+            .await
+            .map_err(|_| QuicError::Timeout(cfg.frame_timeout))?
+            .map_err(|e| QuicError::Connection(e.to_string()))?
+    } else {
+        writer.abort();
+        Ok(())
+    };
+    result?;
+    w?;
+    Ok(session.stats())
+}
+
+async fn drive_loop(
+    session: &mut Session,
+    io: &mut impl BundleIo,
+    in_rx: &mut mpsc::Receiver<Result<Frame, QuicError>>,
+    out_tx: &mpsc::Sender<Output>,
+) -> Result<(), QuicError> {
+    let mut pending: Option<Output> = None;
+    loop {
+        if pending.is_none() {
+            pending = drive::next_output(session, io);
+        }
+        if pending.is_none() && session.is_finished() {
+            return Ok(());
+        }
+        tokio::select! {
+            permit = out_tx.reserve(), if pending.is_some() => {
+                let permit = permit.map_err(|_| QuicError::PeerClosed)?;
+                if let Some(out) = pending.take() {
+                    permit.send(out);
+                }
+            }
+            msg = in_rx.recv() => match msg {
+                Some(Ok(frame)) => drive::on_frame(session, io, frame)?,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    if session.is_finished() {
+                        return Ok(());
+                    }
+                    return Err(QuicError::PeerClosed);
+                }
+            },
+        }
+    }
+}
+
+/// Sync once with the node at `addr` (which must be `expect`, if given).
+pub async fn sync_with(
+    node: &Node,
+    addr: SocketAddr,
+    expect: Option<&Eid>,
+    cfg: &QuicConfig,
+) -> Result<SessionReport, QuicError> {
+    let started = Instant::now();
+    let expect_key = match expect {
+        Some(e) => Some(
+            crate::identity::key_for_node_id(e)
+                .map_err(|err| QuicError::Connect {
+                    addr,
+                    reason: err.to_string(),
+                })?
+                .to_bytes(),
+        ),
+        None => None,
+    };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().map_err(|_| QuicError::NoPeerKey)?
+    } else {
+        "0.0.0.0:0".parse().map_err(|_| QuicError::NoPeerKey)?
+    };
+    let mut ep = quinn::Endpoint::client(bind).map_err(|source| QuicError::Bind {
+        addr: bind,
+        source,
+    })?;
+    ep.set_default_client_config(client_config(&node.identity, expect_key, cfg)?);
+    let connecting = ep
+        .connect(addr, "mycelium")
+        .map_err(|e| QuicError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let conn = tokio::time::timeout(cfg.frame_timeout, connecting)
+        .await
+        .map_err(|_| QuicError::Timeout(cfg.frame_timeout))?
+        .map_err(|e| QuicError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let peer = peer_node(&conn)?;
+    let now = DtnTime::now();
+    let items = node
+        .store
+        .sync_items(&node.node_id(), Some(&peer), now)
+        .map_err(|e| QuicError::Connection(format!("local store: {e}")))?;
+    let session = Session::initiator(items, cfg.limits)?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| QuicError::Connection(e.to_string()))?;
+    let mut io = NodeIo {
+        node,
+        now,
+        report: SessionReport {
+            peer: Some(peer.clone()),
+            ..Default::default()
+        },
+    };
+    let mut result = run_session(session, &mut io, send, recv, cfg).await;
+    // A connection the server closed says why (a refused key, say): report that.
+    if let (Err(QuicError::Connection(_) | QuicError::PeerClosed), Some(why)) =
+        (&result, conn.close_reason())
+    {
+        result = Err(QuicError::Connection(why.to_string()));
+    }
+    let cs = conn.stats();
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    let mut report = io.report;
+    report.wire_tx = cs.udp_tx.bytes;
+    report.wire_rx = cs.udp_rx.bytes;
+    report.elapsed = started.elapsed();
+    record_peer(node, &peer, Some(addr), &result, &report);
+    report.stats = result?;
+    Ok(report)
+}
+
+fn record_peer(
+    node: &Node,
+    peer: &Eid,
+    addr: Option<SocketAddr>,
+    result: &Result<Stats, QuicError>,
+    report: &SessionReport,
+) {
+    let now = DtnTime::now();
+    let _ = node.store.update_peer(&peer.to_string(), |p| {
+        if let Some(a) = addr {
+            p.addr = Some(a.to_string());
+        }
+        p.last_attempt = now;
+        p.sessions += 1;
+        p.bundles_in += report.new;
+        match result {
+            Ok(s) => {
+                p.last_success = now;
+                p.bundles_out += s.bundles_out;
+                p.bytes_out += s.payload_bytes_out;
+                p.bytes_in += s.payload_bytes_in;
+                p.last_error = None;
+            }
+            Err(e) => p.last_error = Some(e.to_string()),
+        }
+    });
+}
+
+/// Serve sync sessions on `ep` until `stop` resolves. Each finished session is reported
+/// through `on_session` (peer, result); failures cut off only their own connection.
+pub async fn serve(
+    node: Arc<Node>,
+    ep: quinn::Endpoint,
+    cfg: QuicConfig,
+    on_session: impl Fn(Option<Eid>, Result<SessionReport, QuicError>) + Send + Sync + 'static,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_sessions.max(1)));
+    let cfg = Arc::new(cfg);
+    let on_session = Arc::new(on_session);
+    tokio::pin!(stop);
+    loop {
+        let incoming = tokio::select! {
+            _ = &mut stop => break,
+            i = ep.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (node, cfg, on_session) = (node.clone(), cfg.clone(), on_session.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (peer, result) = accept_one(&node, incoming, &cfg).await;
+            on_session(peer, result);
+        });
+    }
+    ep.close(0u32.into(), b"shutting down");
+}
+
+async fn accept_one(
+    node: &Node,
+    incoming: quinn::Incoming,
+    cfg: &QuicConfig,
+) -> (Option<Eid>, Result<SessionReport, QuicError>) {
+    let started = Instant::now();
+    let addr = incoming.remote_address();
+    let conn = match tokio::time::timeout(cfg.frame_timeout, incoming).await {
+        Err(_) => return (None, Err(QuicError::Timeout(cfg.frame_timeout))),
+        Ok(Err(e)) => {
+            return (
+                None,
+                Err(QuicError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                }),
+            )
+        }
+        Ok(Ok(c)) => c,
+    };
+    let peer = match peer_node(&conn) {
+        Ok(p) => p,
+        Err(e) => return (None, Err(e)),
+    };
+    let result: Result<SessionReport, QuicError> = async {
+        let (send, recv) = tokio::time::timeout(cfg.frame_timeout, conn.accept_bi())
+            .await
+            .map_err(|_| QuicError::Timeout(cfg.frame_timeout))?
+            .map_err(|e| QuicError::Connection(e.to_string()))?;
+        let now = DtnTime::now();
+        let items = node
+            .store
+            .sync_items(&node.node_id(), Some(&peer), now)
+            .map_err(|e| QuicError::Connection(format!("local store: {e}")))?;
+        let session = Session::responder(items, cfg.limits)?;
+        let mut io = NodeIo {
+            node,
+            now,
+            report: SessionReport {
+                peer: Some(peer.clone()),
+                ..Default::default()
+            },
+        };
+        let stats = run_session(session, &mut io, send, recv, cfg).await;
+        // The initiator closes once it has our Done; wait for that (bounded).
+        if stats.is_ok() {
+            let _ = tokio::time::timeout(cfg.frame_timeout, conn.closed()).await;
+        } else {
+            conn.close(1u32.into(), b"sync failed");
+        }
+        let mut report = io.report;
+        report.stats = stats?;
+        Ok(report)
+    }
+    .await;
+    let mut result = result;
+    if let Ok(r) = &mut result {
+        let cs = conn.stats();
+        r.wire_tx = cs.udp_tx.bytes;
+        r.wire_rx = cs.udp_rx.bytes;
+        r.elapsed = started.elapsed();
+    }
+    let stats_for_record = match &result {
+        Ok(r) => Ok(r.stats),
+        Err(e) => Err(QuicError::Connection(e.to_string())),
+    };
+    let rep = result.as_ref().cloned().unwrap_or_default();
+    record_peer(node, &peer, None, &stats_for_record, &rep);
+    (Some(peer), result)
+}
