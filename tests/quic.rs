@@ -48,7 +48,11 @@ fn start_server(
         node,
         ep,
         cfg,
-        move |peer, r| l2.lock().unwrap().push((peer, r.map_err(|e| e.to_string()))),
+        move |peer, r| {
+            l2.lock()
+                .unwrap()
+                .push((peer, r.map_err(|e| e.to_string())))
+        },
         async {
             let _ = rx.await;
         },
@@ -75,14 +79,23 @@ fn two_nodes_exchange_exactly_what_the_other_lacks_and_receipts_purge_copies() {
     let b = Arc::new(node(&dir, "b"));
     let c = node(&dir, "c");
     // a holds 3 messages for b and 2 for c; b holds 1 for a.
-    let for_b: Vec<_> = (0..3).map(|i| text(&a, &b.node_id(), &format!("hi b {i}"))).collect();
-    let for_c: Vec<_> = (0..2).map(|i| text(&a, &c.node_id(), &format!("hi c {i}"))).collect();
+    let for_b: Vec<_> = (0..3)
+        .map(|i| text(&a, &b.node_id(), &format!("hi b {i}")))
+        .collect();
+    let for_c: Vec<_> = (0..2)
+        .map(|i| text(&a, &c.node_id(), &format!("hi c {i}")))
+        .collect();
     let for_a = text(&b, &a.node_id(), "hi a");
     let rt = rt();
     let (addr, log, stop) = start_server(&rt, b.clone(), None, QuicConfig::default());
 
     let r = rt
-        .block_on(quic::sync_with(&a, addr, Some(&b.node_id()), &QuicConfig::default()))
+        .block_on(quic::sync_with(
+            &a,
+            addr,
+            Some(&b.node_id()),
+            &QuicConfig::default(),
+        ))
         .unwrap();
     assert_eq!(r.peer, Some(b.node_id()));
     assert_eq!(r.stats.we_lack, 1, "{r:?}");
@@ -100,27 +113,44 @@ fn two_nodes_exchange_exactly_what_the_other_lacks_and_receipts_purge_copies() {
     // Second sync: nothing but receipts moves. b's three receipts reach a, which drops
     // its copies of the delivered bundles; a's receipt reaches b, which drops for_a.
     let r2 = rt
-        .block_on(quic::sync_with(&a, addr, Some(&b.node_id()), &QuicConfig::default()))
+        .block_on(quic::sync_with(
+            &a,
+            addr,
+            Some(&b.node_id()),
+            &QuicConfig::default(),
+        ))
         .unwrap();
     assert_eq!(r2.new, 3, "three receipts from b: {r2:?}");
     assert_eq!(r2.purged, 3);
     assert_eq!(r2.stats.bundles_out, 1, "a's one receipt: {r2:?}");
     for k in &for_b {
-        assert!(a.store.record(k).unwrap().is_none(), "a still carries a delivered bundle");
+        assert!(
+            a.store.record(k).unwrap().is_none(),
+            "a still carries a delivered bundle"
+        );
     }
     for k in &for_c {
-        assert!(a.store.record(k).unwrap().is_some(), "undelivered copies stay");
+        assert!(
+            a.store.record(k).unwrap().is_some(),
+            "undelivered copies stay"
+        );
     }
     assert!(b.store.record(&for_a).unwrap().is_none());
     // A third sync moves nothing at all.
     let r3 = rt
         .block_on(quic::sync_with(&a, addr, None, &QuicConfig::default()))
         .unwrap();
-    assert_eq!((r3.stats.bundles_out, r3.stats.bundles_in), (0, 0), "{r3:?}");
+    assert_eq!(
+        (r3.stats.bundles_out, r3.stats.bundles_in),
+        (0, 0),
+        "{r3:?}"
+    );
     let _ = stop.send(());
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 3);
-    assert!(log.iter().all(|(p, r)| p.as_ref() == Some(&a.node_id()) && r.is_ok()));
+    assert!(log
+        .iter()
+        .all(|(p, r)| p.as_ref() == Some(&a.node_id()) && r.is_ok()));
     let peers = a.store.peers().unwrap();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].1.sessions, 3);
@@ -139,18 +169,212 @@ fn a_server_refuses_keys_off_its_allow_list_and_a_client_refuses_the_wrong_serve
     // The stranger is refused in the handshake (TLS 1.3 client authentication: the
     // client learns it as the connection being closed); nothing is stored.
     let e = rt
-        .block_on(quic::sync_with(&stranger, addr, None, &QuicConfig::default()))
+        .block_on(quic::sync_with(
+            &stranger,
+            addr,
+            None,
+            &QuicConfig::default(),
+        ))
         .unwrap_err();
     assert!(e.to_string().contains("invalid peer certificate"), "{e}");
     // A client that expects another node refuses b.
     let e = rt
-        .block_on(quic::sync_with(&a, addr, Some(&stranger.node_id()), &QuicConfig::default()))
+        .block_on(quic::sync_with(
+            &a,
+            addr,
+            Some(&stranger.node_id()),
+            &QuicConfig::default(),
+        ))
         .unwrap_err();
     assert!(matches!(e, QuicError::Connect { .. }), "{e}");
     assert!(b.store.is_empty().unwrap());
     // The allowed node still syncs.
-    rt.block_on(quic::sync_with(&a, addr, Some(&b.node_id()), &QuicConfig::default()))
-        .unwrap();
-    assert_eq!(b.inbox().unwrap().len(), 1, "the message arrived (and b issued a receipt)");
+    rt.block_on(quic::sync_with(
+        &a,
+        addr,
+        Some(&b.node_id()),
+        &QuicConfig::default(),
+    ))
+    .unwrap();
+    assert_eq!(
+        b.inbox().unwrap().len(),
+        1,
+        "the message arrived (and b issued a receipt)"
+    );
     assert!(log.lock().unwrap().iter().any(|(_, r)| r.is_ok()));
+}
+
+/// A server whose finished sessions arrive on a channel (so tests wait for events, not
+/// for time).
+fn start_server_chan(
+    rt: &tokio::runtime::Runtime,
+    node: Arc<Node>,
+    cfg: QuicConfig,
+) -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<Result<SessionReport, String>>,
+    oneshot::Sender<()>,
+) {
+    let _g = rt.enter();
+    let ep =
+        quic::server_endpoint(&node.identity, "127.0.0.1:0".parse().unwrap(), None, &cfg).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    rt.spawn(quic::serve(
+        node,
+        ep,
+        cfg,
+        move |_, r| {
+            let _ = tx.lock().unwrap().send(r.map_err(|e| e.to_string()));
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    (addr, rx, stop_tx)
+}
+
+/// Connect as `id` and run `script` on a raw stream: a hostile peer with a valid key.
+fn hostile<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    id: &mycelium::identity::Identity,
+    addr: SocketAddr,
+    script: F,
+) where
+    F: FnOnce(quinn::SendStream, quinn::RecvStream) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        let ep = quic::client_endpoint(
+            id,
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            &QuicConfig::default(),
+        )
+        .unwrap();
+        let conn = ep.connect(addr, "mycelium").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        script(send, recv).await;
+        conn.close(0u32.into(), b"bye");
+        ep.wait_idle().await;
+    });
+}
+
+fn hello() -> Vec<u8> {
+    Frame::Hello {
+        version: 1,
+        items: 0,
+    }
+    .encode()
+}
+
+#[test]
+fn hostile_peers_are_cut_off_with_a_reason_and_nothing_stored_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(node(&dir, "server"));
+    let honest = node(&dir, "honest");
+    let evil = node(&dir, "evil");
+    let kept = text(&server, &honest.node_id(), "already here");
+    let rt = rt();
+    let cfg = QuicConfig {
+        frame_timeout: Duration::from_millis(800),
+        ..QuicConfig::default()
+    };
+    let (addr, log, _stop) = start_server_chan(&rt, server.clone(), cfg);
+    let next = || {
+        log.recv_timeout(Duration::from_secs(30))
+            .expect("no session report")
+    };
+
+    // 1. An oversized frame header: refused before anything is allocated.
+    hostile(&rt, &evil.identity, addr, |mut s, mut r| async move {
+        s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let _ = r.read_to_end(1 << 16).await;
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("exceeds the limit"), "{e}");
+
+    // 2. A malformed frame (unknown type).
+    hostile(&rt, &evil.identity, addr, |mut s, mut r| async move {
+        s.write_all(&hello()).await.unwrap();
+        s.write_all(&[0, 0, 0, 1, 99]).await.unwrap();
+        let _ = r.read_to_end(1 << 16).await;
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("unknown frame type 99"), "{e}");
+
+    // 3. A tampered bundle: signed by evil, one payload byte changed.
+    let forged = {
+        let p = adu::encode_message(&Message::Text("pay evil 1000".into()));
+        let vb = evil
+            .originate(server.node_id(), p, DAY, DtnTime::now())
+            .unwrap();
+        let mut raw = vb.raw().to_vec();
+        let i = raw.len() - 10;
+        raw[i] ^= 0x20;
+        raw
+    };
+    hostile(&rt, &evil.identity, addr, move |mut s, mut r| async move {
+        s.write_all(&hello()).await.unwrap();
+        s.write_all(&Frame::Bundle(forged).encode()).await.unwrap();
+        let _ = r.read_to_end(1 << 16).await;
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("invalid bundle"), "{e}");
+
+    // 4. Endless reconciliation: the same opening message over and over.
+    let init = {
+        use negentropy::{Negentropy, NegentropyStorageVector};
+        let mut st = NegentropyStorageVector::new();
+        st.seal().unwrap();
+        let mut n = Negentropy::owned(st, 0).unwrap();
+        n.initiate().unwrap()
+    };
+    hostile(&rt, &evil.identity, addr, move |mut s, mut r| async move {
+        s.write_all(&hello()).await.unwrap();
+        for _ in 0..200 {
+            if s.write_all(&Frame::Recon(init.clone()).encode())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = r.read_to_end(1 << 24).await;
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("within 64 rounds"), "{e}");
+
+    // 5. Slow loris: half a header, then silence.
+    hostile(&rt, &evil.identity, addr, |mut s, mut r| async move {
+        s.write_all(&[0, 0]).await.unwrap();
+        let _ = r.read_to_end(1 << 16).await;
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("sent nothing for"), "{e}");
+
+    // 6. A peer that drops mid-transfer: Hello, then gone.
+    hostile(&rt, &evil.identity, addr, |mut s, _r| async move {
+        s.write_all(&hello()).await.unwrap();
+        let _ = s.finish();
+    });
+    let e = next().unwrap_err();
+    assert!(e.contains("closed") || e.contains("lost"), "{e}");
+
+    // Through all of it: nothing stored was lost, nothing forged was stored, and an
+    // honest peer still syncs.
+    assert_eq!(server.store.len().unwrap(), 1);
+    assert!(server.store.record(&kept).unwrap().is_some());
+    let r = rt
+        .block_on(quic::sync_with(
+            &honest,
+            addr,
+            Some(&server.node_id()),
+            &QuicConfig::default(),
+        ))
+        .unwrap();
+    assert_eq!(r.new, 1);
+    assert!(next().is_ok());
 }

@@ -6,6 +6,7 @@ mod broadcast;
 mod bundle_cmds;
 mod demo;
 mod messages;
+mod net;
 mod node_cmds;
 mod sneakernet;
 
@@ -60,6 +61,17 @@ pub enum Command {
     /// Which nodes this node trusts, and for what
     #[command(subcommand)]
     Trust(broadcast::TrustCommand),
+    /// Run the node: accept QUIC syncs, announce it on the LAN and sync with neighbours
+    Serve(net::ServeArgs),
+    /// Sync once with a peer over QUIC, then print what moved
+    Sync(net::SyncArgs),
+    /// Keep the local cell in sync with an upstream node, within a daily byte budget
+    Gateway(net::GatewayArgs),
+    /// Peers this node has synced with or knows
+    Peers,
+    /// Manage known peers (and the allow-list)
+    #[command(subcommand)]
+    Peer(net::PeerCommand),
     /// Check a bundle file's structure and signature (needs no home)
     Verify { file: PathBuf },
     /// Run the end-to-end demo on temporary homes
@@ -84,6 +96,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => sneakernet::import(&cli, a),
         Command::Broadcast(c) => broadcast::run(&cli, c),
         Command::Trust(c) => broadcast::trust(&cli, c),
+        Command::Serve(a) => net::serve(&cli, a),
+        Command::Sync(a) => net::sync(&cli, a),
+        Command::Gateway(a) => net::gateway(&cli, a),
+        Command::Peers => net::peers(&cli),
+        Command::Peer(c) => net::peer(&cli, c),
         Command::Verify { file } => bundle_cmds::verify(&cli, file),
         Command::Demo(a) => demo::run(&cli, a),
     }

@@ -15,8 +15,7 @@
 
 use crate::adu::{self, Adu, Receipt};
 use crate::bundle::{
-    block_types, Bundle, BundleBuilder, BundleError, CreationTimestamp, HopCount,
-    VerifiedBundle,
+    block_types, Bundle, BundleBuilder, BundleError, CreationTimestamp, HopCount, VerifiedBundle,
 };
 use crate::identity::Identity;
 use crate::time::DtnTime;
@@ -64,7 +63,10 @@ pub enum DeliveryError<E: std::error::Error + 'static> {
 pub enum Arrival {
     /// Stored. `delivered`: this node is its destination (a receipt was issued);
     /// `purged`: it was a receipt and this node dropped the original.
-    New { delivered: bool, purged: bool },
+    New {
+        delivered: bool,
+        purged: bool,
+    },
     Duplicate,
     /// Its destination already confirmed delivery: refused, nothing stored.
     AlreadyDelivered,
@@ -108,7 +110,11 @@ pub fn accept<S: RouteStore>(
             // Never past the receipt's own expiry, whatever the body claims.
             expires: DtnTime(r.expires).min(expires),
         };
-        if store.destination_node(&r.bundle).map_err(DeliveryError::Store)? == Some(signer) {
+        if store
+            .destination_node(&r.bundle)
+            .map_err(DeliveryError::Store)?
+            == Some(signer)
+        {
             change.delete.push(r.bundle);
             purged = true;
         }
@@ -132,10 +138,7 @@ pub fn accept<S: RouteStore>(
         let ts = store
             .next_creation_timestamp(now)
             .map_err(DeliveryError::Store)?;
-        let lifetime = expires
-            .0
-            .saturating_sub(now.0)
-            .max(MIN_RECEIPT_LIFETIME_MS);
+        let lifetime = expires.0.saturating_sub(now.0).max(MIN_RECEIPT_LIFETIME_MS);
         let rb = BundleBuilder::new(b.primary.source.node_id(), ts, lifetime)
             .payload(receipt)
             .sign(me)

@@ -487,10 +487,7 @@ impl Store {
                 index_key(dest_node(&rec.destination).as_bytes(), key),
             );
             batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), key));
-            batch.delete_cf(
-                self.cf(cf::BY_EXPIRY),
-                expiry_key(rec.expires_at, key),
-            );
+            batch.delete_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, key));
         }
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);

@@ -220,9 +220,7 @@ impl RouteStore for Store {
     }
 
     fn destination_node(&self, key: &[u8; 32]) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .record(key)?
-            .map(|r| super::dest_node(&r.destination)))
+        Ok(self.record(key)?.map(|r| super::dest_node(&r.destination)))
     }
 
     fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, StoreError> {

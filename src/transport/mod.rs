@@ -4,9 +4,11 @@
 //! - [`folder`]: USB sticks and any folder (sneakernet): shard packs, catalogs,
 //!   have-summaries.
 //! - [`broadcast`]: the one-way feed (publish, ingest, watch).
+//! - [`discovery`]: signed LAN beacons and rate-limited syncs with neighbours.
 //! - [`quic`]: sync sessions over QUIC with Ed25519 raw-public-key TLS.
 
 pub mod broadcast;
+pub mod discovery;
 pub mod folder;
 pub mod quic;
 

@@ -239,7 +239,8 @@ impl ClientCertVerifier for PeerKeyVerifier {
 fn transport(cfg: &QuicConfig) -> Result<quinn::TransportConfig, QuicError> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| QuicError::Tls(e.to_string()))?,
+        quinn::IdleTimeout::try_from(cfg.idle_timeout)
+            .map_err(|e| QuicError::Tls(e.to_string()))?,
     ));
     t.keep_alive_interval(Some(cfg.keep_alive));
     // Long fat links (satellite uplinks): windows far above the default so one stream can
@@ -302,6 +303,20 @@ fn client_config(
     let mut cc = quinn::ClientConfig::new(Arc::new(qcc));
     cc.transport_config(Arc::new(transport(cfg)?));
     Ok(cc)
+}
+
+/// A client endpoint bound to `bind` that authenticates as `id` and accepts only a
+/// server holding `expect` (any Ed25519 key if `None`).
+pub fn client_endpoint(
+    id: &Identity,
+    bind: SocketAddr,
+    expect: Option<[u8; 32]>,
+    cfg: &QuicConfig,
+) -> Result<quinn::Endpoint, QuicError> {
+    let mut ep =
+        quinn::Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+    ep.set_default_client_config(client_config(id, expect, cfg)?);
+    Ok(ep)
 }
 
 /// The node ID behind a connection's raw public key.
@@ -529,11 +544,7 @@ pub async fn sync_with(
     } else {
         "0.0.0.0:0".parse().map_err(|_| QuicError::NoPeerKey)?
     };
-    let mut ep = quinn::Endpoint::client(bind).map_err(|source| QuicError::Bind {
-        addr: bind,
-        source,
-    })?;
-    ep.set_default_client_config(client_config(&node.identity, expect_key, cfg)?);
+    let ep = client_endpoint(&node.identity, bind, expect_key, cfg)?;
     let connecting = ep
         .connect(addr, "mycelium")
         .map_err(|e| QuicError::Connect {
