@@ -220,7 +220,7 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<()> {
             let n = node.clone();
             let qcfg = cfg.clone();
             tokio::spawn(async move {
-                if let Err(e) = discovery::run(n, local.port(), group, disc_every, qcfg).await {
+                if let Err(e) = discovery::run(n, local, group, disc_every, qcfg).await {
                     eprintln!("discovery stopped: {e}");
                 }
             });

@@ -123,24 +123,29 @@ impl RateLimit {
 
 /// A UDP socket joined to the multicast `group` (looped back, so nodes on one host see
 /// each other), several processes sharing the port.
-fn socket(group: SocketAddrV4) -> std::io::Result<tokio::net::UdpSocket> {
+/// Beacons leave and are heard on the interface with address `iface` (unspecified: the
+/// system's choice).
+fn socket(group: SocketAddrV4, iface: Ipv4Addr) -> std::io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     #[cfg(unix)]
     s.set_reuse_port(true)?;
     s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, group.port())).into())?;
-    s.join_multicast_v4(group.ip(), &Ipv4Addr::UNSPECIFIED)?;
+    s.join_multicast_v4(group.ip(), &iface)?;
+    if !iface.is_unspecified() {
+        s.set_multicast_if_v4(&iface)?;
+    }
     s.set_multicast_loop_v4(true)?;
     s.set_nonblocking(true)?;
     tokio::net::UdpSocket::from_std(s.into())
 }
 
-/// Announce this node (serving QUIC on `quic_port`) on `group`, and sync with each
+/// Announce this node (serving QUIC on `quic`) on `group`, and sync with each
 /// neighbour heard, at most once per `every`. Runs until the task is dropped.
 pub async fn run(
     node: Arc<Node>,
-    quic_port: u16,
+    quic: SocketAddr,
     group: SocketAddr,
     every: Duration,
     cfg: QuicConfig,
@@ -155,13 +160,13 @@ pub async fn run(
             Err(e) => eprintln!("[discovery] sync with neighbour {who} failed: {e}"),
         }
     });
-    run_with(node, quic_port, group, every, cfg, log).await
+    run_with(node, quic, group, every, cfg, log).await
 }
 
 /// [`run`] with a callback for each sync it starts.
 pub async fn run_with(
     node: Arc<Node>,
-    quic_port: u16,
+    quic: SocketAddr,
     group: SocketAddr,
     every: Duration,
     cfg: QuicConfig,
@@ -173,7 +178,12 @@ pub async fn run_with(
             "discovery group must be an IPv4 multicast address",
         ));
     };
-    let sock = socket(g4)?;
+    let iface = match quic.ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let sock = socket(g4, iface)?;
+    let quic_port = quic.port();
     let me = node.identity.public_key();
     let mut limit = RateLimit::new(every);
     let mut tick = tokio::time::interval(BEACON_EVERY);
