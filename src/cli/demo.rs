@@ -88,12 +88,13 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
 
     say("== Mycelium demo: A to C by two USB sticks, through courier B ==".into());
     let alice = Node::init(&root.join("node-a"))?;
-    let bob = Node::init(&root.join("node-b"))?;
+    let bob = std::sync::Arc::new(Node::init(&root.join("node-b"))?);
     let carol = Node::init(&root.join("node-c"))?;
     say(format!("1. nodes:  A {}", alice.node_id()));
     say(format!("           B {}", bob.node_id()));
     say(format!("           C {}", carol.node_id()));
 
+    let market = std::sync::Arc::new(Node::init(&root.join("node-m"))?);
     let text = "Salam from A: the clinic needs insulin, 20 units, by Friday.";
     let week = 7 * 24 * 3600 * 1000;
     let msg = alice.originate(
@@ -113,10 +114,18 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         week,
         now,
     )?;
+    let ask = "A to the marketplace: who can supply insulin to the clinic?";
+    let request = alice.originate(
+        market.node_id(),
+        adu::encode_message(&Message::Text(ask.into())),
+        week,
+        now,
+    )?;
     say(format!(
-        "2. A signs two BPv7 bundles for C: a message ({} B) and a photo ({} B)",
+        "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B)",
         msg.raw().len(),
-        file.raw().len()
+        file.raw().len(),
+        request.raw().len()
     ));
 
     // A single bundle file with one flipped bit is refused outright.
@@ -156,8 +165,8 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         "5. courier B imports stick 1: {} new bundles ({} rebuilt from parity), {} incomplete",
         i1.new, i1.rebuilt_from_parity, i1.incomplete
     ));
-    if i1.new != 2 {
-        bail!("B should have rebuilt both bundles, got {}", i1.new);
+    if i1.new != 3 {
+        bail!("B should have rebuilt all three bundles, got {}", i1.new);
     }
 
     let stick2 = root.join("stick-2");
@@ -220,8 +229,10 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     }
     say("   the photo is byte-identical to A's.".into());
 
+    // B is also the cell's gateway: an uplink to the marketplace over QUIC.
+    let quic_summary = gateway_round_trip(&say, &alice, &bob, &market, ask)?;
+
     // The global side answers by satellite: a one-way feed, recorded with losses.
-    let market = Node::init(&root.join("node-m"))?;
     let n_feed = 120;
     for i in 0..n_feed {
         let to = if i % 4 == 0 {
@@ -243,7 +254,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     po.file_size = 4096;
     let pr = broadcast::publish(&market, &feed, &po, &ProgressBar::hidden())?;
     say(format!(
-        "10. marketplace M ({}) publishes a satellite feed: {} bundles, {} files, 2 passes, 30% overhead",
+        "13. marketplace M ({}) publishes a satellite feed: {} bundles, {} files, 2 passes, 30% overhead",
         market.node_id(),
         pr.bundles,
         pr.files
@@ -283,7 +294,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         std::fs::write(f, b)?;
     }
     say(format!(
-        "11. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
+        "14. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
     ));
     carol.store.set_trust(&market.node_id().to_string(), true)?;
     let ir = broadcast::ingest(
@@ -295,16 +306,29 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         },
         &ProgressBar::hidden(),
     )?;
-    if ir.new != n_feed {
-        bail!("C's ingest yielded {} of {n_feed} bundles", ir.new);
+    // The feed carries everything M holds that should travel (the notices, and what the
+    // gateway brought up): every one must come out, new or already known.
+    // Bundles signed by others (A's, which the gateway brought up) are not taken from a
+    // feed: C trusts M's signature only.
+    if ir.new + ir.duplicate + ir.untrusted_bundles != pr.bundles || ir.new < n_feed {
+        bail!(
+            "C's ingest yielded {} new + {} known + {} untrusted of {} bundles",
+            ir.new,
+            ir.duplicate,
+            ir.untrusted_bundles,
+            pr.bundles
+        );
     }
     say(format!(
-        "12. C trusts M's feed and ingests it: {} of {n_feed} bundles rebuilt and verified ({} damaged parts skipped, loss estimate {:.0}%)",
+        "15. C trusts M's feed and ingests it: all {} bundles rebuilt and verified ({} new, {} already held, {} signed by others refused; {} damaged parts skipped, loss estimate {:.0}%)",
+        pr.bundles,
         ir.new,
+        ir.duplicate,
+        ir.untrusted_bundles,
         ir.problems.len(),
         ir.loss_estimate() * 100.0
     ));
-    say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the answer came home by satellite.".into());
+    say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC and the answer came back; the payment notices came home by satellite.".into());
     if cli.json {
         print_json(&json!({
             "node_a": alice.node_id().to_string(),
@@ -317,13 +341,101 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
                         "c_new": i2.new, "c_rebuilt_from_parity": i2.rebuilt_from_parity,
                         "c_rejected": i2.rejected.len()},
             "delivered": got,
+            "quic": quic_summary,
             "photo_intact": got_photo,
-            "feed": {"bundles": n_feed, "files": pr.files, "deleted": deleted,
+            "feed": {"bundles": pr.bundles, "notices": n_feed, "files": pr.files, "deleted": deleted,
                      "corrupted": burst, "c_new": ir.new},
             "ok": true,
         }));
     }
     Ok(())
+}
+
+/// Steps 10-12: gateway B syncs the cell with marketplace M over QUIC (on loopback),
+/// M answers A, the answer and M's delivery receipt come back through B, and A gets them
+/// from B over the neighbourhood LAN (QUIC again).
+fn gateway_round_trip(
+    say: &impl Fn(String),
+    alice: &Node,
+    bob: &std::sync::Arc<Node>,
+    market: &std::sync::Arc<Node>,
+    ask: &str,
+) -> Result<serde_json::Value> {
+    use crate::transport::quic::{self, QuicConfig};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let cfg = QuicConfig::default();
+    let (m_addr, m_stop) = serve_in(&rt, market.clone(), &cfg)?;
+    let up = rt.block_on(quic::sync_with(bob, m_addr, Some(&market.node_id()), &cfg))?;
+    let asked = market
+        .inbox()?
+        .iter()
+        .any(|i| matches!(&i.adu, Ok(Adu::Message(Message::Text(t))) if t == ask));
+    if !asked {
+        bail!("the marketplace did not receive A's request");
+    }
+    say(format!(
+        "10. gateway B syncs with M over QUIC ({m_addr}, keys checked both ways): sent {} bundles, reconciliation {} B in {} rounds, {} B on the wire",
+        up.stats.bundles_out,
+        up.stats.recon_bytes_out + up.stats.recon_bytes_in,
+        up.stats.rounds,
+        up.wire_tx + up.wire_rx
+    ));
+    let answer = "M to A: a supplier in the next town has insulin; order placed.";
+    market.originate(
+        alice.node_id(),
+        adu::encode_message(&Message::Text(answer.into())),
+        7 * 24 * 3600 * 1000,
+        DtnTime::now(),
+    )?;
+    let down = rt.block_on(quic::sync_with(bob, m_addr, Some(&market.node_id()), &cfg))?;
+    say(format!(
+        "11. M answers A; B's next sync brings back {} bundles (the answer and M's delivery receipt) and purges {} delivered copy",
+        down.new, down.purged
+    ));
+    let _ = m_stop.send(());
+    let (b_addr, b_stop) = serve_in(&rt, bob.clone(), &cfg)?;
+    let lan = rt.block_on(quic::sync_with(alice, b_addr, Some(&bob.node_id()), &cfg))?;
+    let _ = b_stop.send(());
+    let got = alice
+        .inbox()?
+        .iter()
+        .any(|i| matches!(&i.adu, Ok(Adu::Message(Message::Text(t))) if t == answer));
+    if !got {
+        bail!("M's answer did not reach A");
+    }
+    say(format!(
+        "12. A syncs with B over the LAN: {} new bundles; A reads \"{answer}\"; M's receipt tells A its request arrived, and A drops its copy ({} purged)",
+        lan.new, lan.purged
+    ));
+    Ok(json!({
+        "uplink_sent": up.stats.bundles_out,
+        "uplink_reconciliation_bytes": up.stats.recon_bytes_out + up.stats.recon_bytes_in,
+        "downlink_new": down.new,
+        "a_new": lan.new,
+        "a_purged": lan.purged,
+        "answer_delivered": got,
+    }))
+}
+
+/// Serve `node` on a loopback port inside `rt`; returns its address and a stopper.
+fn serve_in(
+    rt: &tokio::runtime::Runtime,
+    node: std::sync::Arc<Node>,
+    cfg: &crate::transport::quic::QuicConfig,
+) -> Result<(std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    use crate::transport::quic;
+    let _g = rt.enter();
+    let ep = quic::server_endpoint(&node.identity, ([127, 0, 0, 1], 0).into(), None, cfg)?;
+    let addr = ep.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(quic::serve(node, ep, cfg.clone(), |_, _| {}, async {
+        let _ = rx.await;
+    }));
+    Ok((addr, tx))
 }
 
 fn short_name(path: &str) -> String {

@@ -89,6 +89,9 @@ pub fn decode(b: &[u8], now: DtnTime) -> Result<Beacon, BeaconError> {
     })
 }
 
+/// Called with each finished discovery-started sync.
+pub type OnSync = Arc<dyn Fn(Option<Eid>, Result<SessionReport, QuicError>) + Send + Sync>;
+
 /// At most one sync per neighbour per interval (times are values, in ms).
 #[derive(Debug, Default)]
 pub struct RateLimit {
@@ -170,7 +173,7 @@ pub async fn run_with(
     group: SocketAddr,
     every: Duration,
     cfg: QuicConfig,
-    on_sync: Arc<dyn Fn(Option<Eid>, Result<SessionReport, QuicError>) + Send + Sync>,
+    on_sync: OnSync,
 ) -> std::io::Result<()> {
     let SocketAddr::V4(g4) = group else {
         return Err(std::io::Error::new(
