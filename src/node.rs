@@ -42,6 +42,15 @@ pub fn default_home() -> PathBuf {
     PathBuf::from(home).join(".local/share/mycelium")
 }
 
+/// What [`Node::settle_arrivals`] did.
+#[derive(Debug, Default)]
+pub struct SettleReport {
+    pub delivered: usize,
+    pub purged: usize,
+    /// Keys dropped because their delivery was already confirmed.
+    pub dropped: Vec<[u8; 32]>,
+}
+
 pub struct Node {
     pub home: PathBuf,
     pub identity: Identity,
@@ -111,6 +120,33 @@ impl Node {
         }
         let outcome = self.store.put(&vb, now)?;
         Ok((vb.id(), outcome))
+    }
+
+    /// Routing duties for bundles a batch import just stored (sticks, feeds): receipts for
+    /// those addressed here, receipts applied, copies already delivered dropped again.
+    pub fn settle_arrivals(
+        &self,
+        keys: &[[u8; 32]],
+        now: DtnTime,
+    ) -> Result<SettleReport, NodeError> {
+        let mut out = SettleReport::default();
+        for key in keys {
+            let Some(vb) = self.store.get(key)? else {
+                continue;
+            };
+            let s = crate::route::delivery::settle(&self.store, &self.identity, &vb, now).map_err(
+                |e| match e {
+                    crate::route::delivery::DeliveryError::Store(s) => NodeError::Store(s),
+                    crate::route::delivery::DeliveryError::Receipt(b) => NodeError::Bundle(b),
+                },
+            )?;
+            out.delivered += s.delivered as usize;
+            out.purged += s.purged as usize;
+            if s.dropped {
+                out.dropped.push(*key);
+            }
+        }
+        Ok(out)
     }
 
     /// Bundles addressed to this node, oldest first.

@@ -549,3 +549,31 @@ fn import_streams_a_huge_drive_in_bounded_memory() {
         "import of a 256 MiB drive peaked at {peak_mib} MiB"
     );
 }
+
+#[test]
+fn a_stick_carries_the_receipt_home_and_the_sender_drops_its_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a");
+    let b = node(dir.path(), "b");
+    send_text(&a, &b.node_id(), "by hand");
+    let there = dir.path().join("there");
+    export(&a, &there, &export_opts(0.25));
+    assert_eq!(import(&b, &there).new, 1);
+    // b is the destination: it keeps the message and issued a signed receipt for a.
+    assert_eq!(b.inbox().unwrap().len(), 1);
+    assert_eq!(b.store.of_kind("receipt").unwrap().len(), 1);
+    let back = dir.path().join("back");
+    let e = export(&b, &back, &export_opts(0.25));
+    assert_eq!(
+        e.bundles, 1,
+        "b carries only the receipt, not what it received: {e:?}"
+    );
+    let r = import(&a, &back);
+    assert_eq!(r.new, 1, "only the receipt travels back: {r:?}");
+    // a dropped its delivered copy and will refuse it if it comes round again.
+    assert!(a.store.of_kind("message").unwrap().is_empty());
+    assert_eq!(a.store.tombstones().unwrap().len(), 1);
+    let again = import(&a, &there);
+    assert_eq!((again.new, again.already_delivered), (0, 1), "{again:?}");
+    assert!(a.store.of_kind("message").unwrap().is_empty());
+}

@@ -181,6 +181,8 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
             "incomplete": r.incomplete, "partial_objects_held": partial.objects,
             "refused": rej(&r.refused), "rejected": rej(&r.rejected),
             "have_summaries": r.summaries, "cleaned_files": r.cleaned, "seconds": secs,
+            "delivered_here": r.delivered, "purged_by_receipts": r.purged,
+            "refused_already_delivered": r.already_delivered,
             "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
             "peak_memory_kib": super::peak_rss_kib(),
         }));
@@ -194,6 +196,12 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     );
     println!("  bundles new          {:>8}", r.new);
     println!("  bundles duplicate    {:>8}", r.duplicate);
+    if r.delivered + r.purged + r.already_delivered > 0 {
+        println!(
+            "  delivered here       {:>8} (receipts issued); {} copies dropped by receipts, {} already delivered refused",
+            r.delivered, r.purged, r.already_delivered
+        );
+    }
     println!("  rebuilt from parity  {:>8}", r.rebuilt_from_parity);
     println!(
         "  incomplete, waiting  {:>8} (store holds {} partial objects)",

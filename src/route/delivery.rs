@@ -99,6 +99,71 @@ pub fn accept<S: RouteStore>(
         return Ok(Arrival::Duplicate);
     }
     let mut change = Change::default();
+    let (delivered, purged) = effects(store, me, &vb, now, &mut change)?;
+    change.put.insert(0, vb);
+    store.commit(change, now).map_err(DeliveryError::Store)?;
+    Ok(Arrival::New { delivered, purged })
+}
+
+/// For bundles that were stored by a path that does not go through [`accept`] (a stick's
+/// or a feed's batch import): issue the receipt, apply a receipt, or drop a bundle whose
+/// delivery was already confirmed (then `dropped`).
+pub fn settle<S: RouteStore>(
+    store: &S,
+    me: &Identity,
+    vb: &VerifiedBundle,
+    now: DtnTime,
+) -> Result<Settled, DeliveryError<S::Error>> {
+    let key = vb.id().key();
+    let dest_node = vb.bundle().primary.destination.node_id();
+    let mut change = Change::default();
+    if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
+        if t.signer == dest_node.to_string() {
+            if dest_node != me.node_id() {
+                change.delete.push(key);
+                store.commit(change, now).map_err(DeliveryError::Store)?;
+                return Ok(Settled {
+                    dropped: true,
+                    ..Settled::default()
+                });
+            }
+            return Ok(Settled::default());
+        }
+    }
+    let (delivered, purged) = effects(store, me, vb, now, &mut change)?;
+    if !change.put.is_empty() || !change.tombstones.is_empty() || !change.delete.is_empty() {
+        store.commit(change, now).map_err(DeliveryError::Store)?;
+    }
+    Ok(Settled {
+        delivered,
+        purged,
+        dropped: false,
+    })
+}
+
+/// What [`settle`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Addressed to this node: a receipt was issued.
+    pub delivered: bool,
+    /// A receipt: this node dropped its copy of the original.
+    pub purged: bool,
+    /// Its delivery was already confirmed: dropped again.
+    pub dropped: bool,
+}
+
+/// What storing `vb` implies besides storing it: receipts issued or applied.
+fn effects<S: RouteStore>(
+    store: &S,
+    me: &Identity,
+    vb: &VerifiedBundle,
+    now: DtnTime,
+    change: &mut Change,
+) -> Result<(bool, bool), DeliveryError<S::Error>> {
+    let key = vb.id().key();
+    let b = vb.bundle();
+    let expires = b.expires_at(now);
+    let dest_node = b.primary.destination.node_id();
     let mut purged = false;
     let mut delivered = false;
     let adu = adu::decode(b.payload());
@@ -145,9 +210,7 @@ pub fn accept<S: RouteStore>(
             .map_err(DeliveryError::Receipt)?;
         change.put.push(rb);
     }
-    change.put.insert(0, vb);
-    store.commit(change, now).map_err(DeliveryError::Store)?;
-    Ok(Arrival::New { delivered, purged })
+    Ok((delivered, purged))
 }
 
 /// The bytes to send for a stored bundle: its hop count incremented. `None` when it is at

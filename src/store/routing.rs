@@ -133,6 +133,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Stored bundles that must not travel on: delivered elsewhere (tombstoned) or
+    /// addressed to this node (they have arrived).
+    pub fn held_back(&self, me: &Eid) -> Result<HashSet<[u8; 32]>, StoreError> {
+        let mut out: HashSet<[u8; 32]> = self.tombstones()?.into_iter().map(|(k, _)| k).collect();
+        out.extend(self.for_destination_node(me)?);
+        Ok(out)
+    }
+
     pub fn peer_record(&self, node: &str) -> Result<Option<PeerRecord>, StoreError> {
         let v = self
             .db

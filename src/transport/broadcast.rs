@@ -58,6 +58,8 @@ pub enum BroadcastError {
     Options(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("after ingest: {0}")]
+    Delivery(String),
 }
 
 fn io_err(path: &Path, e: io::Error) -> BroadcastError {
@@ -135,9 +137,12 @@ pub fn publish(
             cost: r.size,
         })
         .collect();
+    let held_back = node.store.held_back(&node.node_id())?;
     let (plan, _) = route::plan(cands, opts.now, u64::MAX, |c| {
-        opts.since
-            .is_some_and(|s| created.get(&c.key).copied().unwrap_or(0) < s.0)
+        held_back.contains(&c.key)
+            || opts
+                .since
+                .is_some_and(|s| created.get(&c.key).copied().unwrap_or(0) < s.0)
     });
 
     // Segments of about segment_size, in priority order.
@@ -706,6 +711,11 @@ pub fn ingest_with(
             seen_files.mark(path);
         }
     }
+    let settled = node
+        .settle_arrivals(&report.stored, opts.now)
+        .map_err(|e| BroadcastError::Delivery(e.to_string()))?;
+    report.new -= settled.dropped.len().min(report.new);
+    report.stored.retain(|k| !settled.dropped.contains(k));
     Ok(report)
 }
 

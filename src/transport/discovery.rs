@@ -1,7 +1,7 @@
 //! LAN discovery: nodes announce themselves with signed UDP multicast beacons, and a
 //! serving node syncs with the neighbours it hears, at most once per interval each.
 //!
-//! Beacon (93 bytes): `"MYCB1"` ‖ Ed25519 public key (32) ‖ QUIC port (u16 BE) ‖ DTN time
+//! Beacon (111 bytes): `"MYCB1"` ‖ Ed25519 public key (32) ‖ QUIC port (u16 BE) ‖ DTN time
 //! (u64 BE, ms) ‖ signature (64) over `"mycelium/beacon/v1"` ‖ the first 47 bytes. The
 //! signature only stops strangers from putting words in a node's mouth; the QUIC
 //! handshake is what proves the node is there. Encoding, checking and the rate limit are

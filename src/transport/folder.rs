@@ -64,6 +64,8 @@ pub enum FolderError {
     NotADrive(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("after import: {0}")]
+    Delivery(String),
 }
 
 fn io_err(path: &Path, e: io::Error) -> FolderError {
@@ -156,7 +158,7 @@ pub fn export(
         .as_ref()
         .and_then(|e| summary_of(&e.node_id().to_string()));
     let mut dest_summaries: HashMap<String, Option<HaveSummary>> = HashMap::new();
-    let mut delivered = HashSet::new();
+    let mut delivered = node.store.held_back(&node.node_id())?;
     let mut cands = Vec::new();
     for (key, rec) in node.store.records()? {
         let dest_node = Eid::parse(&rec.destination)
@@ -432,6 +434,12 @@ pub struct ImportReport {
     pub cleaned: usize,
     /// Keys of bundles newly stored.
     pub stored: Vec<[u8; 32]>,
+    /// Addressed to this node (a receipt was issued for each).
+    pub delivered: usize,
+    /// Copies dropped because a receipt said they were delivered.
+    pub purged: usize,
+    /// Refused: their destination already confirmed delivery.
+    pub already_delivered: usize,
 }
 
 struct Pending {
@@ -794,6 +802,15 @@ pub fn import(
     imp.commit()?;
     imp.report.incomplete = imp.pending.len();
     imp.spill(true)?;
+    // Receipts for what reached its destination here; receipts that arrived applied.
+    let settled = node
+        .settle_arrivals(&imp.report.stored, opts.now)
+        .map_err(|e| FolderError::Delivery(e.to_string()))?;
+    imp.report.delivered = settled.delivered;
+    imp.report.purged = settled.purged;
+    imp.report.already_delivered = settled.dropped.len();
+    imp.report.new -= settled.dropped.len().min(imp.report.new);
+    imp.report.stored.retain(|k| !settled.dropped.contains(k));
     for p in problems {
         imp.report.rejected.push(Rejection {
             file: p.split(": ").next().unwrap_or("").to_string(),
