@@ -59,7 +59,7 @@ impl Frame {
             Frame::Recon(b) | Frame::Bundle(b) => b.len(),
             Frame::Want(k) => 32 * k.len(),
             Frame::Done => 0,
-            Frame::Error(s) => s.len().min(1024),
+            Frame::Error(s) => error_cut(s),
         };
         let mut out = Vec::with_capacity(HEADER + body_len);
         out.extend_from_slice(&((body_len + 1) as u32).to_be_bytes());
@@ -160,11 +160,23 @@ impl Frame {
                 if body.len() > 1024 {
                     return Err(bad("Error", "reason longer than 1024 bytes"));
                 }
-                Frame::Error(String::from_utf8_lossy(body).into_owned())
+                Frame::Error(
+                    String::from_utf8(body.to_vec())
+                        .map_err(|_| bad("Error", "reason is not UTF-8"))?,
+                )
             }
             other => return Err(WireError::UnknownType(other)),
         })
     }
+}
+
+/// Bytes of an error reason that go on the wire: at most 1024, cut at a character edge.
+fn error_cut(s: &str) -> usize {
+    let mut n = s.len().min(1024);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -191,6 +203,10 @@ mod tests {
         round(Frame::Bundle(vec![0x9f, 0xff]));
         round(Frame::Done);
         round(Frame::Error("no".into()));
+        let long = "é".repeat(600);
+        let enc = Frame::Error(long).encode();
+        assert!(matches!(Frame::decode(enc[4..].to_vec()), Ok(Frame::Error(s)) if s.len() == 1024));
+        assert!(Frame::decode(vec![6, 0xff]).is_err());
         let h = Frame::bundle_header(10);
         assert_eq!(Frame::body_len([h[0], h[1], h[2], h[3]], 100).unwrap(), 11);
     }
