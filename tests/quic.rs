@@ -378,3 +378,42 @@ fn hostile_peers_are_cut_off_with_a_reason_and_nothing_stored_is_lost() {
     assert_eq!(r.new, 1);
     assert!(next().is_ok());
 }
+
+#[test]
+fn spray_and_wait_hands_out_half_the_copies_then_waits_for_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&dir, "a");
+    let relays: Vec<Arc<Node>> = ["b", "c", "e"]
+        .iter()
+        .map(|n| Arc::new(node(&dir, n)))
+        .collect();
+    let d = Arc::new(node(&dir, "d"));
+    let k = text(&a, &d.node_id(), "four copies at most");
+    a.store.set_copies(&k, 4).unwrap();
+    let rt = rt();
+    let cfg = QuicConfig::default();
+    let mut addrs = Vec::new();
+    let mut stops = Vec::new();
+    for n in relays.iter().chain([&d]) {
+        let (addr, _log, stop) = start_server(&rt, n.clone(), None, cfg.clone());
+        addrs.push(addr);
+        stops.push(stop);
+    }
+    let sync = |from: &Node, i: usize| {
+        rt.block_on(quic::sync_with(from, addrs[i], None, &cfg))
+            .unwrap()
+    };
+    // a (4) → b: b gets 2, a keeps 2; a (2) → c: c gets 1, a keeps 1.
+    assert_eq!(sync(&a, 0).stats.bundles_out, 1);
+    assert_eq!(relays[0].store.copies(&k).unwrap(), Some(2));
+    assert_eq!(a.store.copies(&k).unwrap(), Some(2));
+    assert_eq!(sync(&a, 1).stats.bundles_out, 1);
+    assert_eq!(relays[1].store.copies(&k).unwrap(), Some(1));
+    assert_eq!(a.store.copies(&k).unwrap(), Some(1));
+    // With one copy left a waits: e gets nothing.
+    assert_eq!(sync(&a, 2).stats.bundles_out, 0);
+    assert!(relays[2].store.record(&k).unwrap().is_none());
+    // c, holding its last copy, still hands it to the destination itself.
+    assert_eq!(sync(&relays[1], 3).stats.bundles_out, 1);
+    assert_eq!(d.inbox().unwrap().len(), 1);
+}

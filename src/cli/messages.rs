@@ -32,6 +32,9 @@ pub struct SendArgs {
     /// How long the bundle lives, e.g. 7d, 12h, 30m
     #[arg(long, default_value = "7d")]
     pub lifetime: String,
+    /// Spray and wait: at most this many copies in the network (default: epidemic)
+    #[arg(long)]
+    pub copies: Option<u32>,
 }
 
 pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
@@ -72,8 +75,14 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         (None, None) => bail!("give --text or --file"),
     };
     let node = Node::open(&home(cli))?;
+    if a.copies == Some(0) {
+        bail!("--copies must be at least 1");
+    }
     let vb = node.originate(to, adu::encode_message(&msg), lifetime_ms, DtnTime::now())?;
     let id = vb.id();
+    if let Some(c) = a.copies {
+        node.store.set_copies(&id.key(), c)?;
+    }
     if cli.json {
         print_json(&json!({
             "id": id.hex(),

@@ -52,7 +52,11 @@ pub mod cf {
     pub const TOMBSTONES: &str = "tombstones";
     /// peer node ID text → CBOR peer sync record
     pub const SYNC_PEERS: &str = "sync_peers";
-    pub const ALL: [&str; 14] = [
+    /// bundle key → spray-and-wait copies this node may still hand out (u32 BE); absent
+    /// for bundles without a copy limit
+    pub const COPIES: &str = "copies";
+    pub const ALL: [&str; 15] = [
+        COPIES,
         TOMBSTONES,
         SYNC_PEERS,
         TRUST,
@@ -491,6 +495,7 @@ impl Store {
         }
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);
+        batch.delete_cf(self.cf(cf::COPIES), key);
         Ok(())
     }
 }

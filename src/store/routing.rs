@@ -106,14 +106,17 @@ impl Store {
             let key = key32(&k)?;
             let rec = decode_record(&key, &v)?;
             let dest = super::dest_node(&rec.destination);
+            // Spray and wait: with one copy left, wait for the destination itself.
+            let for_peer = peer.as_deref() == Some(dest.as_str());
+            let waiting = !for_peer && self.copies(&key)?.is_some_and(|c| c <= 1);
             out.push(Item {
                 key,
                 created_ms: rec.created_ms,
                 class: priority(&rec.kind),
-                for_peer: peer.as_deref() == Some(dest.as_str()),
+                for_peer,
                 expires_ms: rec.expires_at.0,
                 size: rec.size,
-                sendable: !dead.contains(&key) && rec.expires_at > now && dest != me,
+                sendable: !dead.contains(&key) && rec.expires_at > now && dest != me && !waiting,
             });
         }
         let stored: HashSet<[u8; 32]> = out.iter().map(|i| i.key).collect();
@@ -131,6 +134,35 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Spray-and-wait copies left for a bundle (`None`: no copy limit).
+    pub fn copies(&self, key: &[u8; 32]) -> Result<Option<u32>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::COPIES), key)
+            .map_err(|e| self.db_err(e))?;
+        v.map(|b| {
+            <[u8; 4]>::try_from(b.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    key: hex::encode(key),
+                    reason: "copies value is not 4 bytes".into(),
+                })
+        })
+        .transpose()
+    }
+
+    /// Set the copies this node may still hand out for a bundle (synced).
+    pub fn set_copies(&self, key: &[u8; 32], copies: u32) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(
+                self.cf(cf::COPIES),
+                key,
+                copies.to_be_bytes(),
+                &Self::synced(),
+            )
+            .map_err(|e| self.db_err(e))
     }
 
     /// Stored bundles that must not travel on: delivered elsewhere (tombstoned) or

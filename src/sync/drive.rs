@@ -15,12 +15,27 @@ pub trait BundleIo {
     /// duplicate or already delivered); `Err(reason)` when it is forged or malformed,
     /// which ends the session.
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String>;
+
+    /// Spray-and-wait: called as `key` is about to be sent. `Some(n)`: the bundle is under
+    /// a copy limit and `n` copies go to the peer with it (the store keeps the rest).
+    fn hand_over(&mut self, _key: &[u8; 32]) -> Option<u32> {
+        None
+    }
+
+    /// An arriving bundle under a copy limit, with the copies handed over.
+    fn incoming_sprayed(&mut self, bytes: Vec<u8>, _copies: u32) -> Result<[u8; 32], String> {
+        self.incoming(bytes)
+    }
 }
 
 /// Feed one frame from the peer into the session.
 pub fn on_frame(s: &mut Session, io: &mut impl BundleIo, frame: Frame) -> Result<(), SyncError> {
-    if let Some(bytes) = s.on_frame(frame)? {
-        let key = io.incoming(bytes).map_err(SyncError::BadBundle)?;
+    if let Some(inc) = s.on_frame(frame)? {
+        let key = match inc.copies {
+            None => io.incoming(inc.bundle),
+            Some(c) => io.incoming_sprayed(inc.bundle, c),
+        }
+        .map_err(SyncError::BadBundle)?;
         s.bundle_received(&key)?;
     }
     Ok(())
@@ -30,14 +45,15 @@ pub fn on_frame(s: &mut Session, io: &mut impl BundleIo, frame: Frame) -> Result
 /// bundles are not copied again). `None` when nothing is due.
 pub enum Output {
     Frame(Vec<u8>),
-    Bundle([u8; super::wire::HEADER], Vec<u8>),
+    /// Header, then (for spray frames) the copies, then the bundle.
+    Bundle([u8; super::wire::HEADER], Option<u32>, Vec<u8>),
 }
 
 impl Output {
     pub fn len(&self) -> usize {
         match self {
             Output::Frame(f) => f.len(),
-            Output::Bundle(h, b) => h.len() + b.len(),
+            Output::Bundle(h, c, b) => h.len() + if c.is_some() { 4 } else { 0 } + b.len(),
         }
     }
 
@@ -48,9 +64,12 @@ impl Output {
     pub fn into_bytes(self) -> Vec<u8> {
         match self {
             Output::Frame(f) => f,
-            Output::Bundle(h, b) => {
-                let mut v = Vec::with_capacity(h.len() + b.len());
+            Output::Bundle(h, c, b) => {
+                let mut v = Vec::with_capacity(h.len() + 4 + b.len());
                 v.extend_from_slice(&h);
+                if let Some(c) = c {
+                    v.extend_from_slice(&c.to_be_bytes());
+                }
                 v.extend_from_slice(&b);
                 v
             }
@@ -66,7 +85,10 @@ pub fn next_output(s: &mut Session, io: &mut impl BundleIo) -> Option<Output> {
             Transmit::Bundle(key) => match io.outgoing(&key) {
                 Some(bytes) => {
                     s.bundle_sent(bytes.len() as u64);
-                    return Some(Output::Bundle(Frame::bundle_header(bytes.len()), bytes));
+                    return Some(match io.hand_over(&key) {
+                        None => Output::Bundle(Frame::bundle_header(bytes.len()), None, bytes),
+                        Some(c) => Output::Bundle(Frame::spray_header(bytes.len()), Some(c), bytes),
+                    });
                 }
                 None => s.bundle_unavailable(&key),
             },

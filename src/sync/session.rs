@@ -95,6 +95,14 @@ pub struct Stats {
     pub over_budget: u64,
 }
 
+/// A bundle the peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub bundle: Vec<u8>,
+    /// Spray-and-wait copies handed over with it (`None`: no copy limit).
+    pub copies: Option<u32>,
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -198,9 +206,10 @@ impl Session {
         self.sent_done && self.peer_done
     }
 
-    /// Handle one frame from the peer. Returns bundle bytes for the driver to verify and
-    /// store (then report the key with [`Session::bundle_received`]).
-    pub fn on_frame(&mut self, frame: Frame) -> Result<Option<Vec<u8>>, SyncError> {
+    /// Handle one frame from the peer. Returns bundle bytes (and, for a spray-and-wait
+    /// bundle, the copies handed over) for the driver to verify and store, then report
+    /// the key with [`Session::bundle_received`].
+    pub fn on_frame(&mut self, frame: Frame) -> Result<Option<Incoming>, SyncError> {
         match frame {
             Frame::Hello { version, .. } => {
                 if self.hello_seen {
@@ -273,6 +282,13 @@ impl Session {
                 self.enqueue(asked);
                 Ok(None)
             }
+            Frame::Spray { copies, bundle } => {
+                let got = self.on_frame(Frame::Bundle(bundle))?;
+                Ok(got.map(|i| Incoming {
+                    copies: Some(copies),
+                    ..i
+                }))
+            }
             Frame::Bundle(bytes) => {
                 self.need_hello()?;
                 if self.initiator && self.phase != Phase::Transfer {
@@ -283,7 +299,10 @@ impl Session {
                 }
                 self.stats.bundles_in += 1;
                 self.stats.payload_bytes_in += bytes.len() as u64;
-                Ok(Some(bytes))
+                Ok(Some(Incoming {
+                    bundle: bytes,
+                    copies: None,
+                }))
             }
             Frame::Done => {
                 self.need_hello()?;

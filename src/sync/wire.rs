@@ -10,6 +10,7 @@
 //! | 4    | Bundle | one encoded BPv7 bundle                          |
 //! | 5    | Done   | empty                                            |
 //! | 6    | Error  | UTF-8 reason (≤ 1024 bytes), then the sender closes |
+//! | 7    | Spray  | copies handed over (u32 BE, ≥ 1) ‖ one encoded BPv7 bundle |
 
 /// Bytes before the body: length and type.
 pub const HEADER: usize = 5;
@@ -20,12 +21,20 @@ pub const MAX_BUNDLE_FRAME: usize = 64 * 1024 * 1024 + 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { version: u64, items: u64 },
+    Hello {
+        version: u64,
+        items: u64,
+    },
     Recon(Vec<u8>),
     Want(Vec<[u8; 32]>),
     Bundle(Vec<u8>),
     Done,
     Error(String),
+    /// A bundle under a spray-and-wait copy limit, with the copies the receiver may hand on.
+    Spray {
+        copies: u32,
+        bundle: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +58,7 @@ impl Frame {
             Frame::Bundle(_) => 4,
             Frame::Done => 5,
             Frame::Error(_) => 6,
+            Frame::Spray { .. } => 7,
         }
     }
 
@@ -60,6 +70,7 @@ impl Frame {
             Frame::Want(k) => 32 * k.len(),
             Frame::Done => 0,
             Frame::Error(s) => error_cut(s),
+            Frame::Spray { bundle, .. } => 4 + bundle.len(),
         };
         let mut out = Vec::with_capacity(HEADER + body_len);
         out.extend_from_slice(&((body_len + 1) as u32).to_be_bytes());
@@ -73,8 +84,20 @@ impl Frame {
             Frame::Want(keys) => keys.iter().for_each(|k| out.extend_from_slice(k)),
             Frame::Done => {}
             Frame::Error(s) => out.extend_from_slice(&s.as_bytes()[..body_len]),
+            Frame::Spray { copies, bundle } => {
+                out.extend_from_slice(&copies.to_be_bytes());
+                out.extend_from_slice(bundle);
+            }
         }
         out
+    }
+
+    /// Header of a spray frame: the caller sends `copies` (u32 BE) and the bundle next.
+    pub fn spray_header(bundle_len: usize) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&((bundle_len + 5) as u32).to_be_bytes());
+        h[4] = 7;
+        h
     }
 
     /// Header of a bundle frame whose body (the bundle bytes) the caller sends next,
@@ -105,7 +128,7 @@ impl Frame {
     /// Decode a frame from what follows the length field (type byte and body).
     pub fn decode(buf: Vec<u8>) -> Result<Frame, WireError> {
         let (&t, _) = buf.split_first().ok_or(WireError::Empty)?;
-        if t != 4 && buf.len() > MAX_CONTROL {
+        if t != 4 && t != 7 && buf.len() > MAX_CONTROL {
             return Err(WireError::Oversized {
                 len: buf.len(),
                 max: MAX_CONTROL,
@@ -165,6 +188,19 @@ impl Frame {
                         .map_err(|_| bad("Error", "reason is not UTF-8"))?,
                 )
             }
+            7 => {
+                if body.len() < 5 {
+                    return Err(bad("Spray", "shorter than copies and a bundle"));
+                }
+                let copies = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                if copies == 0 {
+                    return Err(bad("Spray", "hands over zero copies"));
+                }
+                Frame::Spray {
+                    copies,
+                    bundle: body[4..].to_vec(),
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -202,6 +238,11 @@ mod tests {
         round(Frame::Want(vec![[1; 32], [2; 32]]));
         round(Frame::Bundle(vec![0x9f, 0xff]));
         round(Frame::Done);
+        round(Frame::Spray {
+            copies: 3,
+            bundle: vec![0x9f, 0xff],
+        });
+        assert!(Frame::decode(vec![7, 0, 0, 0, 0, 0x9f]).is_err());
         round(Frame::Error("no".into()));
         let long = "é".repeat(600);
         let enc = Frame::Error(long).encode();

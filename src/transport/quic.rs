@@ -363,6 +363,34 @@ impl BundleIo for NodeIo<'_> {
         delivery::forward_copy(&raw).ok()?
     }
 
+    fn hand_over(&mut self, key: &[u8; 32]) -> Option<u32> {
+        let c = self.node.store.copies(key).ok()??;
+        let dest = self.node.store.record(key).ok()??.destination;
+        let peer = self.report.peer.as_ref()?;
+        if Eid::parse(&dest).ok()?.node_id() == *peer {
+            return None;
+        }
+        // Binary spray: half the copies go, the rest stay for later contacts.
+        let give = (c / 2).max(1);
+        self.node
+            .store
+            .set_copies(key, c.saturating_sub(give).max(1))
+            .ok()?;
+        Some(give)
+    }
+
+    fn incoming_sprayed(&mut self, bytes: Vec<u8>, copies: u32) -> Result<[u8; 32], String> {
+        let before = self.report.new;
+        let key = self.incoming(bytes)?;
+        if self.report.new > before {
+            self.node
+                .store
+                .set_copies(&key, copies)
+                .map_err(|e| format!("local store: {e}"))?;
+        }
+        Ok(key)
+    }
+
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String> {
         let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
         let key = vb.id().key();
@@ -451,10 +479,16 @@ pub async fn run_session(
         while let Some(out) = out_rx.recv().await {
             let r = match out {
                 Output::Frame(f) => send.write_all(&f).await,
-                Output::Bundle(h, b) => match send.write_all(&h).await {
-                    Ok(()) => send.write_all(&b).await,
-                    Err(e) => Err(e),
-                },
+                Output::Bundle(h, c, b) => {
+                    let mut r = send.write_all(&h).await;
+                    if let (Ok(()), Some(c)) = (&r, c) {
+                        r = send.write_all(&c.to_be_bytes()).await;
+                    }
+                    match r {
+                        Ok(()) => send.write_all(&b).await,
+                        Err(e) => Err(e),
+                    }
+                }
             };
             if let Err(e) = r {
                 return Err(QuicError::Connection(e.to_string()));
