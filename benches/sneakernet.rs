@@ -50,6 +50,8 @@ fn run(label: &str, count: usize, size: usize) {
         max_bytes: None,
         policy: Policy::folder(0.25),
         now,
+        have_summary: true,
+        node_records: false,
     };
     let t0 = Instant::now();
     let e = folder::export(&a, &stick, &opts, &ProgressBar::hidden()).unwrap();

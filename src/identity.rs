@@ -76,6 +76,18 @@ impl Identity {
         node_id_for_key(&self.public_key())
     }
 
+    /// This node's X25519 key for sealed bundles, derived from the Ed25519 seed (so the
+    /// key file stays one secret). Published in the node's signed node record.
+    pub fn seal_key(&self) -> crate::seal::SealKey {
+        let mut k = blake3::derive_key(
+            "mycelium 2026-11 x25519 key from node seed v1",
+            self.key.as_bytes(),
+        );
+        let sk = crate::seal::SealKey::from_bytes(k);
+        k.iter_mut().for_each(|b| *b = 0);
+        sk
+    }
+
     /// The key as PKCS#8 v1 DER (RFC 8410), for TLS libraries. Zeroised on drop.
     pub fn pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
         const PREFIX: [u8; 16] = [

@@ -9,6 +9,8 @@
 //!   (`message` today; task, result, payment, receipt and blob later). Pure.
 //! - [`identity`]: the node's Ed25519 key, its key file (0600) and the self-certifying
 //!   node ID `dtn://<base32 public key>/`.
+//! - [`seal`]: sealed bundles: a signed bundle encrypted for its recipient inside an
+//!   anonymous outer bundle with a proof-of-work stamp. Pure.
 //! - [`time`]: DTN time (ms since 2000-01-01); the core takes times as values.
 //! - [`store`]: the RocksDB store in the node's home: bundles, indexes, metadata; durable
 //!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
@@ -20,6 +22,7 @@ pub mod bundle;
 pub mod fec;
 pub mod identity;
 pub mod route;
+pub mod seal;
 pub mod sim;
 pub mod sync;
 pub mod time;

@@ -19,6 +19,10 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    #[error("no sealing key known for {0}: its node record has not reached this node yet (it travels with any sync, feed or `bundle load`); `mycelium contact add` it, or send with --no-seal")]
+    NoSealKey(String),
     #[error("cannot create home directory {path}: {source}")]
     Home {
         path: String,
@@ -65,7 +69,8 @@ pub struct InboxItem {
 }
 
 impl Node {
-    /// Create a new node in `home`: identity (refusing to replace one) and store.
+    /// Create a new node in `home`: identity (refusing to replace one) and store. (The
+    /// `init` command also publishes the node record; see [`Node::publish_record`].)
     pub fn init(home: &Path) -> Result<Node, NodeError> {
         create_private_dir(home)?;
         let identity = Identity::generate();
@@ -109,17 +114,77 @@ impl Node {
         Ok(vb)
     }
 
-    /// Decode, verify and store bytes that arrived from outside.
-    pub fn receive(&self, bytes: &[u8], now: DtnTime) -> Result<(BundleId, PutOutcome), NodeError> {
-        let vb = VerifiedBundle::decode(bytes)?;
-        if vb.bundle().expires_at(now) <= now {
-            return Err(NodeError::Bundle(BundleError::BadPrimary(format!(
-                "bundle expired at {}",
-                vb.bundle().expires_at(now).to_rfc3339()
-            ))));
+    /// Originate a bundle for a single node and, if `seal`, store only its sealed form for
+    /// travel (the signed inner bundle stays here, private). Returns (inner, outer).
+    pub fn send(
+        &self,
+        to: Eid,
+        payload: Vec<u8>,
+        lifetime_ms: u64,
+        now: DtnTime,
+        seal: bool,
+    ) -> Result<(VerifiedBundle, Option<VerifiedBundle>), NodeError> {
+        if !seal {
+            return Ok((self.originate(to, payload, lifetime_ms, now)?, None));
         }
-        let outcome = self.store.put(&vb, now)?;
-        Ok((vb.id(), outcome))
+        let node = to.node_id().to_string();
+        let xpk = self
+            .store
+            .contact(&node)?
+            .ok_or_else(|| NodeError::NoSealKey(node.clone()))?;
+        let ts = self.store.next_creation_timestamp(now)?;
+        let inner = BundleBuilder::new(to, ts, lifetime_ms)
+            .payload(payload)
+            .sign(&self.identity)?;
+        let outer = crate::seal::seal(&inner, &xpk, now, &mut rand_core::OsRng)?;
+        let change = crate::route::delivery::Change {
+            put: vec![inner.clone(), outer.clone()],
+            private: vec![inner.id().key()],
+            ..Default::default()
+        };
+        crate::route::delivery::RouteStore::commit(&self.store, change, now)?;
+        Ok((inner, Some(outer)))
+    }
+
+    /// Publish this node's record (its sealing key), signed, for everyone: the way other
+    /// nodes learn how to seal for it. Lives a year; `init` makes the first.
+    pub fn publish_record(&self, now: DtnTime) -> Result<VerifiedBundle, NodeError> {
+        let rec = adu::NodeRecord {
+            x25519: self.identity.seal_key().public(),
+        };
+        let vb = self.originate(
+            Eid::Null,
+            adu::encode_kind(adu::KIND_NODE, &rec),
+            365 * 24 * 3600 * 1000,
+            now,
+        )?;
+        // Our own key, so bundles we seal to ourselves (tests, loops) work too.
+        self.store
+            .set_contact(&self.node_id().to_string(), &rec.x25519)?;
+        Ok(vb)
+    }
+
+    /// Decode, verify and store bytes that arrived from outside (one bundle file), with
+    /// the same delivery rules as any contact: receipts, sealed bundles opened, node
+    /// records learnt.
+    pub fn receive(&self, bytes: &[u8], now: DtnTime) -> Result<(BundleId, PutOutcome), NodeError> {
+        use crate::route::delivery::{self, Arrival};
+        let vb = VerifiedBundle::decode(bytes)?;
+        let id = vb.id();
+        let refuse = |why: String| NodeError::Bundle(BundleError::BadPrimary(why));
+        match delivery::accept(&self.store, &self.identity, vb, now).map_err(|e| match e {
+            delivery::DeliveryError::Store(s) => NodeError::Store(s),
+            delivery::DeliveryError::Receipt(b) => NodeError::Bundle(b),
+            delivery::DeliveryError::Seal(x) => NodeError::Seal(x),
+        })? {
+            Arrival::New { .. } => Ok((id, PutOutcome::New)),
+            Arrival::Duplicate => Ok((id, PutOutcome::Duplicate)),
+            Arrival::Expired => Err(refuse("bundle expired".into())),
+            Arrival::AlreadyDelivered => Err(refuse(
+                "its destination has already confirmed delivery".into(),
+            )),
+            Arrival::Refused(why) => Err(refuse(why)),
+        }
     }
 
     /// Routing duties for bundles a batch import just stored (sticks, feeds): receipts for
@@ -138,6 +203,7 @@ impl Node {
                 |e| match e {
                     crate::route::delivery::DeliveryError::Store(s) => NodeError::Store(s),
                     crate::route::delivery::DeliveryError::Receipt(b) => NodeError::Bundle(b),
+                    crate::route::delivery::DeliveryError::Seal(x) => NodeError::Seal(x),
                 },
             )?;
             out.delivered += s.delivered as usize;

@@ -43,6 +43,7 @@ fn a_message_travels_from_a_to_b_as_a_file() {
         &a,
         &[
             "send",
+            "--no-seal",
             "--to",
             &b_id,
             "--text",
@@ -53,9 +54,19 @@ fn a_message_travels_from_a_to_b_as_a_file() {
     );
     let id = sent["id"].as_str().unwrap().to_string();
 
+    // The message, and a's own node record (published by init: its sealing key).
     let list = json(&a, &["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_eq!(list[0]["kind"], "message");
+    let kinds: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(
+        kinds.contains(&"message") && kinds.contains(&"node"),
+        "{kinds:?}"
+    );
 
     // --home accepted after the subcommand too
     let file = t.path().join("m.bundle");
@@ -108,6 +119,7 @@ fn send_a_file_and_read_it_back() {
         &a,
         &[
             "send",
+            "--no-seal",
             "--to",
             &a_id,
             "--file",
@@ -128,7 +140,7 @@ fn bad_files_are_refused_with_reasons_and_nothing_is_stored() {
     my(&a).arg("init").assert().success();
     my(&b).arg("init").assert().success();
     let b_id = json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
-    let id = json(&a, &["send", "--to", &b_id, "--text", "x"])["id"]
+    let id = json(&a, &["send", "--no-seal", "--to", &b_id, "--text", "x"])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -171,7 +183,10 @@ fn bad_files_are_refused_with_reasons_and_nothing_is_stored() {
             .stderr(predicate::str::contains(format!("{name}.bundle")));
         my(&b).arg("verify").arg(&p).assert().failure();
     }
-    assert!(json(&b, &["list"]).as_array().unwrap().is_empty());
+    // Nothing stored but b's own node record.
+    let left = json(&b, &["list"]);
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    assert_eq!(left[0]["kind"], "node");
     my(&b)
         .args(["show", "0000"])
         .assert()
@@ -188,7 +203,7 @@ fn commands_before_init_say_what_to_do() {
         .failure()
         .stderr(predicate::str::contains("mycelium init"));
     my(t.path())
-        .args(["send", "--to", "not-an-eid", "--text", "x"])
+        .args(["send", "--no-seal", "--to", "not-an-eid", "--text", "x"])
         .assert()
         .failure()
         .stderr(predicate::str::contains("not-an-eid"));
@@ -234,7 +249,17 @@ fn export_and_import_through_a_folder() {
     my(&a).arg("init").assert().success();
     my(&b).arg("init").assert().success();
     let b_id = json(&b, &["id"])["node_id"].as_str().unwrap().to_string();
-    json(&a, &["send", "--to", &b_id, "--text", "over the stick"]);
+    json(
+        &a,
+        &[
+            "send",
+            "--no-seal",
+            "--to",
+            &b_id,
+            "--text",
+            "over the stick",
+        ],
+    );
     let stick = t.path().join("stick");
     let s = stick.to_str().unwrap();
     let e = json(&a, &["export", s, "--parity", "0.5"]);

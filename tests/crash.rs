@@ -189,6 +189,8 @@ fn sigkill_during_import_and_export_loses_nothing_reported() {
                 max_bytes: None,
                 policy: Policy::folder(0.25),
                 now: DtnTime::now(),
+                have_summary: true,
+                node_records: false,
             };
             let an = Node::open(&a).unwrap();
             folder::export(&an, &d, &opts, &ProgressBar::hidden()).unwrap();

@@ -292,6 +292,7 @@ impl BundleIo for NodeIo<'_> {
             Arrival::Duplicate => self.log.duplicate += 1,
             Arrival::AlreadyDelivered => self.log.already_delivered += 1,
             Arrival::Expired => self.log.expired += 1,
+            Arrival::Refused(reason) => return Err(format!("refused: {reason}")),
         }
         Ok(key)
     }

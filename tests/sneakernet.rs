@@ -61,6 +61,8 @@ fn export_opts(parity: f64) -> ExportOptions {
         max_bytes: None,
         policy: Policy::folder(parity),
         now: NOW,
+        have_summary: true,
+        node_records: false,
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const ENVELOPE_VERSION: u64 = 1;
 pub const KIND_MESSAGE: &str = "message";
 pub const KIND_RECEIPT: &str = "receipt";
+pub const KIND_NODE: &str = "node";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AduError {
@@ -57,11 +58,21 @@ pub struct Receipt {
     pub at: u64,
 }
 
+/// A node record: what a node publishes about itself, signed (as every bundle) by the
+/// node. Today: its X25519 key, so others can seal bundles for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    #[serde(with = "serde_bytes")]
+    pub x25519: [u8; 32],
+}
+
 /// What a payload holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adu {
     Message(Message),
     Receipt(Receipt),
+    Node(NodeRecord),
     /// A kind or version this node does not understand: kept as is.
     Unknown {
         version: u64,
@@ -74,6 +85,7 @@ impl Adu {
         match self {
             Adu::Message(_) => KIND_MESSAGE,
             Adu::Receipt(_) => KIND_RECEIPT,
+            Adu::Node(_) => KIND_NODE,
             Adu::Unknown { kind, .. } => kind,
         }
     }
@@ -95,6 +107,37 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
 /// Encode a delivery receipt as a payload.
 pub fn encode_receipt(r: &Receipt) -> Vec<u8> {
     encode(KIND_RECEIPT, r)
+}
+
+/// Encode any body under `kind` (for kinds defined outside this module).
+pub fn encode_kind<B: Serialize>(kind: &str, body: &B) -> Vec<u8> {
+    encode(kind, body)
+}
+
+/// Decode a payload that must be a version-1 envelope of `kind` with body type `B`.
+pub fn decode_kind<B: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    kind: &str,
+) -> Result<B, AduError> {
+    let mut rest = payload;
+    let env: Envelope<ciborium::Value> =
+        ciborium::from_reader(&mut rest).map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(AduError::NotAnEnvelope(format!(
+            "{} bytes after the envelope",
+            rest.len()
+        )));
+    }
+    if env.v != ENVELOPE_VERSION || env.kind != kind {
+        return Err(AduError::NotAnEnvelope(format!(
+            "expected a v{ENVELOPE_VERSION} {kind:?} envelope, found v{} {:?}",
+            env.v, env.kind
+        )));
+    }
+    env.body.deserialized().map_err(|e| AduError::BadBody {
+        kind: kind.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<B: Serialize>(kind: &str, body: &B) -> Vec<u8> {
@@ -151,6 +194,13 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
                 reason: e.to_string(),
             })?;
             Ok(Adu::Message(m))
+        }
+        KIND_NODE => {
+            let r: NodeRecord = env.body.deserialized().map_err(|e| AduError::BadBody {
+                kind: env.kind.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(Adu::Node(r))
         }
         KIND_RECEIPT => {
             let r: Receipt = env.body.deserialized().map_err(|e| AduError::BadBody {

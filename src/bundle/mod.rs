@@ -70,6 +70,8 @@ pub enum BundleError {
     UnknownSigner(String),
     #[error("more than one Mycelium signature covers the payload")]
     DuplicateSignature,
+    #[error("{0}")]
+    Sealed(String),
 }
 
 /// Bounds applied before any allocation when decoding untrusted bytes.
@@ -403,7 +405,12 @@ impl VerifiedBundle {
 
     pub fn decode_with(bytes: &[u8], limits: &DecodeLimits) -> Result<VerifiedBundle, BundleError> {
         let bundle = Bundle::decode_with(bytes, limits)?;
-        bundle.verify_signature()?;
+        if crate::seal::is_sealed(&bundle) {
+            // Anonymous by design: what a relay can check is the stamp.
+            crate::seal::check_stamp(&bundle).map_err(|e| BundleError::Sealed(e.to_string()))?;
+        } else {
+            bundle.verify_signature()?;
+        }
         Ok(VerifiedBundle {
             bundle,
             raw: bytes.to_vec(),
@@ -425,6 +432,11 @@ impl VerifiedBundle {
 
     pub fn into_raw(self) -> Vec<u8> {
         self.raw
+    }
+
+    /// An anonymous sealed bundle (checked by its stamp, not a signature).
+    pub fn is_sealed(&self) -> bool {
+        crate::seal::is_sealed(&self.bundle)
     }
 }
 

@@ -46,6 +46,8 @@ fn export(node: &Node, stick: &Path, now: DtnTime) -> Result<folder::ExportRepor
         max_bytes: None,
         policy: Policy::folder(0.25),
         now,
+        have_summary: false,
+        node_records: false,
     };
     Ok(folder::export(node, stick, &opts, &ProgressBar::hidden())?)
 }

@@ -35,6 +35,10 @@ pub struct SendArgs {
     /// Spray and wait: at most this many copies in the network (default: epidemic)
     #[arg(long)]
     pub copies: Option<u32>,
+    /// Send in clear (signed, readable by every carrier) instead of sealed for the
+    /// recipient; for debugging, or for a recipient whose sealing key is unknown
+    #[arg(long)]
+    pub no_seal: bool,
 }
 
 pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
@@ -78,10 +82,18 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
     if a.copies == Some(0) {
         bail!("--copies must be at least 1");
     }
-    let vb = node.originate(to, adu::encode_message(&msg), lifetime_ms, DtnTime::now())?;
+    let (vb, outer) = node.send(
+        to,
+        adu::encode_message(&msg),
+        lifetime_ms,
+        DtnTime::now(),
+        !a.no_seal,
+    )?;
     let id = vb.id();
+    // What travels: the sealed outer bundle, or the signed one itself.
+    let travelling = outer.as_ref().unwrap_or(&vb);
     if let Some(c) = a.copies {
-        node.store.set_copies(&id.key(), c)?;
+        node.store.set_copies(&travelling.id().key(), c)?;
     }
     if cli.json {
         print_json(&json!({
@@ -89,13 +101,18 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             "source": id.source.to_string(),
             "destination": vb.bundle().primary.destination.to_string(),
             "size": vb.raw().len(),
+            "sealed": outer.as_ref().map(|o| json!({"id": o.id().hex(), "size": o.raw().len()})),
         }));
     } else {
         println!(
-            "stored bundle {} ({} bytes) for {}",
+            "stored bundle {} ({} bytes) for {}{}",
             &id.hex()[..16],
             vb.raw().len(),
-            vb.bundle().primary.destination
+            vb.bundle().primary.destination,
+            match &outer {
+                Some(o) => format!(", sealed for travel ({} bytes)", o.raw().len()),
+                None => " (in clear)".into(),
+            }
         );
     }
     Ok(())
@@ -162,6 +179,7 @@ pub fn adu_json(adu: &Result<Adu, String>) -> Value {
             "kind": "message",
             "file": {"name": f.name, "media_type": f.media_type, "size": f.data.len()},
         }),
+        Ok(Adu::Node(r)) => json!({"kind": "node", "x25519": hex::encode(r.x25519)}),
         Ok(Adu::Receipt(r)) => json!({
             "kind": "receipt",
             "delivered": hex::encode(r.bundle),
@@ -186,6 +204,7 @@ pub fn adu_text(adu: &Result<Adu, String>) -> String {
                 f.data.len()
             )
         }
+        Ok(Adu::Node(r)) => format!("[node record: sealing key {}]", hex::encode(r.x25519)),
         Ok(Adu::Receipt(r)) => format!(
             "[receipt: your bundle {} was delivered {}]",
             &hex::encode(r.bundle)[..12],

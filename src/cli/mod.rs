@@ -61,6 +61,9 @@ pub enum Command {
     /// Which nodes this node trusts, and for what
     #[command(subcommand)]
     Trust(broadcast::TrustCommand),
+    /// Sealing keys of other nodes
+    #[command(subcommand)]
+    Contact(node_cmds::ContactCommand),
     /// Run the node: accept QUIC syncs, announce it on the LAN and sync with neighbours
     Serve(net::ServeArgs),
     /// Sync once with a peer over QUIC, then print what moved
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => sneakernet::import(&cli, a),
         Command::Broadcast(c) => broadcast::run(&cli, c),
         Command::Trust(c) => broadcast::trust(&cli, c),
+        Command::Contact(c) => node_cmds::contact(&cli, c),
         Command::Serve(a) => net::serve(&cli, a),
         Command::Sync(a) => net::sync(&cli, a),
         Command::Gateway(a) => net::gateway(&cli, a),

@@ -1,14 +1,26 @@
-//! `init` and `id`.
+//! `init`, `id` and `contact`.
 
 use super::{home, print_json, Cli};
 use crate::node::Node;
-use anyhow::{Context, Result};
+use crate::time::DtnTime;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
 use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum ContactCommand {
+    /// Learn a node's sealing key out of band (as `mycelium id` prints it there)
+    Add { node_id: String, x25519: String },
+    /// Nodes this node can seal bundles for
+    List,
+}
 
 pub fn init(cli: &Cli) -> Result<()> {
     let h = home(cli);
     let node =
         Node::init(&h).with_context(|| format!("cannot initialise a node in {}", h.display()))?;
+    // The signed node record: how others learn the key to seal bundles for this node.
+    node.publish_record(DtnTime::now())?;
     if cli.json {
         print_json(&json!({
             "node_id": node.node_id().to_string(),
@@ -28,10 +40,46 @@ pub fn id(cli: &Cli) -> Result<()> {
         print_json(&json!({
             "node_id": node.node_id().to_string(),
             "public_key": hex::encode(node.identity.public_key()),
+            "x25519": hex::encode(node.identity.seal_key().public()),
             "home": h.display().to_string(),
         }));
     } else {
         println!("{}", node.node_id());
+    }
+    Ok(())
+}
+
+pub fn contact(cli: &Cli, c: &ContactCommand) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    match c {
+        ContactCommand::Add { node_id, x25519 } => {
+            let e = crate::bundle::Eid::parse(node_id).map_err(|e| anyhow!("{e}"))?;
+            crate::identity::key_for_node_id(&e).map_err(|e| anyhow!("{e}"))?;
+            let mut k = [0u8; 32];
+            if hex::decode_to_slice(x25519.trim(), &mut k).is_err() {
+                bail!("{x25519:?} is not an X25519 key (64 hex digits)");
+            }
+            node.store.set_contact(&e.node_id().to_string(), &k)?;
+            if cli.json {
+                print_json(&json!({"added": e.node_id().to_string()}));
+            } else {
+                println!("can now seal bundles for {}", e.node_id());
+            }
+        }
+        ContactCommand::List => {
+            let list = node.store.contacts()?;
+            if cli.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|(n, k)| json!({"node": n, "x25519": hex::encode(k)}))
+                    .collect();
+                print_json(&json!(v));
+            } else {
+                for (n, k) in &list {
+                    println!("{n}  {}", hex::encode(k));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -29,6 +29,13 @@ pub struct ExportArgs {
     /// Preferred shard size for bundles larger than 4 KiB (smaller ones travel as copies)
     #[arg(long, default_value = "64KiB", value_name = "N")]
     pub shard_size: String,
+    /// Also write this node's signed have-summary, so the next export towards it skips
+    /// what it holds (it names this node on the stick)
+    #[arg(long)]
+    pub have: bool,
+    /// Also carry node records (they name their nodes, in clear)
+    #[arg(long)]
+    pub with_records: bool,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +123,8 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
             max_bytes,
             policy,
             now,
+            have_summary: a.have,
+            node_records: a.with_records,
         },
         &pb,
     )?;

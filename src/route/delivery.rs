@@ -37,6 +37,11 @@ pub struct Change {
     pub put: Vec<VerifiedBundle>,
     pub tombstones: Vec<([u8; 32], Tombstone)>,
     pub delete: Vec<[u8; 32]>,
+    /// Sealing keys learnt from signed node records: (node ID, X25519 key).
+    pub contacts: Vec<(String, [u8; 32])>,
+    /// Keys of stored bundles that must never be offered, reconciled or exported: the
+    /// opened insides of sealed bundles.
+    pub private: Vec<[u8; 32]>,
 }
 
 /// What delivery needs from a store. `commit` must apply a [`Change`] atomically.
@@ -48,6 +53,10 @@ pub trait RouteStore {
     fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, Self::Error>;
     fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, Self::Error>;
     fn commit(&self, change: Change, now: DtnTime) -> Result<(), Self::Error>;
+    /// The X25519 sealing key of a node, from its node record, if known.
+    fn contact(&self, _node: &str) -> Result<Option<[u8; 32]>, Self::Error> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +65,12 @@ pub enum DeliveryError<E: std::error::Error + 'static> {
     Store(E),
     #[error("cannot sign a receipt: {0}")]
     Receipt(BundleError),
+    #[error("cannot seal a receipt: {0}")]
+    Seal(crate::seal::SealError),
 }
 
 /// What became of an arriving bundle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arrival {
     /// Stored. `delivered`: this node is its destination (a receipt was issued);
     /// `purged`: it was a receipt and this node dropped the original.
@@ -71,6 +82,9 @@ pub enum Arrival {
     /// Its destination already confirmed delivery: refused, nothing stored.
     AlreadyDelivered,
     Expired,
+    /// A sealed bundle for this node that does not open or holds something else than a
+    /// bundle for this node: dropped, nothing stored.
+    Refused(String),
 }
 
 /// Shortest life given to a receipt, so one for a nearly expired bundle still travels.
@@ -90,19 +104,59 @@ pub fn accept<S: RouteStore>(
         return Ok(Arrival::Expired);
     }
     let dest_node = b.primary.destination.node_id();
+    if store.has(&key).map_err(DeliveryError::Store)? {
+        return Ok(Arrival::Duplicate);
+    }
     if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
         if t.signer == dest_node.to_string() {
             return Ok(Arrival::AlreadyDelivered);
         }
     }
-    if store.has(&key).map_err(DeliveryError::Store)? {
-        return Ok(Arrival::Duplicate);
-    }
     let mut change = Change::default();
-    let (delivered, purged) = effects(store, me, &vb, now, &mut change)?;
+    if vb.is_sealed() {
+        return match crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id()) {
+            // For someone else: carry it like any bundle.
+            Ok(None) => {
+                change.put.push(vb);
+                store.commit(change, now).map_err(DeliveryError::Store)?;
+                Ok(Arrival::New {
+                    delivered: false,
+                    purged: false,
+                })
+            }
+            Err(e) => Ok(Arrival::Refused(e.to_string())),
+            Ok(Some(inner)) => {
+                arrived_sealed(&vb, &mut change, now);
+                if store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
+                    store.commit(change, now).map_err(DeliveryError::Store)?;
+                    return Ok(Arrival::Duplicate);
+                }
+                let (delivered, purged) = effects(store, me, &inner, now, &mut change, true)?;
+                change.private.push(inner.id().key());
+                change.put.insert(0, inner);
+                store.commit(change, now).map_err(DeliveryError::Store)?;
+                Ok(Arrival::New { delivered, purged })
+            }
+        };
+    }
+    let (delivered, purged) = effects(store, me, &vb, now, &mut change, false)?;
     change.put.insert(0, vb);
     store.commit(change, now).map_err(DeliveryError::Store)?;
     Ok(Arrival::New { delivered, purged })
+}
+
+/// A sealed bundle reached its recipient: never carry it further, refuse it if it comes
+/// round again (a tombstone whose signer is its own destination node, `dtn://sealed/`).
+fn arrived_sealed(outer: &VerifiedBundle, change: &mut Change, now: DtnTime) {
+    let b = outer.bundle();
+    change.tombstones.push((
+        outer.id().key(),
+        Tombstone {
+            signer: b.primary.destination.node_id().to_string(),
+            created: b.primary.created.time.0,
+            expires: b.expires_at(now),
+        },
+    ));
 }
 
 /// For bundles that were stored by a path that does not go through [`accept`] (a stick's
@@ -117,6 +171,32 @@ pub fn settle<S: RouteStore>(
     let key = vb.id().key();
     let dest_node = vb.bundle().primary.destination.node_id();
     let mut change = Change::default();
+    if vb.is_sealed() {
+        let opened = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id());
+        let inner = match opened {
+            Ok(None) => return Ok(Settled::default()),
+            Err(_) => None,
+            Ok(Some(inner)) => Some(inner),
+        };
+        // Opened (or for us but unopenable): the outer goes either way.
+        arrived_sealed(vb, &mut change, now);
+        change.delete.push(key);
+        let mut out = Settled {
+            dropped: inner.is_none(),
+            ..Settled::default()
+        };
+        if let Some(inner) = inner {
+            if !store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
+                let (d, p) = effects(store, me, &inner, now, &mut change, true)?;
+                out.delivered = d;
+                out.purged = p;
+                change.private.push(inner.id().key());
+                change.put.push(inner);
+            }
+        }
+        store.commit(change, now).map_err(DeliveryError::Store)?;
+        return Ok(out);
+    }
     if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
         if t.signer == dest_node.to_string() {
             if dest_node != me.node_id() {
@@ -130,7 +210,7 @@ pub fn settle<S: RouteStore>(
             return Ok(Settled::default());
         }
     }
-    let (delivered, purged) = effects(store, me, vb, now, &mut change)?;
+    let (delivered, purged) = effects(store, me, vb, now, &mut change, false)?;
     if !change.put.is_empty() || !change.tombstones.is_empty() || !change.delete.is_empty() {
         store.commit(change, now).map_err(DeliveryError::Store)?;
     }
@@ -152,13 +232,16 @@ pub struct Settled {
     pub dropped: bool,
 }
 
-/// What storing `vb` implies besides storing it: receipts issued or applied.
+/// What storing `vb` implies besides storing it: receipts issued or applied, sealing keys
+/// learnt. `sealed`: it arrived sealed, so its receipt goes back sealed (or not at all: a
+/// receipt in clear would show who talks to whom).
 fn effects<S: RouteStore>(
     store: &S,
     me: &Identity,
     vb: &VerifiedBundle,
     now: DtnTime,
     change: &mut Change,
+    sealed: bool,
 ) -> Result<(bool, bool), DeliveryError<S::Error>> {
     let key = vb.id().key();
     let b = vb.bundle();
@@ -167,6 +250,11 @@ fn effects<S: RouteStore>(
     let mut purged = false;
     let mut delivered = false;
     let adu = adu::decode(b.payload());
+    if let Ok(Adu::Node(rec)) = &adu {
+        change
+            .contacts
+            .push((b.primary.source.node_id().to_string(), rec.x25519));
+    }
     if let Ok(Adu::Receipt(r)) = &adu {
         let signer = b.primary.source.node_id().to_string();
         let stone = Tombstone {
@@ -208,7 +296,16 @@ fn effects<S: RouteStore>(
             .payload(receipt)
             .sign(me)
             .map_err(DeliveryError::Receipt)?;
-        change.put.push(rb);
+        if !sealed {
+            change.put.push(rb);
+        } else if let Some(xpk) = store
+            .contact(&b.primary.source.node_id().to_string())
+            .map_err(DeliveryError::Store)?
+        {
+            let outer = crate::seal::seal(&rb, &xpk, now, &mut rand_core::OsRng)
+                .map_err(DeliveryError::Seal)?;
+            change.put.push(outer);
+        }
     }
     Ok((delivered, purged))
 }

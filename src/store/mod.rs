@@ -55,7 +55,14 @@ pub mod cf {
     /// bundle key → spray-and-wait copies this node may still hand out (u32 BE); absent
     /// for bundles without a copy limit
     pub const COPIES: &str = "copies";
-    pub const ALL: [&str; 15] = [
+    /// node ID text → its X25519 sealing key (32 bytes), from its signed node record
+    pub const CONTACTS: &str = "contacts";
+    /// bundle key → (): stored bundles never offered, reconciled, exported or published
+    /// (the opened insides of sealed bundles, and what this node sealed)
+    pub const PRIVATE: &str = "private";
+    pub const ALL: [&str; 17] = [
+        CONTACTS,
+        PRIVATE,
         COPIES,
         TOMBSTONES,
         SYNC_PEERS,
@@ -496,6 +503,7 @@ impl Store {
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);
         batch.delete_cf(self.cf(cf::COPIES), key);
+        batch.delete_cf(self.cf(cf::PRIVATE), key);
         Ok(())
     }
 }

@@ -97,6 +97,7 @@ impl Store {
         let peer = peer.map(|p| p.node_id().to_string());
         let stones = self.tombstones()?;
         let dead: HashSet<[u8; 32]> = stones.iter().map(|(k, _)| *k).collect();
+        let private = self.private_keys()?;
         let mut out = Vec::with_capacity(stones.len());
         for item in self
             .db
@@ -104,6 +105,10 @@ impl Store {
         {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let key = key32(&k)?;
+            if private.contains(&key) {
+                // Not even its key is shown: it would tell a peer who sent what.
+                continue;
+            }
             let rec = decode_record(&key, &v)?;
             let dest = super::dest_node(&rec.destination);
             // Spray and wait: with one copy left, wait for the destination itself.
@@ -132,6 +137,68 @@ impl Store {
                     sendable: false,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// A node's X25519 sealing key, if its node record (or `contact add`) told us.
+    pub fn contact(&self, node: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(cf::CONTACTS), node.as_bytes())
+            .map_err(|e| self.db_err(e))?;
+        v.map(|b| {
+            <[u8; 32]>::try_from(b.as_slice()).map_err(|_| StoreError::Corrupt {
+                key: node.to_string(),
+                reason: "contact key is not 32 bytes".into(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every known sealing key, by node ID.
+    pub fn contacts(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::CONTACTS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let node = String::from_utf8_lossy(&k).into_owned();
+            let key = <[u8; 32]>::try_from(&v[..]).map_err(|_| StoreError::Corrupt {
+                key: node.clone(),
+                reason: "contact key is not 32 bytes".into(),
+            })?;
+            out.push((node, key));
+        }
+        Ok(out)
+    }
+
+    /// Remember a node's sealing key (synced).
+    pub fn set_contact(&self, node: &str, xpk: &[u8; 32]) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(self.cf(cf::CONTACTS), node.as_bytes(), xpk, &Self::synced())
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Mark stored bundles private (never offered, reconciled or exported).
+    pub fn set_private(&self, keys: &[[u8; 32]]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for k in keys {
+            batch.put_cf(self.cf(cf::PRIVATE), k, []);
+        }
+        self.write_synced(batch)
+    }
+
+    /// Keys of private bundles.
+    pub fn private_keys(&self) -> Result<HashSet<[u8; 32]>, StoreError> {
+        let mut out = HashSet::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::PRIVATE), IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            out.insert(key32(&k)?);
         }
         Ok(out)
     }
@@ -165,11 +232,12 @@ impl Store {
             .map_err(|e| self.db_err(e))
     }
 
-    /// Stored bundles that must not travel on: delivered elsewhere (tombstoned) or
-    /// addressed to this node (they have arrived).
+    /// Stored bundles that must not travel on: delivered elsewhere (tombstoned),
+    /// addressed to this node (they have arrived), or private.
     pub fn held_back(&self, me: &Eid) -> Result<HashSet<[u8; 32]>, StoreError> {
         let mut out: HashSet<[u8; 32]> = self.tombstones()?.into_iter().map(|(k, _)| k).collect();
         out.extend(self.for_destination_node(me)?);
+        out.extend(self.private_keys()?);
         Ok(out)
     }
 
@@ -286,6 +354,16 @@ impl RouteStore for Store {
         for key in &change.delete {
             self.stage_delete(&mut batch, key)?;
         }
+        for (node, xpk) in &change.contacts {
+            batch.put_cf(self.cf(cf::CONTACTS), node.as_bytes(), xpk);
+        }
+        for key in &change.private {
+            batch.put_cf(self.cf(cf::PRIVATE), key, []);
+        }
         self.write_synced(batch)
+    }
+
+    fn contact(&self, node: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        Store::contact(self, node)
     }
 }

@@ -103,6 +103,11 @@ pub struct ExportOptions {
     pub max_bytes: Option<u64>,
     pub policy: Policy,
     pub now: DtnTime,
+    /// Write this node's signed have-summary (it names this node: off by default, a
+    /// seized stick should not say whose it is).
+    pub have_summary: bool,
+    /// Also carry node records (signed, in clear: they name their nodes).
+    pub node_records: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -169,6 +174,9 @@ pub fn export(
             .or_insert_with(|| summary_of(&dest_node));
         if ds.as_ref().is_some_and(|s| s.contains(&key)) {
             delivered.insert(key);
+        }
+        if rec.kind == crate::adu::KIND_NODE && !opts.node_records {
+            continue;
         }
         cands.push(Candidate {
             key,
@@ -250,6 +258,9 @@ pub fn export(
     report.skipped.unwanted = skipped.unwanted;
     report.already_on_drive = on_drive.len();
 
+    if !opts.have_summary {
+        return Ok(report);
+    }
     // This node's have-summary, so the next export towards it can skip what it holds.
     let keys: Vec<[u8; 32]> = node.store.records()?.into_iter().map(|(k, _)| k).collect();
     let summary = HaveSummary::new(node.node_id(), opts.now, keys).sign(&node.identity);

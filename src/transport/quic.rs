@@ -344,6 +344,8 @@ pub struct SessionReport {
     pub purged: u64,
     pub already_delivered: u64,
     pub expired: u64,
+    /// Sealed bundles for this node that did not open, or beyond the contact's quota.
+    pub refused: u64,
     /// UDP bytes sent and received, QUIC and TLS overhead included.
     pub wire_tx: u64,
     pub wire_rx: u64,
@@ -406,6 +408,7 @@ impl BundleIo for NodeIo<'_> {
             Arrival::Duplicate => r.duplicate += 1,
             Arrival::AlreadyDelivered => r.already_delivered += 1,
             Arrival::Expired => r.expired += 1,
+            Arrival::Refused(_) => r.refused += 1,
         }
         Ok(key)
     }

@@ -1,0 +1,363 @@
+//! Sealed bundles: a whole signed inner bundle encrypted for one recipient and carried as
+//! the payload of an anonymous outer bundle, so whoever holds it (a stick, a feed
+//! recording, a relay) learns neither who sent it, nor to whom, nor what it says.
+//!
+//! - Key agreement: X25519, a fresh ephemeral key per bundle against the recipient's static
+//!   X25519 key (from its signed node record). Keys: blake3 in derive-key mode over the
+//!   shared secret, the ephemeral and the recipient public keys → AEAD key (32), nonce (12)
+//!   and recipient tag (16). A key is used for one message only, so nonces never repeat.
+//! - AEAD: ChaCha20-Poly1305; the additional data binds the ciphertext to the outer
+//!   bundle's tag, creation timestamp and lifetime.
+//! - Outer bundle: source `dtn:none`, destination `dtn://sealed/<tag hex>` (a fresh tag per
+//!   bundle: unlinkable; the recipient recognises its own by recomputing it), creation
+//!   time rounded to the minute, a random sequence number, hop count, no signature.
+//! - Flood defence: a proof-of-work stamp over the ciphertext and those outer fields,
+//!   cheap to check, costly to make in bulk (see [`required_bits`]).
+//! - Padding: the plaintext is padded (Padmé) so lengths leak little.
+//!
+//! Pure: no I/O; randomness comes from the caller's RNG. Spec: `bundles/README.md` §11.
+
+use crate::adu;
+use crate::bundle::{
+    block_types, Bundle, BundleError, CanonicalBlock, CrcType, CreationTimestamp, Eid, HopCount,
+    PrimaryBlock, VerifiedBundle,
+};
+use crate::time::DtnTime;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+pub const KIND_SEALED: &str = "sealed";
+/// Node name of every sealed bundle's destination.
+pub const SEALED_NODE: &str = "sealed";
+const KDF_CONTEXT: &str = "mycelium 2026-11 sealed bundle v1 keys";
+const AAD_DOMAIN: &[u8] = b"mycelium/sealed/v1";
+const STAMP_DOMAIN: &[u8] = b"mycelium/stamp/v1";
+/// Proof-of-work bits for a ciphertext up to 64 KiB; one more per doubling beyond.
+pub const BASE_BITS: u32 = 16;
+/// Smallest padded plaintext.
+pub const MIN_PADDED: usize = 1024;
+const TAG_LEN: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("not a sealed bundle: {0}")]
+    NotSealed(String),
+    #[error("sealed bundle carries no valid proof-of-work stamp ({got} of {need} bits)")]
+    Stamp { got: u32, need: u32 },
+    #[error("sealed bundle does not open: authentication failed (altered, or not for this key)")]
+    Auth,
+    #[error("sealed plaintext is malformed: {0}")]
+    Plaintext(String),
+    #[error("the recipient's X25519 key is not usable (low-order point)")]
+    WeakKey,
+    #[error("sealed inner bundle: {0}")]
+    Inner(BundleError),
+    #[error("a sealed bundle for this node holds a bundle addressed to {0}")]
+    Misaddressed(String),
+}
+
+/// The payload body of a sealed bundle (inside the ADU envelope of kind `sealed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedBody {
+    #[serde(with = "serde_bytes")]
+    epk: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    ct: Vec<u8>,
+    stamp: u64,
+}
+
+/// A node's X25519 key pair for sealing.
+pub struct SealKey {
+    secret: StaticSecret,
+}
+
+impl SealKey {
+    pub fn from_bytes(b: [u8; 32]) -> SealKey {
+        SealKey {
+            secret: StaticSecret::from(b),
+        }
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        PublicKey::from(&self.secret).to_bytes()
+    }
+}
+
+struct Derived {
+    key: [u8; 32],
+    nonce: [u8; 12],
+    tag: [u8; TAG_LEN],
+}
+
+fn derive(shared: &[u8; 32], epk: &[u8; 32], rpk: &[u8; 32]) -> Derived {
+    let mut h = blake3::Hasher::new_derive_key(KDF_CONTEXT);
+    h.update(shared);
+    h.update(epk);
+    h.update(rpk);
+    let mut out = [0u8; 60];
+    h.finalize_xof().fill(&mut out);
+    let mut d = Derived {
+        key: [0; 32],
+        nonce: [0; 12],
+        tag: [0; TAG_LEN],
+    };
+    d.key.copy_from_slice(&out[..32]);
+    d.nonce.copy_from_slice(&out[32..44]);
+    d.tag.copy_from_slice(&out[44..60]);
+    out.iter_mut().for_each(|b| *b = 0);
+    d
+}
+
+fn aad(epk: &[u8; 32], tag: &[u8; TAG_LEN], created: CreationTimestamp, lifetime: u64) -> Vec<u8> {
+    let mut a = AAD_DOMAIN.to_vec();
+    a.extend_from_slice(epk);
+    a.extend_from_slice(tag);
+    a.extend_from_slice(&created.time.0.to_be_bytes());
+    a.extend_from_slice(&created.seq.to_be_bytes());
+    a.extend_from_slice(&lifetime.to_be_bytes());
+    a
+}
+
+/// Proof-of-work bits a ciphertext of `len` bytes must carry: [`BASE_BITS`] up to 64 KiB,
+/// one more for each doubling beyond (so a big forged bundle costs as much as many small).
+pub fn required_bits(len: usize) -> u32 {
+    let units = len.div_ceil(64 * 1024).max(1);
+    BASE_BITS + (usize::BITS - (units - 1).leading_zeros())
+}
+
+fn stamp_digest(aad: &[u8], ct: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(aad);
+    h.update(ct);
+    *h.finalize().as_bytes()
+}
+
+fn stamp_bits(digest: &[u8; 32], stamp: u64) -> u32 {
+    let mut h = blake3::Hasher::new();
+    h.update(STAMP_DOMAIN);
+    h.update(digest);
+    h.update(&stamp.to_le_bytes());
+    let out = h.finalize();
+    let b = out.as_bytes();
+    u128::from_be_bytes(b[..16].try_into().unwrap_or([0xff; 16])).leading_zeros()
+}
+
+/// Find a stamp with at least `bits` leading zero bits (expected 2^bits hashes).
+fn make_stamp(digest: &[u8; 32], bits: u32, start: u64) -> u64 {
+    let mut s = start;
+    while stamp_bits(digest, s) < bits {
+        s = s.wrapping_add(1);
+    }
+    s
+}
+
+/// Padmé padding (Nikitin et al., 2019): leaks O(log log n) bits of the length, costs at
+/// most 12% (and at least [`MIN_PADDED`] bytes).
+pub fn padded_len(n: usize) -> usize {
+    let n = n.max(MIN_PADDED);
+    let e = usize::BITS - 1 - n.leading_zeros();
+    let s = u32::BITS - e.leading_zeros();
+    let last_bits = e - s;
+    let mask = (1usize << last_bits) - 1;
+    (n + mask) & !mask
+}
+
+/// Seal `inner` (a signed bundle) for the holder of X25519 key `recipient`. The outer
+/// bundle lives as long as the inner one has left.
+pub fn seal<R: RngCore + CryptoRng>(
+    inner: &VerifiedBundle,
+    recipient: &[u8; 32],
+    now: DtnTime,
+    rng: &mut R,
+) -> Result<VerifiedBundle, SealError> {
+    let rpk = PublicKey::from(*recipient);
+    let esk = StaticSecret::random_from_rng(&mut *rng);
+    let epk = PublicKey::from(&esk).to_bytes();
+    let shared = esk.diffie_hellman(&rpk);
+    if !shared.was_contributory() {
+        return Err(SealError::WeakKey);
+    }
+    let d = derive(shared.as_bytes(), &epk, recipient);
+    // Outer timing: minute resolution, random sequence number (no per-node counter).
+    let minute = 60_000;
+    let time = DtnTime(now.0 - now.0 % minute);
+    let created = CreationTimestamp {
+        time,
+        seq: rng.next_u64() >> 1,
+    };
+    let expires = inner.bundle().expires_at(now);
+    let lifetime = expires.0.saturating_sub(time.0).max(minute);
+    let raw = inner.raw();
+    let mut pt = Vec::with_capacity(padded_len(raw.len() + 4));
+    pt.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    pt.extend_from_slice(raw);
+    pt.resize(padded_len(raw.len() + 4), 0);
+    let a = aad(&epk, &d.tag, created, lifetime);
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&d.nonce), Payload { msg: &pt, aad: &a })
+        .map_err(|_| SealError::Auth)?;
+    let digest = stamp_digest(&a, &ct);
+    let stamp = make_stamp(&digest, required_bits(ct.len()), rng.next_u64());
+    let body = SealedBody { epk, ct, stamp };
+    let payload = adu::encode_kind(KIND_SEALED, &body);
+    let mut tag_hex = String::with_capacity(32);
+    for b in d.tag {
+        tag_hex.push_str(&format!("{b:02x}"));
+    }
+    let destination = Eid::parse(&format!("dtn://{SEALED_NODE}/{tag_hex}"))
+        .map_err(|e| SealError::NotSealed(e.to_string()))?;
+    let primary = PrimaryBlock {
+        flags: crate::bundle::primary::flags::MUST_NOT_FRAGMENT,
+        crc: CrcType::Crc32c,
+        destination,
+        source: Eid::Null,
+        report_to: Eid::Null,
+        created,
+        lifetime_ms: lifetime,
+        fragment: None,
+    };
+    let blocks = vec![
+        CanonicalBlock::new(
+            block_types::HOP_COUNT,
+            2,
+            CrcType::Crc16,
+            HopCount {
+                limit: crate::bundle::DEFAULT_HOP_LIMIT,
+                count: 0,
+            }
+            .to_data(),
+        ),
+        CanonicalBlock::new(block_types::PAYLOAD, 1, CrcType::Crc32c, payload),
+    ];
+    let bundle = Bundle { primary, blocks };
+    bundle.validate().map_err(SealError::Inner)?;
+    VerifiedBundle::decode(&bundle.encode()).map_err(SealError::Inner)
+}
+
+/// The parts of a sealed outer bundle, structurally checked.
+struct Parsed {
+    tag: [u8; TAG_LEN],
+    body: SealedBody,
+    aad: Vec<u8>,
+}
+
+fn parse(b: &Bundle) -> Result<Parsed, SealError> {
+    let p = &b.primary;
+    if !p.source.is_null() {
+        return Err(SealError::NotSealed("its source is not dtn:none".into()));
+    }
+    let tag_hex = match &p.destination {
+        Eid::Dtn(_) if p.destination.node_name() == Some(SEALED_NODE) => p
+            .destination
+            .to_string()
+            .strip_prefix(&format!("dtn://{SEALED_NODE}/"))
+            .map(str::to_string)
+            .unwrap_or_default(),
+        _ => {
+            return Err(SealError::NotSealed(
+                "destination is not a sealed tag".into(),
+            ))
+        }
+    };
+    let mut tag = [0u8; TAG_LEN];
+    hex::decode_to_slice(&tag_hex, &mut tag)
+        .map_err(|_| SealError::NotSealed("destination tag is not 16 bytes of hex".into()))?;
+    let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
+        .map_err(|e| SealError::NotSealed(e.to_string()))?;
+    let aad = aad(&body.epk, &tag, p.created, p.lifetime_ms);
+    Ok(Parsed { tag, body, aad })
+}
+
+/// What a relay checks before storing an unsigned bundle: that it is a well-formed sealed
+/// bundle with a valid stamp. Costs one blake3 pass over the ciphertext.
+pub fn check_stamp(b: &Bundle) -> Result<(), SealError> {
+    let p = parse(b)?;
+    let need = required_bits(p.body.ct.len());
+    let got = stamp_bits(&stamp_digest(&p.aad, &p.body.ct), p.body.stamp);
+    if got < need {
+        return Err(SealError::Stamp { got, need });
+    }
+    Ok(())
+}
+
+/// Whether a bundle is a sealed one (by its shape; says nothing about validity).
+pub fn is_sealed(b: &Bundle) -> bool {
+    b.primary.source.is_null() && b.primary.destination.node_name() == Some(SEALED_NODE)
+}
+
+/// Try to open a sealed bundle with this node's key: `Ok(None)` if it is for someone else;
+/// `Ok(Some(inner))` with the inner bundle verified (signature) and addressed to `me`.
+pub fn open(outer: &Bundle, key: &SealKey, me: &Eid) -> Result<Option<VerifiedBundle>, SealError> {
+    let p = parse(outer)?;
+    let epk = PublicKey::from(p.body.epk);
+    let shared = key.secret.diffie_hellman(&epk);
+    if !shared.was_contributory() {
+        return Ok(None);
+    }
+    let d = derive(shared.as_bytes(), &p.body.epk, &key.public());
+    if d.tag != p.tag {
+        return Ok(None);
+    }
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
+    let pt = cipher
+        .decrypt(
+            Nonce::from_slice(&d.nonce),
+            Payload {
+                msg: &p.body.ct,
+                aad: &p.aad,
+            },
+        )
+        .map_err(|_| SealError::Auth)?;
+    if pt.len() < 4 {
+        return Err(SealError::Plaintext("shorter than its length field".into()));
+    }
+    let len = u32::from_be_bytes([pt[0], pt[1], pt[2], pt[3]]) as usize;
+    if len > pt.len() - 4 {
+        return Err(SealError::Plaintext(format!(
+            "claims {len} bytes, holds {}",
+            pt.len() - 4
+        )));
+    }
+    if pt[4 + len..].iter().any(|&b| b != 0) {
+        return Err(SealError::Plaintext("padding is not zeros".into()));
+    }
+    let inner = VerifiedBundle::decode(&pt[4..4 + len]).map_err(SealError::Inner)?;
+    let dest = inner.bundle().primary.destination.node_id();
+    if dest != me.node_id() {
+        return Err(SealError::Misaddressed(dest.to_string()));
+    }
+    Ok(Some(inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padme_is_monotone_bounded_and_at_least_the_minimum() {
+        let mut last = 0;
+        for n in (0..5_000_000).step_by(997) {
+            let p = padded_len(n);
+            assert!(p >= n.max(MIN_PADDED) && p >= last);
+            assert!(
+                n < MIN_PADDED || (p - n) as f64 <= 0.12 * n as f64,
+                "{n} -> {p}"
+            );
+            last = p;
+        }
+        assert_eq!(padded_len(1), MIN_PADDED);
+    }
+
+    #[test]
+    fn stamp_difficulty_grows_with_size() {
+        assert_eq!(required_bits(100), BASE_BITS);
+        assert_eq!(required_bits(64 * 1024), BASE_BITS);
+        assert_eq!(required_bits(64 * 1024 + 1), BASE_BITS + 1);
+        assert_eq!(required_bits(1 << 20), BASE_BITS + 4);
+    }
+}
