@@ -37,6 +37,9 @@ const AAD_DOMAIN: &[u8] = b"mycelium/sealed/v1";
 const STAMP_DOMAIN: &[u8] = b"mycelium/stamp/v1";
 /// Proof-of-work bits for a ciphertext up to 64 KiB; one more per doubling beyond.
 pub const BASE_BITS: u32 = 16;
+/// Sealed bundles a node takes from one contact (a sync session, a stick): a relay cannot
+/// tell who made them, so however valid their stamps, one contact cannot fill its store.
+pub const QUOTA_PER_CONTACT: u64 = 10_000;
 /// Smallest padded plaintext.
 pub const MIN_PADDED: usize = 1024;
 const TAG_LEN: usize = 16;

@@ -126,7 +126,7 @@ impl Store {
         }
         let stored: HashSet<[u8; 32]> = out.iter().map(|i| i.key).collect();
         for (key, t) in stones {
-            if !stored.contains(&key) {
+            if !stored.contains(&key) && !private.contains(&key) {
                 out.push(Item {
                     key,
                     created_ms: t.created,

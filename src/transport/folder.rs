@@ -490,6 +490,8 @@ struct Importer<'a> {
     queue: Vec<(Rebuilt, bool)>,
     queue_bytes: usize,
     report: ImportReport,
+    /// Sealed bundles taken from this stick so far (flood defence: a quota per contact).
+    sealed: u64,
 }
 
 impl Importer<'_> {
@@ -566,6 +568,18 @@ impl Importer<'_> {
                         } else {
                             Ok(vec![vb])
                         }
+                    })
+                    .and_then(|v| {
+                        if v.iter().any(|vb| vb.is_sealed()) {
+                            self.sealed += 1;
+                            if self.sealed > crate::seal::QUOTA_PER_CONTACT {
+                                return Err(format!(
+                                    "more than {} sealed bundles on one stick: over the quota",
+                                    crate::seal::QUOTA_PER_CONTACT
+                                ));
+                            }
+                        }
+                        Ok(v)
                     }),
                 parity,
             ),
@@ -661,6 +675,7 @@ pub fn import(
         queue: Vec::new(),
         queue_bytes: 0,
         report: ImportReport::default(),
+        sealed: 0,
     };
     let reject = |r: &mut ImportReport, file: &Path, reason: String| {
         let file = file.display().to_string();

@@ -72,6 +72,8 @@ pub struct QuicConfig {
     pub max_sessions: usize,
     /// Largest bundle frame accepted.
     pub max_frame: usize,
+    /// Sealed bundles taken from one session (more are refused, not stored).
+    pub sealed_quota: u64,
     pub limits: Limits,
 }
 
@@ -83,6 +85,7 @@ impl Default for QuicConfig {
             frame_timeout: Duration::from_secs(60),
             max_sessions: 16,
             max_frame: MAX_BUNDLE_FRAME,
+            sealed_quota: crate::seal::QUOTA_PER_CONTACT,
             limits: Limits::default(),
         }
     }
@@ -357,6 +360,8 @@ pub struct NodeIo<'a> {
     pub node: &'a Node,
     pub now: DtnTime,
     pub report: SessionReport,
+    /// Sealed bundles this session may still store.
+    pub sealed_left: u64,
 }
 
 impl BundleIo for NodeIo<'_> {
@@ -396,6 +401,13 @@ impl BundleIo for NodeIo<'_> {
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String> {
         let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
         let key = vb.id().key();
+        if vb.is_sealed() {
+            if self.sealed_left == 0 {
+                self.report.refused += 1;
+                return Ok(key);
+            }
+            self.sealed_left -= 1;
+        }
         let arrival = delivery::accept(&self.node.store, &self.node.identity, vb, self.now)
             .map_err(|e| format!("local store: {e}"))?;
         let r = &mut self.report;
@@ -614,6 +626,7 @@ pub async fn sync_with(
             peer: Some(peer.clone()),
             ..Default::default()
         },
+        sealed_left: cfg.sealed_quota,
     };
     let mut result = run_session(session, &mut io, send, recv, cfg).await;
     // A connection the server closed says why (a refused key, say): report that.
@@ -738,6 +751,7 @@ async fn accept_one(
                 peer: Some(peer.clone()),
                 ..Default::default()
             },
+            sealed_left: cfg.sealed_quota,
         };
         let stats = run_session(session, &mut io, send, recv, cfg).await;
         // The initiator closes once it has our Done; wait for that (bounded).
