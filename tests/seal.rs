@@ -109,21 +109,27 @@ fn any_flipped_bit_fails_authentication_and_the_stamp() {
     .unwrap();
     let ob = outer.bundle();
     let bits = 8 * 1100;
+    let mut stamp_still_valid = 0;
     for bit in (0..bits).step_by(7) {
         let t = flip_ct_bit(ob, bit);
-        // A relay refuses it (the stamp covers the ciphertext)...
-        assert!(
-            seal::check_stamp(&t).is_err(),
-            "bit {bit}: stamp still valid"
-        );
-        assert!(VerifiedBundle::decode(&t.encode()).is_err());
-        // ...and the recipient could not be fooled either.
+        // A relay refuses it: the stamp covers the ciphertext. (A stamp is a cost, not a
+        // MAC: a changed ciphertext keeps a 16-bit stamp valid with odds 2^-16.)
+        if seal::check_stamp(&t).is_ok() {
+            stamp_still_valid += 1;
+        } else {
+            assert!(VerifiedBundle::decode(&t.encode()).is_err());
+        }
+        // The recipient is never fooled: the AEAD is the integrity check.
         assert_eq!(
             seal::open(&t, &b.seal_key(), &b.node_id()).unwrap_err(),
             SealError::Auth,
             "bit {bit}"
         );
     }
+    assert!(
+        stamp_still_valid <= 2,
+        "{stamp_still_valid} altered bundles kept a valid stamp"
+    );
     // Every single-bit flip of the whole encoded bundle is refused on decode.
     let raw = outer.raw();
     for i in (0..raw.len() * 8).step_by(13) {
