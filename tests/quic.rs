@@ -417,3 +417,90 @@ fn spray_and_wait_hands_out_half_the_copies_then_waits_for_the_destination() {
     assert_eq!(sync(&relays[1], 3).stats.bundles_out, 1);
     assert_eq!(d.inbox().unwrap().len(), 1);
 }
+
+#[test]
+fn a_relay_carries_what_it_cannot_read_and_the_receipt_comes_home_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&dir, "a");
+    let r = Arc::new(node(&dir, "r"));
+    let b = Arc::new(node(&dir, "b"));
+    let now = DtnTime::now();
+    // Everyone publishes a node record; a and b meet r, so records spread through r.
+    for n in [&a, &*r, &*b] {
+        n.publish_record(now).unwrap();
+    }
+    let rt = rt();
+    let cfg = QuicConfig::default();
+    let (r_addr, _l1, _s1) = start_server(&rt, r.clone(), None, cfg.clone());
+    let (b_addr, _l2, _s2) = start_server(&rt, b.clone(), None, cfg.clone());
+    let sync =
+        |from: &Node, to: SocketAddr| rt.block_on(quic::sync_with(from, to, None, &cfg)).unwrap();
+    sync(&b, r_addr); // b's record reaches r
+    sync(&a, r_addr); // a learns b's key from r; r learns a's
+    sync(&b, r_addr); // b learns a's key (to seal its receipt)
+    let p = adu::encode_message(&Message::Text("only b may read this".into()));
+    let (inner, outer) = a.send(b.node_id(), p, DAY, now, true).unwrap();
+    let outer = outer.unwrap();
+    let s = sync(&a, r_addr);
+    assert_eq!(
+        s.stats.bundles_out, 1,
+        "only the sealed bundle travels: {s:?}"
+    );
+    // r holds it, cannot open it, and never saw the inner bundle.
+    assert!(r.store.record(&outer.id().key()).unwrap().is_some());
+    assert!(r.store.record(&inner.id().key()).unwrap().is_none());
+    assert!(r.inbox().unwrap().is_empty());
+    // r meets b: b opens it and answers with a sealed receipt.
+    let s = sync(&r, b_addr);
+    assert_eq!(s.delivered, 0);
+    let inbox = b.inbox().unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].record.source, a.node_id().to_string());
+    assert!(
+        b.store.of_kind("receipt").unwrap().is_empty(),
+        "no receipt in clear"
+    );
+    // The sealed receipt goes back through r to a, which drops its private copy.
+    sync(&r, b_addr);
+    let s = sync(&a, r_addr);
+    assert_eq!(s.purged, 1, "{s:?}");
+    assert!(a.store.record(&inner.id().key()).unwrap().is_none());
+    assert!(
+        r.store.of_kind("receipt").unwrap().is_empty(),
+        "r never saw a clear receipt"
+    );
+}
+
+#[test]
+fn one_contact_cannot_fill_a_relay_with_sealed_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let flood = node(&dir, "flood");
+    let relay = Arc::new(node(&dir, "relay"));
+    let victim = mycelium::identity::Identity::from_seed([7; 32]);
+    flood
+        .store
+        .set_contact(&victim.node_id().to_string(), &victim.seal_key().public())
+        .unwrap();
+    for i in 0..12 {
+        let p = adu::encode_message(&Message::Text(format!("junk {i}")));
+        flood
+            .send(victim.node_id(), p, DAY, DtnTime::now(), true)
+            .unwrap();
+    }
+    let rt = rt();
+    let cfg = QuicConfig {
+        sealed_quota: 5,
+        ..QuicConfig::default()
+    };
+    let (addr, log, _stop) = start_server(&rt, relay.clone(), None, cfg);
+    rt.block_on(quic::sync_with(&flood, addr, None, &QuicConfig::default()))
+        .unwrap();
+    let sealed = relay.store.of_kind("sealed").unwrap().len();
+    assert_eq!(
+        sealed, 5,
+        "the relay took {sealed} sealed bundles from one contact"
+    );
+    let log = log.lock().unwrap();
+    let r = log[0].1.as_ref().unwrap();
+    assert_eq!(r.refused, 7);
+}

@@ -1,16 +1,19 @@
 //! `demo`: the end-to-end flow that exists so far, on temporary homes, narrated.
 //!
-//! Today: A writes a message and a photo for C onto stick 1; a file on stick 1 is lost;
-//! B (a courier) imports it and exports everything for the road onto stick 2; a file on
-//! stick 2 is corrupted; C imports stick 2, rebuilds from parity, verifies and reads both.
-//! On the way, a single-bundle file with one flipped bit is refused. Then the marketplace
-//! publishes a two-pass satellite feed; the recording loses a quarter of its files and a
-//! burst is corrupted; C ingests it and still gets every bundle.
+//! Today: A seals a message and a photo for C, and a request for marketplace M, onto stick 1
+//! (a search of the stick finds no node ID and no plaintext); a file on stick 1 is lost;
+//! B (a courier, who cannot open them) imports it and exports everything for the road onto
+//! stick 2; a file on stick 2 is corrupted; C imports stick 2, rebuilds from parity, opens
+//! and reads both. On the way, a single-bundle file with one flipped bit is refused. B, the
+//! cell's gateway, syncs with M over QUIC; M answers A, and the answer comes back through B
+//! over the LAN. Then M publishes a two-pass satellite feed; the recording loses a quarter
+//! of its files and a burst is corrupted; C ingests it and still gets every notice.
 
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
 use super::{print_json, Cli};
 use crate::adu::{self, Adu, FileMessage, Message};
+use crate::bundle::VerifiedBundle;
 use crate::fec::Policy;
 use crate::node::Node;
 use crate::time::DtnTime;
@@ -99,40 +102,46 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     let market = std::sync::Arc::new(Node::init(&root.join("node-m"))?);
     let text = "Salam from A: the clinic needs insulin, 20 units, by Friday.";
     let week = 7 * 24 * 3600 * 1000;
-    let msg = alice.originate(
-        carol.node_id(),
-        adu::encode_message(&Message::Text(text.into())),
-        week,
-        now,
-    )?;
+    // Node records (signed sealing keys) were exchanged at an earlier meeting and by feed.
+    for n in [&alice, &*bob, &carol, &*market] {
+        let rec = n.publish_record(now)?;
+        for other in [&alice, &*bob, &carol, &*market] {
+            if other.node_id() != n.node_id() {
+                other.receive(rec.raw(), now)?;
+            }
+        }
+    }
+    let sealed = |to: &Node, payload: Vec<u8>| -> Result<(VerifiedBundle, VerifiedBundle)> {
+        let (inner, outer) = alice.send(to.node_id(), payload, week, now, true)?;
+        Ok((inner, outer.context("sealing produced no outer bundle")?))
+    };
+    let (msg, msg_sealed) = sealed(&carol, adu::encode_message(&Message::Text(text.into())))?;
     let pic = photo();
-    let file = alice.originate(
-        carol.node_id(),
+    let (file, file_sealed) = sealed(
+        &carol,
         adu::encode_message(&Message::File(FileMessage {
             name: "clinic.jpg".into(),
             media_type: "image/jpeg".into(),
             data: pic.clone(),
         })),
-        week,
-        now,
     )?;
     let ask = "A to the marketplace: who can supply insulin to the clinic?";
-    let request = alice.originate(
-        market.node_id(),
-        adu::encode_message(&Message::Text(ask.into())),
-        week,
-        now,
-    )?;
+    let (request, _) = sealed(&market, adu::encode_message(&Message::Text(ask.into())))?;
     say(format!(
-        "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B)",
+        "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B),",
         msg.raw().len(),
         file.raw().len(),
         request.raw().len()
     ));
+    say(format!(
+        "   and seals each for its recipient: anonymous outer bundles of {} B, {} B, ... (padded, stamped)",
+        msg_sealed.raw().len(),
+        file_sealed.raw().len()
+    ));
 
     // A single bundle file with one flipped bit is refused outright.
     let loose = root.join("loose.bundle");
-    let mut tampered = msg.raw().to_vec();
+    let mut tampered = msg_sealed.raw().to_vec();
     let n = tampered.len();
     tampered[n - 10] ^= 0x01;
     write_atomic(&loose, &tampered)?;
@@ -150,6 +159,23 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         "3. A exports to stick 1: {} bundles as {} shards in {} files, 25% parity",
         e1.bundles, e1.shards, e1.files
     ));
+    let scan = scan_for(
+        &stick1,
+        &[
+            alice.node_id().to_string().as_bytes(),
+            carol.node_id().to_string().as_bytes(),
+            market.node_id().to_string().as_bytes(),
+            text.as_bytes(),
+            b"clinic",
+        ],
+    )?;
+    if scan.1 > 0 {
+        bail!("stick 1 shows a node ID or plaintext");
+    }
+    say(format!(
+        "   a search of stick 1 ({} files) finds no node ID, no name and no word of the messages",
+        scan.0
+    ));
     let lost = pack_files(&stick1)?
         .into_iter()
         .next()
@@ -164,7 +190,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
 
     let i1 = import(&bob, &stick1, now)?;
     say(format!(
-        "5. courier B imports stick 1: {} new bundles ({} rebuilt from parity), {} incomplete",
+        "5. courier B imports stick 1: {} new bundles ({} rebuilt from parity), {} incomplete; B can open none of them",
         i1.new, i1.rebuilt_from_parity, i1.incomplete
     ));
     if i1.new != 3 {
@@ -196,9 +222,10 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
 
     let i2 = import(&carol, &stick2, now)?;
     say(format!(
-        "8. C imports stick 2: {} new bundles ({} rebuilt from parity); refused parts: {}",
+        "8. C imports stick 2: {} new bundles ({} rebuilt from parity), opens the {} sealed for it; refused parts: {}",
         i2.new,
         i2.rebuilt_from_parity,
+        i2.delivered,
         i2.rejected.len()
     ));
     for r in &i2.rejected {
@@ -387,16 +414,17 @@ fn gateway_round_trip(
         up.wire_tx + up.wire_rx
     ));
     let answer = "M to A: a supplier in the next town has insulin; order placed.";
-    market.originate(
+    market.send(
         alice.node_id(),
         adu::encode_message(&Message::Text(answer.into())),
         7 * 24 * 3600 * 1000,
         DtnTime::now(),
+        true,
     )?;
     let down = rt.block_on(quic::sync_with(bob, m_addr, Some(&market.node_id()), &cfg))?;
     say(format!(
-        "11. M answers A; B's next sync brings back {} bundles (the answer and M's delivery receipt) and purges {} delivered copy",
-        down.new, down.purged
+        "11. M opens A's request and answers; B's next sync brings back {} sealed bundles (the answer and M's receipt, both unreadable to B)",
+        down.new
     ));
     let _ = m_stop.send(());
     let (b_addr, b_stop) = serve_in(&rt, bob.clone(), &cfg)?;
@@ -438,6 +466,31 @@ fn serve_in(
         let _ = rx.await;
     }));
     Ok((addr, tx))
+}
+
+/// Count files under `dir` and how many contain any of `needles` (names and contents).
+fn scan_for(dir: &Path, needles: &[&[u8]]) -> Result<(usize, usize)> {
+    let (mut files, mut hits) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            files += 1;
+            let mut blob = std::fs::read(&p)?;
+            blob.extend_from_slice(p.to_string_lossy().as_bytes());
+            if needles
+                .iter()
+                .any(|n| blob.windows(n.len()).any(|w| w == *n))
+            {
+                hits += 1;
+            }
+        }
+    }
+    Ok((files, hits))
 }
 
 fn short_name(path: &str) -> String {

@@ -101,6 +101,7 @@ pub fn report_json(r: &SessionReport) -> Value {
         "delivered_here": r.delivered,
         "purged_by_receipts": r.purged,
         "refused_already_delivered": r.already_delivered,
+        "refused_sealed": r.refused,
         "over_budget": s.over_budget,
         "reconciliation": {
             "rounds": s.rounds,
