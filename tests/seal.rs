@@ -77,24 +77,33 @@ fn only_the_recipient_opens_and_the_inner_bundle_verifies() {
     ));
 }
 
-/// Re-encode a sealed bundle with one bit of its ciphertext flipped (CRCs recomputed, so
-/// only the cryptography can notice).
-fn flip_ct_bit(outer: &Bundle, bit: usize) -> Bundle {
-    #[derive(serde::Deserialize, serde::Serialize)]
-    struct Body {
-        #[serde(with = "serde_bytes")]
-        epk: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        ct: Vec<u8>,
-        stamp: u64,
-    }
+/// The body of a sealed bundle's payload, as the spec writes it (bundles/README.md §11).
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Body {
+    #[serde(with = "serde_bytes")]
+    epk: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    ct: Vec<u8>,
+    stamp: u64,
+}
+
+/// Re-encode a sealed bundle with its body changed by `f` (CRCs recomputed, so only the
+/// cryptography and the stamp can notice).
+fn with_body(outer: &Bundle, f: impl FnOnce(&mut Body)) -> Bundle {
     let mut body: Body = adu::decode_kind(outer.payload(), seal::KIND_SEALED).unwrap();
-    let i = bit % (body.ct.len() * 8);
-    body.ct[i / 8] ^= 1 << (i % 8);
+    f(&mut body);
     let mut b = outer.clone();
     let n = b.blocks.len();
     b.blocks[n - 1].data = adu::encode_kind(seal::KIND_SEALED, &body);
     b
+}
+
+/// One bit of the ciphertext flipped.
+fn flip_ct_bit(outer: &Bundle, bit: usize) -> Bundle {
+    with_body(outer, |body| {
+        let i = bit % (body.ct.len() * 8);
+        body.ct[i / 8] ^= 1 << (i % 8);
+    })
 }
 
 #[test]
@@ -172,21 +181,9 @@ fn a_sealed_bundle_without_a_valid_stamp_is_refused_by_a_relay() {
     )
     .unwrap();
     // Replace the stamp with one that (almost surely) has too few zero bits.
-    #[derive(serde::Deserialize, serde::Serialize)]
-    struct Body {
-        #[serde(with = "serde_bytes")]
-        epk: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        ct: Vec<u8>,
-        stamp: u64,
-    }
     let mut refused = 0;
     for s in 0..20u64 {
-        let mut body: Body = adu::decode_kind(outer.bundle().payload(), seal::KIND_SEALED).unwrap();
-        body.stamp = body.stamp.wrapping_add(1 + s);
-        let mut t = outer.bundle().clone();
-        let n = t.blocks.len();
-        t.blocks[n - 1].data = adu::encode_kind(seal::KIND_SEALED, &body);
+        let t = with_body(outer.bundle(), |b| b.stamp = b.stamp.wrapping_add(1 + s));
         if let Err(e) = relay.receive(&t.encode(), NOW) {
             assert!(e.to_string().contains("stamp"), "{e}");
             refused += 1;
