@@ -99,8 +99,13 @@ impl RouteStore for MemStore {
         Ok(self.bundles.borrow().get(key).map(|s| s.dest.clone()))
     }
 
-    fn tombstone(&self, key: &Key) -> Result<Option<Tombstone>, Infallible> {
-        Ok(self.tombs.borrow().get(key).cloned())
+    fn tombstone(&self, key: &Key, signer: &str) -> Result<Option<Tombstone>, Infallible> {
+        Ok(self
+            .tombs
+            .borrow()
+            .get(key)
+            .filter(|t| t.signer == signer)
+            .cloned())
     }
 
     fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, Infallible> {

@@ -29,6 +29,11 @@ pub struct Tombstone {
     /// The original's creation time (DTN ms): its place in reconciliation order.
     pub created: u64,
     pub expires: DtnTime,
+    /// The signer was checked against the bundle's destination (this node held it, or is
+    /// its destination). Only verified tombstones stop a node offering or asking for a key;
+    /// an unverified one only refuses a late copy whose destination is the signer.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// One atomic change to a store: bundles to add, tombstones to record, keys to drop.
@@ -50,9 +55,15 @@ pub trait RouteStore {
     fn has(&self, key: &[u8; 32]) -> Result<bool, Self::Error>;
     /// Node ID (text) of the destination of a stored bundle.
     fn destination_node(&self, key: &[u8; 32]) -> Result<Option<String>, Self::Error>;
-    fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, Self::Error>;
+    /// The tombstone for `key` recorded from `signer`, if any (tombstones are kept per
+    /// signer, so a forged receipt can neither suppress nor overwrite a genuine one).
+    fn tombstone(&self, key: &[u8; 32], signer: &str) -> Result<Option<Tombstone>, Self::Error>;
     fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, Self::Error>;
     fn commit(&self, change: Change, now: DtnTime) -> Result<(), Self::Error>;
+    /// Creation time (DTN ms) of a stored bundle.
+    fn created_ms(&self, _key: &[u8; 32]) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
     /// The X25519 sealing key of a node, from its node record, if known.
     fn contact(&self, _node: &str) -> Result<Option<[u8; 32]>, Self::Error> {
         Ok(None)
@@ -87,6 +98,10 @@ pub enum Arrival {
     Refused(String),
 }
 
+/// A sealed bundle whose creation time is further ahead of this node's clock is refused
+/// (it would outlive its lifetime cap).
+pub const MAX_CLOCK_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
 /// Shortest life given to a receipt, so one for a nearly expired bundle still travels.
 pub const MIN_RECEIPT_LIFETIME_MS: u64 = 60 * 60 * 1000;
 
@@ -107,56 +122,39 @@ pub fn accept<S: RouteStore>(
     if store.has(&key).map_err(DeliveryError::Store)? {
         return Ok(Arrival::Duplicate);
     }
-    if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
-        if t.signer == dest_node.to_string() {
-            return Ok(Arrival::AlreadyDelivered);
-        }
+    if store
+        .tombstone(&key, &dest_node.to_string())
+        .map_err(DeliveryError::Store)?
+        .is_some()
+    {
+        return Ok(Arrival::AlreadyDelivered);
     }
     let mut change = Change::default();
     if vb.is_sealed() {
-        return match crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id()) {
-            // For someone else: carry it like any bundle.
-            Ok(None) => {
-                change.put.push(vb);
-                store.commit(change, now).map_err(DeliveryError::Store)?;
-                Ok(Arrival::New {
-                    delivered: false,
-                    purged: false,
-                })
-            }
-            Err(e) => Ok(Arrival::Refused(e.to_string())),
-            Ok(Some(inner)) => {
-                arrived_sealed(&vb, &mut change, now);
-                if store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
-                    store.commit(change, now).map_err(DeliveryError::Store)?;
-                    return Ok(Arrival::Duplicate);
-                }
-                let (delivered, purged) = effects(store, me, &inner, now, &mut change, true)?;
+        if b.primary.created.time.0 > now.0.saturating_add(MAX_CLOCK_AHEAD_MS) && now.0 != 0 {
+            return Ok(Arrival::Refused(
+                "sealed bundle created in the future".into(),
+            ));
+        }
+        // Whether it opens here or not, the outer is stored and carried like any other:
+        // a recipient that kept it back would show who it is.
+        let opened = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id());
+        change.put.push(vb);
+        let (mut delivered, mut purged) = (false, false);
+        if let Ok(Some(inner)) = opened {
+            if !store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
+                (delivered, purged) = effects(store, me, &inner, now, &mut change, true)?;
                 change.private.push(inner.id().key());
-                change.put.insert(0, inner);
-                store.commit(change, now).map_err(DeliveryError::Store)?;
-                Ok(Arrival::New { delivered, purged })
+                change.put.push(inner);
             }
-        };
+        }
+        store.commit(change, now).map_err(DeliveryError::Store)?;
+        return Ok(Arrival::New { delivered, purged });
     }
     let (delivered, purged) = effects(store, me, &vb, now, &mut change, false)?;
     change.put.insert(0, vb);
     store.commit(change, now).map_err(DeliveryError::Store)?;
     Ok(Arrival::New { delivered, purged })
-}
-
-/// A sealed bundle reached its recipient: never carry it further, refuse it if it comes
-/// round again (a tombstone whose signer is its own destination node, `dtn://sealed/`).
-fn arrived_sealed(outer: &VerifiedBundle, change: &mut Change, now: DtnTime) {
-    let b = outer.bundle();
-    change.tombstones.push((
-        outer.id().key(),
-        Tombstone {
-            signer: b.primary.destination.node_id().to_string(),
-            created: b.primary.created.time.0,
-            expires: b.expires_at(now),
-        },
-    ));
 }
 
 /// For bundles that were stored by a path that does not go through [`accept`] (a stick's
@@ -172,33 +170,24 @@ pub fn settle<S: RouteStore>(
     let dest_node = vb.bundle().primary.destination.node_id();
     let mut change = Change::default();
     if vb.is_sealed() {
-        let opened = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id());
-        let inner = match opened {
-            Ok(None) => return Ok(Settled::default()),
-            Err(_) => None,
-            Ok(Some(inner)) => Some(inner),
-        };
-        // Opened (or for us but unopenable): the outer goes either way.
-        arrived_sealed(vb, &mut change, now);
-        change.delete.push(key);
-        let mut out = Settled {
-            dropped: inner.is_none(),
-            ..Settled::default()
-        };
-        if let Some(inner) = inner {
+        // The outer stays stored and travels on, opened or not (see `accept`).
+        let mut out = Settled::default();
+        if let Ok(Some(inner)) = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id()) {
             if !store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
-                let (d, p) = effects(store, me, &inner, now, &mut change, true)?;
-                out.delivered = d;
-                out.purged = p;
+                (out.delivered, out.purged) = effects(store, me, &inner, now, &mut change, true)?;
                 change.private.push(inner.id().key());
                 change.put.push(inner);
+                store.commit(change, now).map_err(DeliveryError::Store)?;
             }
         }
-        store.commit(change, now).map_err(DeliveryError::Store)?;
         return Ok(out);
     }
-    if let Some(t) = store.tombstone(&key).map_err(DeliveryError::Store)? {
-        if t.signer == dest_node.to_string() {
+    if store
+        .tombstone(&key, &dest_node.to_string())
+        .map_err(DeliveryError::Store)?
+        .is_some()
+    {
+        {
             if dest_node != me.node_id() {
                 change.delete.push(key);
                 store.commit(change, now).map_err(DeliveryError::Store)?;
@@ -251,27 +240,41 @@ fn effects<S: RouteStore>(
     let mut delivered = false;
     let adu = adu::decode(b.payload());
     if let Ok(Adu::Node(rec)) = &adu {
-        change
-            .contacts
-            .push((b.primary.source.node_id().to_string(), rec.x25519));
+        // A key that gives no shared secret (low-order point) is never learnt.
+        if crate::seal::usable_key(&rec.x25519) {
+            change
+                .contacts
+                .push((b.primary.source.node_id().to_string(), rec.x25519));
+        }
     }
     if let Ok(Adu::Receipt(r)) = &adu {
         let signer = b.primary.source.node_id().to_string();
-        let stone = Tombstone {
-            signer: signer.clone(),
-            created: r.created,
-            // Never past the receipt's own expiry, whatever the body claims.
-            expires: DtnTime(r.expires).min(expires),
-        };
-        if store
+        // Checked against the copy held here, if any: only the destination's word counts.
+        let verified = store
             .destination_node(&r.bundle)
             .map_err(DeliveryError::Store)?
-            == Some(signer)
-        {
+            .is_some_and(|d| d == signer);
+        let created = match verified {
+            true => store
+                .created_ms(&r.bundle)
+                .map_err(DeliveryError::Store)?
+                .unwrap_or(r.created),
+            false => r.created,
+        };
+        if verified {
             change.delete.push(r.bundle);
             purged = true;
         }
-        change.tombstones.push((r.bundle, stone));
+        change.tombstones.push((
+            r.bundle,
+            Tombstone {
+                signer,
+                created,
+                // Never past the receipt's own expiry, whatever the body claims.
+                expires: DtnTime(r.expires).min(expires),
+                verified,
+            },
+        ));
     } else if dest_node == me.node_id() && !b.primary.source.is_null() {
         delivered = true;
         change.tombstones.push((
@@ -280,6 +283,7 @@ fn effects<S: RouteStore>(
                 signer: me.node_id().to_string(),
                 created: b.primary.created.time.0,
                 expires,
+                verified: true,
             },
         ));
         let receipt = adu::encode_receipt(&Receipt {
@@ -302,9 +306,11 @@ fn effects<S: RouteStore>(
             .contact(&b.primary.source.node_id().to_string())
             .map_err(DeliveryError::Store)?
         {
-            let outer = crate::seal::seal(&rb, &xpk, now, &mut rand_core::OsRng)
-                .map_err(DeliveryError::Seal)?;
-            change.put.push(outer);
+            // Best effort: a receipt that cannot be sealed (no clock, a bad key) is not
+            // sent, and never stops the delivery itself.
+            if let Ok(outer) = crate::seal::seal(&rb, &xpk, now, &mut rand_core::OsRng) {
+                change.put.push(outer);
+            }
         }
     }
     Ok((delivered, purged))

@@ -35,6 +35,12 @@ pub const SEALED_NODE: &str = "sealed";
 const KDF_CONTEXT: &str = "mycelium 2026-11 sealed bundle v1 keys";
 const AAD_DOMAIN: &[u8] = b"mycelium/sealed/v1";
 const STAMP_DOMAIN: &[u8] = b"mycelium/stamp/v1";
+const ID_DOMAIN: &[u8] = b"mycelium/sealed/id/v1";
+/// Longest life of a sealed bundle: a relay cannot be made to keep one for ever.
+pub const MAX_LIFETIME_MS: u64 = 60 * 24 * 3600 * 1000;
+/// Outer expiries are rounded up to the hour (plus up to an hour of jitter), so the outer
+/// bundle does not repeat the inner one's exact expiry.
+const EXPIRY_BUCKET_MS: u64 = 3600 * 1000;
 /// Proof-of-work bits for a ciphertext up to 64 KiB; one more per doubling beyond.
 pub const BASE_BITS: u32 = 16;
 /// Sealed bundles a node takes from one contact (a sync session, a stick): a relay cannot
@@ -60,6 +66,8 @@ pub enum SealError {
     Inner(BundleError),
     #[error("a sealed bundle for this node holds a bundle addressed to {0}")]
     Misaddressed(String),
+    #[error("cannot seal without a clock: the outer bundle needs a creation time")]
+    NoClock,
 }
 
 /// The payload body of a sealed bundle (inside the ADU envelope of kind `sealed`).
@@ -115,14 +123,27 @@ fn derive(shared: &[u8; 32], epk: &[u8; 32], rpk: &[u8; 32]) -> Derived {
     d
 }
 
-fn aad(epk: &[u8; 32], tag: &[u8; TAG_LEN], created: CreationTimestamp, lifetime: u64) -> Vec<u8> {
+fn aad(epk: &[u8; 32], tag: &[u8; TAG_LEN], time: DtnTime, lifetime: u64) -> Vec<u8> {
     let mut a = AAD_DOMAIN.to_vec();
     a.extend_from_slice(epk);
     a.extend_from_slice(tag);
-    a.extend_from_slice(&created.time.0.to_be_bytes());
-    a.extend_from_slice(&created.seq.to_be_bytes());
+    a.extend_from_slice(&time.0.to_be_bytes());
     a.extend_from_slice(&lifetime.to_be_bytes());
     a
+}
+
+/// The outer bundle's sequence number: bound to its content, so nobody can take a sealed
+/// bundle's identity (its store key) with other content and have the real one refused as
+/// a duplicate.
+fn content_seq(aad: &[u8], ct: &[u8]) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(ID_DOMAIN);
+    h.update(aad);
+    h.update(ct);
+    let out = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out.as_bytes()[..8]);
+    u64::from_be_bytes(b) >> 1
 }
 
 /// Proof-of-work bits a ciphertext of `len` bytes must carry: [`BASE_BITS`] up to 64 KiB,
@@ -185,25 +206,33 @@ pub fn seal<R: RngCore + CryptoRng>(
         return Err(SealError::WeakKey);
     }
     let d = derive(shared.as_bytes(), &epk, recipient);
-    // Outer timing: minute resolution, random sequence number (no per-node counter).
+    // Outer timing: minute resolution; expiry rounded up to the hour plus jitter; the
+    // sequence number is derived from the content below (no per-node counter).
+    if now.0 < 60_000 {
+        return Err(SealError::NoClock);
+    }
     let minute = 60_000;
     let time = DtnTime(now.0 - now.0 % minute);
-    let created = CreationTimestamp {
-        time,
-        seq: rng.next_u64() >> 1,
-    };
-    let expires = inner.bundle().expires_at(now);
-    let lifetime = expires.0.saturating_sub(time.0).max(minute);
+    let expires = inner.bundle().expires_at(now).0;
+    let rounded =
+        expires.div_ceil(EXPIRY_BUCKET_MS) * EXPIRY_BUCKET_MS + rng.next_u64() % EXPIRY_BUCKET_MS;
+    let lifetime = rounded
+        .saturating_sub(time.0)
+        .clamp(minute, MAX_LIFETIME_MS);
     let raw = inner.raw();
     let mut pt = Vec::with_capacity(padded_len(raw.len() + 4));
     pt.extend_from_slice(&(raw.len() as u32).to_be_bytes());
     pt.extend_from_slice(raw);
     pt.resize(padded_len(raw.len() + 4), 0);
-    let a = aad(&epk, &d.tag, created, lifetime);
+    let a = aad(&epk, &d.tag, time, lifetime);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
     let ct = cipher
         .encrypt(Nonce::from_slice(&d.nonce), Payload { msg: &pt, aad: &a })
         .map_err(|_| SealError::Auth)?;
+    let created = CreationTimestamp {
+        time,
+        seq: content_seq(&a, &ct),
+    };
     let digest = stamp_digest(&a, &ct);
     let stamp = make_stamp(&digest, required_bits(ct.len()), rng.next_u64());
     let body = SealedBody { epk, ct, stamp };
@@ -231,7 +260,8 @@ pub fn seal<R: RngCore + CryptoRng>(
             CrcType::Crc16,
             HopCount {
                 limit: crate::bundle::DEFAULT_HOP_LIMIT,
-                count: 0,
+                // A random start, so the first relay cannot tell it met the sender.
+                count: rng.next_u64() % 8,
             }
             .to_data(),
         ),
@@ -251,8 +281,23 @@ struct Parsed {
 
 fn parse(b: &Bundle) -> Result<Parsed, SealError> {
     let p = &b.primary;
+    let bad = |s: &str| Err(SealError::NotSealed(s.to_string()));
     if !p.source.is_null() {
-        return Err(SealError::NotSealed("its source is not dtn:none".into()));
+        return bad("its source is not dtn:none");
+    }
+    // Exactly the shape `seal` writes: nothing a stamp does not pay for can ride along.
+    if p.flags != crate::bundle::primary::flags::MUST_NOT_FRAGMENT
+        || p.fragment.is_some()
+        || !p.report_to.is_null()
+    {
+        return bad("flags, fragment fields or report-to differ from a sealed bundle's");
+    }
+    if p.created.time.0 == 0 || p.lifetime_ms > MAX_LIFETIME_MS {
+        return bad("no creation time, or a lifetime beyond the sealed maximum");
+    }
+    let shape: Vec<(u64, u64)> = b.blocks.iter().map(|x| (x.block_type, x.number)).collect();
+    if shape != [(block_types::HOP_COUNT, 2), (block_types::PAYLOAD, 1)] {
+        return bad("blocks other than a hop count and the payload");
     }
     let tag_hex = match &p.destination {
         Eid::Dtn(_) if p.destination.node_name() == Some(SEALED_NODE) => p
@@ -272,7 +317,7 @@ fn parse(b: &Bundle) -> Result<Parsed, SealError> {
         .map_err(|_| SealError::NotSealed("destination tag is not 16 bytes of hex".into()))?;
     let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
         .map_err(|e| SealError::NotSealed(e.to_string()))?;
-    let aad = aad(&body.epk, &tag, p.created, p.lifetime_ms);
+    let aad = aad(&body.epk, &tag, p.created.time, p.lifetime_ms);
     Ok(Parsed { tag, body, aad })
 }
 
@@ -280,12 +325,25 @@ fn parse(b: &Bundle) -> Result<Parsed, SealError> {
 /// bundle with a valid stamp. Costs one blake3 pass over the ciphertext.
 pub fn check_stamp(b: &Bundle) -> Result<(), SealError> {
     let p = parse(b)?;
+    if b.primary.created.seq != content_seq(&p.aad, &p.body.ct) {
+        return Err(SealError::NotSealed(
+            "its sequence number is not bound to its content".into(),
+        ));
+    }
     let need = required_bits(p.body.ct.len());
     let got = stamp_bits(&stamp_digest(&p.aad, &p.body.ct), p.body.stamp);
     if got < need {
         return Err(SealError::Stamp { got, need });
     }
     Ok(())
+}
+
+/// Whether an X25519 public key yields a real shared secret (not a low-order point).
+pub fn usable_key(k: &[u8; 32]) -> bool {
+    let probe = StaticSecret::from([0x42; 32]);
+    probe
+        .diffie_hellman(&PublicKey::from(*k))
+        .was_contributory()
 }
 
 /// Whether a bundle is a sealed one (by its shape; says nothing about validity).
@@ -326,7 +384,7 @@ pub fn open(outer: &Bundle, key: &SealKey, me: &Eid) -> Result<Option<VerifiedBu
             pt.len() - 4
         )));
     }
-    if pt[4 + len..].iter().any(|&b| b != 0) {
+    if pt.len() != padded_len(4 + len) || pt[4 + len..].iter().any(|&b| b != 0) {
         return Err(SealError::Plaintext("padding is not zeros".into()));
     }
     let inner = VerifiedBundle::decode(&pt[4..4 + len]).map_err(SealError::Inner)?;

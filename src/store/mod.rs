@@ -48,7 +48,8 @@ pub mod cf {
     pub const TRUST: &str = "trust";
     /// feed file key (blake3 of its signed header) → consumed at (u64 BE, DTN ms)
     pub const FEED_FILES: &str = "feed_files";
-    /// bundle key → CBOR tombstone: delivered, do not carry (route::delivery)
+    /// bundle key ‖ signer node ID → CBOR tombstone: delivered, do not carry
+    /// (route::delivery)
     pub const TOMBSTONES: &str = "tombstones";
     /// peer node ID text → CBOR peer sync record
     pub const SYNC_PEERS: &str = "sync_peers";
@@ -476,6 +477,7 @@ impl Store {
             }
             let key = key32(&k[8..])?;
             self.stage_delete(&mut batch, &key)?;
+            batch.delete_cf(self.cf(cf::PRIVATE), key);
             batch.delete_cf(self.cf(cf::BY_EXPIRY), &k);
             n += 1;
         }
@@ -503,7 +505,8 @@ impl Store {
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);
         batch.delete_cf(self.cf(cf::COPIES), key);
-        batch.delete_cf(self.cf(cf::PRIVATE), key);
+        // The private mark outlives the bundle while a tombstone for its key exists, so the
+        // key never enters a reconciliation (purge_tombstones and purge_expired clear it).
         Ok(())
     }
 }

@@ -35,10 +35,16 @@ const META_GW_USED: &[u8] = b"gateway_used";
 const DAY_MS: u64 = 86_400_000;
 
 impl Store {
-    fn tombstone_of(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, StoreError> {
+    fn tombstone_key(key: &[u8; 32], signer: &str) -> Vec<u8> {
+        let mut k = key.to_vec();
+        k.extend_from_slice(signer.as_bytes());
+        k
+    }
+
+    fn tombstone_of(&self, key: &[u8; 32], signer: &str) -> Result<Option<Tombstone>, StoreError> {
         let v = self
             .db
-            .get_cf(self.cf(cf::TOMBSTONES), key)
+            .get_cf(self.cf(cf::TOMBSTONES), Self::tombstone_key(key, signer))
             .map_err(|e| self.db_err(e))?;
         v.map(|b| {
             ciborium::from_reader(b.as_slice()).map_err(|e| StoreError::Corrupt {
@@ -49,7 +55,7 @@ impl Store {
         .transpose()
     }
 
-    /// All tombstones, in key order.
+    /// All tombstones (one per key and signer), in key order.
     pub fn tombstones(&self) -> Result<Vec<([u8; 32], Tombstone)>, StoreError> {
         let mut out = Vec::new();
         for item in self
@@ -57,7 +63,7 @@ impl Store {
             .iterator_cf(self.cf(cf::TOMBSTONES), IteratorMode::Start)
         {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let key = key32(&k)?;
+            let key = key32(k.get(..32).unwrap_or(&k))?;
             let t = ciborium::from_reader(&v[..]).map_err(|e| StoreError::Corrupt {
                 key: hex::encode(key),
                 reason: format!("tombstone: {e}"),
@@ -67,14 +73,31 @@ impl Store {
         Ok(out)
     }
 
-    /// Drop tombstones whose bundles would have expired by `now`; returns how many.
+    /// Keys whose delivery is confirmed by their destination (verified tombstones).
+    fn delivered_keys(&self) -> Result<HashSet<[u8; 32]>, StoreError> {
+        Ok(self
+            .tombstones()?
+            .into_iter()
+            .filter(|(_, t)| t.verified)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Drop tombstones whose bundles would have expired by `now` (and the private marks
+    /// they kept alive); returns how many.
     pub fn purge_tombstones(&self, now: DtnTime) -> Result<usize, StoreError> {
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, t) in self.tombstones()? {
             if t.expires <= now {
-                batch.delete_cf(self.cf(cf::TOMBSTONES), key);
+                batch.delete_cf(
+                    self.cf(cf::TOMBSTONES),
+                    Self::tombstone_key(&key, &t.signer),
+                );
+                if self.record(&key)?.is_none() {
+                    batch.delete_cf(self.cf(cf::PRIVATE), key);
+                }
                 n += 1;
             }
         }
@@ -95,7 +118,13 @@ impl Store {
     ) -> Result<Vec<Item>, StoreError> {
         let me = me.node_id().to_string();
         let peer = peer.map(|p| p.node_id().to_string());
-        let stones = self.tombstones()?;
+        // Only tombstones checked against the bundle's destination count (a forged receipt
+        // must not stop a bundle).
+        let stones: Vec<([u8; 32], Tombstone)> = self
+            .tombstones()?
+            .into_iter()
+            .filter(|(_, t)| t.verified)
+            .collect();
         let dead: HashSet<[u8; 32]> = stones.iter().map(|(k, _)| *k).collect();
         let private = self.private_keys()?;
         let mut out = Vec::with_capacity(stones.len());
@@ -125,8 +154,9 @@ impl Store {
             });
         }
         let stored: HashSet<[u8; 32]> = out.iter().map(|i| i.key).collect();
+        let mut seen = HashSet::new();
         for (key, t) in stones {
-            if !stored.contains(&key) && !private.contains(&key) {
+            if !stored.contains(&key) && !private.contains(&key) && seen.insert(key) {
                 out.push(Item {
                     key,
                     created_ms: t.created,
@@ -235,7 +265,7 @@ impl Store {
     /// Stored bundles that must not travel on: delivered elsewhere (tombstoned),
     /// addressed to this node (they have arrived), or private.
     pub fn held_back(&self, me: &Eid) -> Result<HashSet<[u8; 32]>, StoreError> {
-        let mut out: HashSet<[u8; 32]> = self.tombstones()?.into_iter().map(|(k, _)| k).collect();
+        let mut out = self.delivered_keys()?;
         out.extend(self.for_destination_node(me)?);
         out.extend(self.private_keys()?);
         Ok(out)
@@ -331,8 +361,12 @@ impl RouteStore for Store {
         Ok(self.record(key)?.map(|r| super::dest_node(&r.destination)))
     }
 
-    fn tombstone(&self, key: &[u8; 32]) -> Result<Option<Tombstone>, StoreError> {
-        self.tombstone_of(key)
+    fn tombstone(&self, key: &[u8; 32], signer: &str) -> Result<Option<Tombstone>, StoreError> {
+        self.tombstone_of(key, signer)
+    }
+
+    fn created_ms(&self, key: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+        Ok(self.record(key)?.map(|r| r.created_ms))
     }
 
     fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, StoreError> {
@@ -349,7 +383,11 @@ impl RouteStore for Store {
         for (key, t) in &change.tombstones {
             let mut bytes = Vec::new();
             let _ = ciborium::into_writer(t, &mut bytes);
-            batch.put_cf(self.cf(cf::TOMBSTONES), key, bytes);
+            batch.put_cf(
+                self.cf(cf::TOMBSTONES),
+                Self::tombstone_key(key, &t.signer),
+                bytes,
+            );
         }
         for key in &change.delete {
             self.stage_delete(&mut batch, key)?;

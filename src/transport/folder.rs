@@ -262,7 +262,15 @@ pub fn export(
         return Ok(report);
     }
     // This node's have-summary, so the next export towards it can skip what it holds.
-    let keys: Vec<[u8; 32]> = node.store.records()?.into_iter().map(|(k, _)| k).collect();
+    // Private keys (what this node sealed or opened) are never listed.
+    let private = node.store.private_keys()?;
+    let keys: Vec<[u8; 32]> = node
+        .store
+        .records()?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !private.contains(k))
+        .collect();
     let summary = HaveSummary::new(node.node_id(), opts.now, keys).sign(&node.identity);
     let name = node.node_id().node_name().unwrap_or("node").to_string();
     let short = &name[..name.len().min(16)];
