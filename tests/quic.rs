@@ -504,3 +504,44 @@ fn one_contact_cannot_fill_a_relay_with_sealed_bundles() {
     let r = log[0].1.as_ref().unwrap();
     assert_eq!(r.refused, 7);
 }
+
+#[test]
+fn a_forged_receipt_neither_stops_nor_deletes_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&dir, "a");
+    let relay = node(&dir, "relay");
+    let b = mycelium::identity::Identity::from_seed([5; 32]);
+    let forger = node(&dir, "forger");
+    let k = text(&a, &b.node_id(), "must get through");
+    let raw = a.store.get_raw(&k).unwrap().unwrap();
+    relay.receive(&raw, DtnTime::now()).unwrap();
+    // The forger (not b) claims b received it, and for a bundle the relay never held.
+    for target in [k, [9u8; 32]] {
+        let rec = adu::encode_receipt(&adu::Receipt {
+            bundle: target,
+            created: 0,
+            expires: DtnTime::now().0 + DAY,
+            at: DtnTime::now().0,
+        });
+        let vb = forger
+            .originate(a.node_id(), rec, DAY, DtnTime::now())
+            .unwrap();
+        relay.receive(vb.raw(), DtnTime::now()).unwrap();
+    }
+    assert!(
+        relay.store.record(&k).unwrap().is_some(),
+        "the relay dropped it"
+    );
+    let items = relay
+        .store
+        .sync_items(&relay.node_id(), None, DtnTime::now())
+        .unwrap();
+    assert!(
+        items.iter().any(|i| i.key == k && i.sendable),
+        "the relay stopped offering it"
+    );
+    assert!(
+        items.iter().all(|i| i.key != [9u8; 32]),
+        "an unverified tombstone entered the set"
+    );
+}

@@ -298,3 +298,39 @@ fn a_seized_stick_names_nobody_and_shows_no_words() {
         .all(|i| i.key != inbox[0].key));
     let _ = common::cli_json;
 }
+
+#[test]
+fn nobody_can_take_a_sealed_bundles_identity_with_other_content() {
+    let (a, b) = (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]));
+    let outer = seal::seal(
+        &inner(&a, &b, "the real one", 0),
+        &b.seal_key().public(),
+        NOW,
+        &mut rng(),
+    )
+    .unwrap();
+    // Same creation time and sequence number (the store key), different ciphertext.
+    let squat = with_body(outer.bundle(), |body| body.ct[0] ^= 0xff);
+    assert_eq!(squat.id(), outer.bundle().id());
+    let e = VerifiedBundle::decode(&squat.encode()).unwrap_err();
+    assert!(
+        e.to_string().contains("bound to its content") || e.to_string().contains("stamp"),
+        "{e}"
+    );
+    // Extra blocks or a longer life cannot ride on a valid stamp either.
+    let mut longer = outer.bundle().clone();
+    longer.primary.lifetime_ms = seal::MAX_LIFETIME_MS + 1;
+    assert!(VerifiedBundle::decode(&longer.encode()).is_err());
+    let mut extra = outer.bundle().clone();
+    extra.blocks.insert(
+        0,
+        mycelium::bundle::CanonicalBlock::new(
+            200,
+            3,
+            mycelium::bundle::CrcType::Crc32c,
+            vec![0; 4096],
+        ),
+    );
+    let e = VerifiedBundle::decode(&extra.encode()).unwrap_err();
+    assert!(e.to_string().contains("blocks other than"), "{e}");
+}
