@@ -82,6 +82,9 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
     if a.copies == Some(0) {
         bail!("--copies must be at least 1");
     }
+    if a.copies.is_some() && !a.no_seal {
+        bail!("--copies (spray and wait) needs a destination relays can see: add --no-seal");
+    }
     let (vb, outer) = node.send(
         to,
         adu::encode_message(&msg),

@@ -133,6 +133,8 @@ pub struct Session {
     budget_left: u64,
     /// Keys the initiator asked for and has not yet received.
     wanted: HashSet<[u8; 32]>,
+    /// Keys the peer asked for (responder): each may be asked for once.
+    asked: HashSet<[u8; 32]>,
     have: Vec<Id>,
     need: Vec<Id>,
     sent_done: bool,
@@ -185,6 +187,7 @@ impl Session {
             queue: Vec::new(),
             budget_left: limits.byte_budget,
             wanted: HashSet::new(),
+            asked: HashSet::new(),
             have: Vec::new(),
             need: Vec::new(),
             sent_done: false,
@@ -267,6 +270,9 @@ impl Session {
                 // A peer may want at most what we hold, once.
                 let mut asked = Vec::with_capacity(keys.len());
                 for k in keys {
+                    if !self.asked.insert(k) {
+                        return Err(proto(&format!("wanted {} twice", hex::encode(&k[..8]))));
+                    }
                     match self.items.get(&k) {
                         Some(it) if it.sendable => asked.push(k),
                         Some(_) => {}
@@ -415,4 +421,66 @@ fn proto(s: &str) -> SyncError {
 
 fn recon_err(e: negentropy::Error) -> SyncError {
     SyncError::Recon(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(i: u8) -> Item {
+        Item {
+            key: [i; 32],
+            created_ms: u64::from(i),
+            class: 2,
+            for_peer: false,
+            expires_ms: u64::MAX,
+            size: 10,
+            sendable: true,
+        }
+    }
+
+    #[test]
+    fn a_key_may_be_wanted_once_and_only_if_offered() {
+        let mut r = Session::responder(vec![item(1), item(2)], Limits::default()).unwrap();
+        r.on_frame(Frame::Hello {
+            version: VERSION,
+            items: 0,
+        })
+        .unwrap();
+        r.on_frame(Frame::Want(vec![[1; 32]])).unwrap();
+        assert!(matches!(
+            r.on_frame(Frame::Want(vec![[1; 32]])),
+            Err(SyncError::Protocol(m)) if m.contains("twice")
+        ));
+        let mut r = Session::responder(vec![item(1)], Limits::default()).unwrap();
+        r.on_frame(Frame::Hello {
+            version: VERSION,
+            items: 0,
+        })
+        .unwrap();
+        assert!(r.on_frame(Frame::Want(vec![[7; 32]])).is_err());
+    }
+
+    #[test]
+    fn frames_before_hello_and_after_done_are_refused() {
+        let mut r = Session::responder(vec![item(1)], Limits::default()).unwrap();
+        assert!(r.on_frame(Frame::Done).is_err());
+        let mut r = Session::responder(vec![item(1)], Limits::default()).unwrap();
+        r.on_frame(Frame::Hello {
+            version: VERSION,
+            items: 0,
+        })
+        .unwrap();
+        r.on_frame(Frame::Done).unwrap();
+        assert!(r.on_frame(Frame::Bundle(vec![0x9f])).is_err());
+        assert!(matches!(
+            Session::responder(vec![], Limits::default())
+                .unwrap()
+                .on_frame(Frame::Hello {
+                    version: 9,
+                    items: 0
+                }),
+            Err(SyncError::Version(9))
+        ));
+    }
 }

@@ -113,9 +113,13 @@ impl RateLimit {
             Some(&t) if now_ms.saturating_sub(t) < self.every_ms => false,
             _ => {
                 // Bound memory on a busy LAN: forget neighbours not heard for a while.
-                if self.last.len() > 4096 {
+                if self.last.len() >= 4096 {
                     let every = self.every_ms;
                     self.last.retain(|_, t| now_ms.saturating_sub(*t) < every);
+                    if self.last.len() >= 4096 {
+                        // A flood of new keys: forget them all rather than grow.
+                        self.last.clear();
+                    }
                 }
                 self.last.insert(*key, now_ms);
                 true
@@ -189,6 +193,7 @@ pub async fn run_with(
     let quic_port = quic.port();
     let me = node.identity.public_key();
     let mut limit = RateLimit::new(every);
+    let running = Arc::new(tokio::sync::Semaphore::new(4));
     let mut tick = tokio::time::interval(BEACON_EVERY);
     let mut buf = [0u8; 512];
     loop {
@@ -200,15 +205,24 @@ pub async fn run_with(
                 }
             }
             r = sock.recv_from(&mut buf) => {
-                let (n, from) = r?;
+                let (n, from) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("[discovery] receive failed: {e}");
+                        continue;
+                    }
+                };
                 let Ok(beacon) = decode(&buf[..n], DtnTime::now()) else { continue };
                 let now_ms = DtnTime::now().0;
                 if beacon.key == me || !limit.allow(&beacon.key, now_ms) {
                     continue;
                 }
                 let addr = SocketAddr::new(from.ip(), beacon.port);
+                // A few discovery syncs at a time, whatever a busy (or hostile) LAN sends.
+                let Ok(permit) = running.clone().try_acquire_owned() else { continue };
                 let (node, cfg, on_sync) = (node.clone(), cfg.clone(), on_sync.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let r = quic::sync_with(&node, addr, Some(&beacon.node), &cfg).await;
                     on_sync(Some(beacon.node), r);
                 });

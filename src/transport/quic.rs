@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub const ALPN: &[u8] = b"mycelium/1";
+/// Most spray-and-wait copies a peer may hand over with one bundle.
+pub const MAX_COPIES: u32 = 1024;
+/// Longest a handshake may take (a peer that starts one and stalls holds nothing longer).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -387,6 +391,8 @@ impl BundleIo for NodeIo<'_> {
     }
 
     fn incoming_sprayed(&mut self, bytes: Vec<u8>, copies: u32) -> Result<[u8; 32], String> {
+        // A peer cannot hand out more copies than anyone may ask for.
+        let copies = copies.min(MAX_COPIES);
         let before = self.report.new;
         let key = self.incoming(bytes)?;
         if self.report.new > before {
@@ -440,7 +446,22 @@ async fn read_frame(
         Ok(Ok(())) => {}
     }
     let len = Frame::body_len(h, max).map_err(|e| QuicError::Frame(e.to_string()))?;
-    let mut body = Vec::new();
+    // The type byte first: only bundle frames may be large.
+    let mut t = [0u8; 1];
+    match tokio::time::timeout(timeout, recv.read_exact(&mut t)).await {
+        Err(_) => return Err(QuicError::Timeout(timeout)),
+        Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    if !matches!(t[0], 4 | 7) && len > crate::sync::wire::MAX_CONTROL {
+        return Err(QuicError::Frame(format!(
+            "frame of type {} is {len} bytes, more than the {} a control frame may have",
+            t[0],
+            crate::sync::wire::MAX_CONTROL
+        )));
+    }
+    let mut body = t.to_vec();
+    let len = len - 1;
     // Read in pieces so a peer that announces a large frame and stalls costs only what it
     // actually sent, and each piece must arrive within the timeout.
     let mut left = len;
@@ -471,7 +492,8 @@ pub async fn run_session(
     mut recv: quinn::RecvStream,
     cfg: &QuicConfig,
 ) -> Result<Stats, QuicError> {
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame, QuicError>>(16);
+    // Two frames in flight at most: with 64 MiB bundle frames, depth is memory.
+    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame, QuicError>>(2);
     let (max, timeout) = (cfg.max_frame, cfg.frame_timeout);
     let reader = tokio::spawn(async move {
         loop {
@@ -685,6 +707,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_sessions.max(1)));
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(4 * cfg.max_sessions.max(1)));
     let cfg = Arc::new(cfg);
     let on_session = Arc::new(on_session);
     tokio::pin!(stop);
@@ -696,13 +719,15 @@ pub async fn serve(
                 None => break,
             },
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        // Handshakes are bounded without blocking this loop: beyond the limit, refuse.
+        let Ok(hs) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
         };
-        let (node, cfg, on_session) = (node.clone(), cfg.clone(), on_session.clone());
+        let (node, cfg, on_session, slots) =
+            (node.clone(), cfg.clone(), on_session.clone(), slots.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            let (peer, result) = accept_one(&node, incoming, &cfg).await;
+            let (peer, result) = accept_one(&node, incoming, &cfg, hs, slots).await;
             on_session(peer, result);
         });
     }
@@ -713,11 +738,14 @@ async fn accept_one(
     node: &Node,
     incoming: quinn::Incoming,
     cfg: &QuicConfig,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<tokio::sync::Semaphore>,
 ) -> (Option<Eid>, Result<SessionReport, QuicError>) {
     let started = Instant::now();
     let addr = incoming.remote_address();
-    let conn = match tokio::time::timeout(cfg.frame_timeout, incoming).await {
-        Err(_) => return (None, Err(QuicError::Timeout(cfg.frame_timeout))),
+    let hs_limit = HANDSHAKE_TIMEOUT.min(cfg.frame_timeout);
+    let conn = match tokio::time::timeout(hs_limit, incoming).await {
+        Err(_) => return (None, Err(QuicError::Timeout(hs_limit))),
         Ok(Err(e)) => {
             return (
                 None,
@@ -729,9 +757,14 @@ async fn accept_one(
         }
         Ok(Ok(c)) => c,
     };
+    drop(handshake);
     let peer = match peer_node(&conn) {
         Ok(p) => p,
         Err(e) => return (None, Err(e)),
+    };
+    // A session slot only for an authenticated peer.
+    let Ok(_slot) = slots.acquire_owned().await else {
+        return (Some(peer), Err(QuicError::PeerClosed));
     };
     let result: Result<SessionReport, QuicError> = async {
         let (send, recv) = tokio::time::timeout(cfg.frame_timeout, conn.accept_bi())
