@@ -108,14 +108,37 @@ fn serve(
     (addr, tx)
 }
 
-fn throughput(rt: &tokio::runtime::Runtime, count: usize, size: usize) {
+/// A source node holding `count` bundles of `size` bytes, and a served destination.
+struct Pair {
+    _dir: tempfile::TempDir,
+    src: Node,
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn pair(rt: &tokio::runtime::Runtime, count: usize, size: usize) -> Pair {
     let dir = tempfile::tempdir().expect("tmp");
     let src = Node::init(&dir.path().join("src")).expect("init");
     let dst = Arc::new(Node::init(&dir.path().join("dst")).expect("init"));
     // Addressed to a third node, so the receiver stores and carries them (no receipts).
     let far = mycelium::identity::Identity::generate().node_id();
     fill(&src, &far, count, size);
-    let (addr, stop) = serve(rt, dst.clone());
+    let (addr, stop) = serve(rt, dst);
+    Pair {
+        _dir: dir,
+        src,
+        addr,
+        stop,
+    }
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, count: usize, size: usize) {
+    let Pair {
+        _dir,
+        src,
+        addr,
+        stop,
+    } = pair(rt, count, size);
     let t = Instant::now();
     let r = rt
         .block_on(quic::sync_with(&src, addr, None, &QuicConfig::default()))
@@ -134,12 +157,12 @@ fn throughput(rt: &tokio::runtime::Runtime, count: usize, size: usize) {
 }
 
 fn resume(rt: &tokio::runtime::Runtime, count: usize, size: usize) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let src = Node::init(&dir.path().join("src")).expect("init");
-    let dst = Arc::new(Node::init(&dir.path().join("dst")).expect("init"));
-    let far = mycelium::identity::Identity::generate().node_id();
-    fill(&src, &far, count, size);
-    let (addr, stop) = serve(rt, dst.clone());
+    let Pair {
+        _dir,
+        src,
+        addr,
+        stop,
+    } = pair(rt, count, size);
     let total: u64 = (count * (size + 200)) as u64;
     let mut half = QuicConfig::default();
     half.limits.byte_budget = total / 2;

@@ -134,8 +134,13 @@ pub fn decode_kind<B: serde::de::DeserializeOwned>(
             env.v, env.kind
         )));
     }
+    body(&env)
+}
+
+/// The body of a version-1 envelope as `B`, or `BadBody` naming the kind.
+fn body<B: serde::de::DeserializeOwned>(env: &Envelope<ciborium::Value>) -> Result<B, AduError> {
     env.body.deserialized().map_err(|e| AduError::BadBody {
-        kind: kind.to_string(),
+        kind: env.kind.clone(),
         reason: e.to_string(),
     })
 }
@@ -188,27 +193,9 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
         .deserialized()
         .map_err(|e| AduError::NotAnEnvelope(e.to_string()))?;
     match env.kind.as_str() {
-        KIND_MESSAGE => {
-            let m: Message = env.body.deserialized().map_err(|e| AduError::BadBody {
-                kind: env.kind.clone(),
-                reason: e.to_string(),
-            })?;
-            Ok(Adu::Message(m))
-        }
-        KIND_NODE => {
-            let r: NodeRecord = env.body.deserialized().map_err(|e| AduError::BadBody {
-                kind: env.kind.clone(),
-                reason: e.to_string(),
-            })?;
-            Ok(Adu::Node(r))
-        }
-        KIND_RECEIPT => {
-            let r: Receipt = env.body.deserialized().map_err(|e| AduError::BadBody {
-                kind: env.kind.clone(),
-                reason: e.to_string(),
-            })?;
-            Ok(Adu::Receipt(r))
-        }
+        KIND_MESSAGE => Ok(Adu::Message(body(&env)?)),
+        KIND_NODE => Ok(Adu::Node(body(&env)?)),
+        KIND_RECEIPT => Ok(Adu::Receipt(body(&env)?)),
         _ => Ok(Adu::Unknown {
             version: env.v,
             kind: env.kind,
