@@ -21,6 +21,7 @@ pub mod adu;
 pub mod bundle;
 pub mod fec;
 pub mod identity;
+pub mod market;
 pub mod route;
 pub mod seal;
 pub mod sim;
@@ -35,3 +36,7 @@ pub mod node;
 pub mod store;
 #[cfg(feature = "store")]
 pub mod transport;
+#[cfg(feature = "store")]
+pub mod wallet;
+#[cfg(feature = "store")]
+pub mod worker;

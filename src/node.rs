@@ -55,6 +55,20 @@ pub struct SettleReport {
     pub dropped: Vec<[u8; 32]>,
 }
 
+/// Ledger key of the marketplace this node settles with.
+pub const META_MARKET: &[u8] = b"cfg/market";
+
+/// Signed (and perhaps sealed) bundles ready to commit.
+#[derive(Debug, Default)]
+pub struct Composed {
+    /// Everything to store: inner and outer bundles.
+    pub bundles: Vec<VerifiedBundle>,
+    /// Keys of sealed inners, kept here only.
+    pub private: Vec<[u8; 32]>,
+    /// Keys of what travels, one per payload, in order.
+    pub travelling: Vec<[u8; 32]>,
+}
+
 pub struct Node {
     pub home: PathBuf,
     pub identity: Identity,
@@ -144,6 +158,64 @@ impl Node {
         };
         crate::route::delivery::RouteStore::commit(&self.store, change, now)?;
         Ok((inner, Some(outer)))
+    }
+
+    /// Sign payloads for sending (`to` = `None`: for everyone) and, if `seal`, seal each
+    /// one for a recipient whose sealing key is known. Nothing is stored: the caller
+    /// commits [`Composed`] together with its own state (see `Store::commit_ledger`).
+    pub fn compose(
+        &self,
+        out: &[(Option<Eid>, Vec<u8>, u64)],
+        now: DtnTime,
+        seal: bool,
+    ) -> Result<Composed, NodeError> {
+        let ts = self
+            .store
+            .reserve_creation_timestamps(now, out.len() as u64)?;
+        let mut c = Composed::default();
+        for ((to, payload, lifetime), ts) in out.iter().zip(ts) {
+            let dest = to.clone().unwrap_or(Eid::Null);
+            let inner = BundleBuilder::new(dest, ts, *lifetime)
+                .payload(payload.clone())
+                .sign(&self.identity)?;
+            let xpk = match (seal, to) {
+                (true, Some(to)) => self.store.contact(&to.node_id().to_string())?,
+                _ => None,
+            };
+            match xpk {
+                Some(xpk) => {
+                    let outer = crate::seal::seal(&inner, &xpk, now, &mut rand_core::OsRng)?;
+                    c.private.push(inner.id().key());
+                    c.travelling.push(outer.id().key());
+                    c.bundles.push(inner);
+                    c.bundles.push(outer);
+                }
+                None => {
+                    c.travelling.push(inner.id().key());
+                    c.bundles.push(inner);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The marketplace this node settles with (`mycelium market use`), if set.
+    pub fn market(&self) -> Result<Option<Eid>, NodeError> {
+        Ok(self
+            .store
+            .ledger_get(META_MARKET)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| Eid::parse(&s).ok()))
+    }
+
+    /// Settle with, submit tasks to and take assignments from `market`.
+    pub fn set_market(&self, market: &Eid) -> Result<(), NodeError> {
+        let kv = [(
+            META_MARKET.to_vec(),
+            Some(market.node_id().to_string().into_bytes()),
+        )];
+        self.store.commit_ledger(&kv, &[], &[], DtnTime(0))?;
+        Ok(())
     }
 
     /// Publish this node's record (its sealing key), signed, for everyone: the way other

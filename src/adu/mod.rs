@@ -1,5 +1,6 @@
 //! Application data units: the versioned CBOR envelope carried in a bundle's payload block,
-//! and the kinds this node understands (so far: `message`).
+//! and the kinds this node understands: `message`, `receipt`, `node`, and the marketplace's
+//! kinds in [`market`].
 //!
 //! Envelope (CDDL in `bundles/README.md`): `{ "v": 1, "kind": tstr, "body": any }`.
 //! Unknown kinds and newer versions decode to [`Adu::Unknown`]: the bundle is still stored
@@ -8,6 +9,8 @@
 //! Owns: payload semantics. Pure: no I/O.
 
 use serde::{Deserialize, Serialize};
+
+pub mod market;
 
 /// The envelope version this code writes and fully understands.
 pub const ENVELOPE_VERSION: u64 = 1;
@@ -73,6 +76,8 @@ pub enum Adu {
     Message(Message),
     Receipt(Receipt),
     Node(NodeRecord),
+    /// One of the marketplace's kinds.
+    Market(Box<MarketAdu>),
     /// A kind or version this node does not understand: kept as is.
     Unknown {
         version: u64,
@@ -86,7 +91,39 @@ impl Adu {
             Adu::Message(_) => KIND_MESSAGE,
             Adu::Receipt(_) => KIND_RECEIPT,
             Adu::Node(_) => KIND_NODE,
+            Adu::Market(m) => m.kind(),
             Adu::Unknown { kind, .. } => kind,
+        }
+    }
+}
+
+/// The marketplace's payloads (see [`market`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MarketAdu {
+    Task(market::Task),
+    Result(market::TaskResult),
+    Payment(market::Payment),
+    Settlement(market::Settlement),
+    Offer(market::Offer),
+    Assignment(market::Assignment),
+    Verdict(market::Verdict),
+    Reputation(market::Reputation),
+    Guild(market::Guild),
+}
+
+impl MarketAdu {
+    pub fn kind(&self) -> &'static str {
+        use market::*;
+        match self {
+            MarketAdu::Task(_) => KIND_TASK,
+            MarketAdu::Result(_) => KIND_RESULT,
+            MarketAdu::Payment(_) => KIND_PAYMENT,
+            MarketAdu::Settlement(_) => KIND_SETTLEMENT,
+            MarketAdu::Offer(_) => KIND_OFFER,
+            MarketAdu::Assignment(_) => KIND_ASSIGNMENT,
+            MarketAdu::Verdict(_) => KIND_VERDICT,
+            MarketAdu::Reputation(_) => KIND_REPUTATION,
+            MarketAdu::Guild(_) => KIND_GUILD,
         }
     }
 }
@@ -196,10 +233,27 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
         KIND_MESSAGE => Ok(Adu::Message(body(&env)?)),
         KIND_NODE => Ok(Adu::Node(body(&env)?)),
         KIND_RECEIPT => Ok(Adu::Receipt(body(&env)?)),
-        _ => Ok(Adu::Unknown {
-            version: env.v,
-            kind: env.kind,
-        }),
+        k => {
+            use market::*;
+            let m = match k {
+                KIND_TASK => MarketAdu::Task(body(&env)?),
+                KIND_RESULT => MarketAdu::Result(body(&env)?),
+                KIND_PAYMENT => MarketAdu::Payment(body(&env)?),
+                KIND_SETTLEMENT => MarketAdu::Settlement(body(&env)?),
+                KIND_OFFER => MarketAdu::Offer(body(&env)?),
+                KIND_ASSIGNMENT => MarketAdu::Assignment(body(&env)?),
+                KIND_VERDICT => MarketAdu::Verdict(body(&env)?),
+                KIND_REPUTATION => MarketAdu::Reputation(body(&env)?),
+                KIND_GUILD => MarketAdu::Guild(body(&env)?),
+                _ => {
+                    return Ok(Adu::Unknown {
+                        version: env.v,
+                        kind: env.kind,
+                    })
+                }
+            };
+            Ok(Adu::Market(Box::new(m)))
+        }
     }
 }
 
@@ -273,12 +327,12 @@ mod tests {
 
     #[test]
     fn unknown_kind_and_future_version_are_kept_not_errors() {
-        let p = encode("payment", &42u32);
+        let p = encode("blob", &42u32);
         assert_eq!(
             decode(&p).unwrap(),
             Adu::Unknown {
                 version: 1,
-                kind: "payment".into()
+                kind: "blob".into()
             }
         );
         let mut out = Vec::new();

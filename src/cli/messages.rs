@@ -188,6 +188,7 @@ pub fn adu_json(adu: &Result<Adu, String>) -> Value {
             "delivered": hex::encode(r.bundle),
             "at": DtnTime(r.at).to_rfc3339(),
         }),
+        Ok(Adu::Market(m)) => super::market_cmds::adu_json(m),
         Ok(Adu::Unknown { version, kind }) => {
             json!({"kind": kind, "version": version, "understood": false})
         }
@@ -213,6 +214,7 @@ pub fn adu_text(adu: &Result<Adu, String>) -> String {
             &hex::encode(r.bundle)[..12],
             DtnTime(r.at).to_rfc3339()
         ),
+        Ok(Adu::Market(m)) => super::market_cmds::adu_text(m),
         Ok(Adu::Unknown { version, kind }) => format!("[{kind} v{version}: not understood here]"),
         Err(e) => format!("[opaque payload: {e}]"),
     }

@@ -5,6 +5,7 @@
 mod broadcast;
 mod bundle_cmds;
 mod demo;
+mod market_cmds;
 mod messages;
 mod net;
 mod node_cmds;

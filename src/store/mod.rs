@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+mod ledger;
 mod objects;
 mod routing;
 pub use objects::{ObjectStatus, PartialSummary, Rebuilt};
@@ -61,7 +62,11 @@ pub mod cf {
     /// bundle key → (): stored bundles never offered, reconciled, exported or published
     /// (the opened insides of sealed bundles, and what this node sealed)
     pub const PRIVATE: &str = "private";
-    pub const ALL: [&str; 17] = [
+    /// prefixed text keys → marketplace, worker and wallet state (`store::ledger`,
+    /// rules in `market`)
+    pub const LEDGER: &str = "ledger";
+    pub const ALL: [&str; 18] = [
+        LEDGER,
         CONTACTS,
         PRIVATE,
         COPIES,

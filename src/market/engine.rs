@@ -1,0 +1,748 @@
+//! The marketplace's rules for tasks, offers, results and guilds, run inside one ledger
+//! [`Txn`]:
+//!
+//! - A task is accepted when its escrow (`reward × redundancy`) can be taken from the
+//!   submitter's balance and its deadline has not passed; otherwise a signed rejection
+//!   says why. Either way the submitter gets an `escrow` settlement.
+//! - Matching offers an open task to eligible workers until `redundancy` of them hold it:
+//!   a worker is eligible when its offer covers the job kind and model, it has capacity,
+//!   its record is good enough ([`eligible`]), it is not the submitter, and the task's
+//!   `who` admits it (anyone, one worker, or members of a guild). Better records first.
+//! - A result counts when it is signed by the worker it names, for a task that exists,
+//!   that worker holds it, and it is on time. When a strict majority of `redundancy`
+//!   (the quorum) agrees on one output hash, that output is accepted: each agreeing
+//!   worker is paid `reward` from the escrow (on a guild task, split among the guild by
+//!   its shares), every disagreeing worker's record takes a disagreement, and the
+//!   submitter gets a verdict with the output. What is left of the escrow goes back to the
+//!   submitter when every slot has answered or the deadline passes.
+//! - Every change to a worker's record is published (signed, for everyone).
+//!
+//! Keys: `task/<id>`, `open/<id>`, `worker/<node>`, `guild/<id>`.
+//!
+//! Owns: task life cycle, matching, quorum, reputation, guild payouts. Pure: no I/O.
+
+use super::ledger::{self, Issue, PaymentOutcome, Txn, NOTICE_LIFETIME_MS};
+use super::MarketError;
+use crate::adu::market::{self as m, Eligibility, JobKind, Offer, Reputation, Task, TaskResult};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use std::collections::BTreeSet;
+
+/// What happened, for reports, logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    TaskAccepted { task: [u8; 32], escrow: u64 },
+    TaskRejected { task: [u8; 32], reason: String },
+    Assigned { task: [u8; 32], worker: String },
+    ResultRecorded { task: [u8; 32], worker: String },
+    ResultRejected { result: [u8; 32], reason: String },
+    Accepted { task: [u8; 32], output_hash: [u8; 32], agreeing: Vec<String> },
+    Disagreed { task: [u8; 32], worker: String },
+    Late { task: [u8; 32], worker: String },
+    TaskFailed { task: [u8; 32], reason: String },
+    Paid { payee: String, amount: u64, payment: [u8; 32] },
+    Refunded { task: [u8; 32], amount: u64 },
+    PaymentConfirmed { payment: [u8; 32], seq: u64 },
+    PaymentRejected { payment: [u8; 32], reason: String },
+    PaymentReplayed { payment: [u8; 32] },
+    OfferRecorded { worker: String },
+    GuildRecorded { guild: String },
+    Refused { what: String, reason: String },
+}
+
+/// A task as the marketplace tracks it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskState {
+    pub submitter: String,
+    pub task: Task,
+    /// The submitter's signed task bundle, handed to workers as is.
+    #[serde(with = "serde_bytes")]
+    pub bundle: Vec<u8>,
+    pub escrow_left: u64,
+    /// Workers who hold it now (failed and late ones are dropped, freeing the slot).
+    pub assigned: Vec<String>,
+    pub answers: Vec<Answer>,
+    pub accepted: Option<ByteBuf>,
+    pub closed: bool,
+    pub received: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    pub worker: String,
+    pub result: ByteBuf,
+    pub hash: ByteBuf,
+    /// Counts towards the quorum: a well-formed output, on time.
+    pub valid: bool,
+    pub failed: Option<String>,
+    pub judged: bool,
+}
+
+/// A worker as the marketplace knows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerState {
+    pub offer: Option<Offer>,
+    pub offered_at: u64,
+    pub record: Reputation,
+    /// Tasks it holds and has not answered.
+    pub open: u32,
+}
+
+/// A guild charter and its founder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuildState {
+    pub founder: String,
+    pub charter: m::Guild,
+}
+
+/// Whether a record still earns tasks: a worker is dropped once it has at least two
+/// disagreements or late answers and they outnumber half its accepted results.
+pub fn eligible(r: &Reputation) -> bool {
+    let bad = r.disagreed.saturating_add(r.late);
+    !(bad >= 2 && bad.saturating_mul(2) > r.accepted)
+}
+
+fn task_key(id: &[u8; 32]) -> Vec<u8> {
+    [b"task/".as_slice(), id].concat()
+}
+fn open_key(id: &[u8; 32]) -> Vec<u8> {
+    [b"open/".as_slice(), id].concat()
+}
+fn worker_key(node: &str) -> Vec<u8> {
+    [b"worker/", node.as_bytes()].concat()
+}
+fn guild_key(id: &str) -> Vec<u8> {
+    [b"guild/", id.as_bytes()].concat()
+}
+
+fn id32(b: &[u8]) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    if b.len() == 32 {
+        a.copy_from_slice(b);
+    }
+    a
+}
+
+/// One pass of the rules: a transaction, this marketplace's node ID and the time.
+pub struct Engine<'a> {
+    pub tx: Txn<'a>,
+    pub me: String,
+    pub now: u64,
+    pub events: Vec<Event>,
+    touched: BTreeSet<String>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(tx: Txn<'a>, me: &str, now: u64) -> Engine<'a> {
+        Engine {
+            tx,
+            me: me.to_string(),
+            now,
+            events: Vec::new(),
+            touched: BTreeSet::new(),
+        }
+    }
+
+    pub fn task(&self, id: &[u8; 32]) -> Result<Option<TaskState>, MarketError> {
+        self.tx.get_cbor(&task_key(id))
+    }
+
+    pub fn worker(&self, node: &str) -> Result<Option<WorkerState>, MarketError> {
+        self.tx.get_cbor(&worker_key(node))
+    }
+
+    pub fn guild(&self, id: &str) -> Result<Option<GuildState>, MarketError> {
+        self.tx.get_cbor(&guild_key(id))
+    }
+
+    /// Every worker the marketplace knows, by node ID.
+    pub fn workers(&self) -> Result<Vec<(String, WorkerState)>, MarketError> {
+        let mut out = Vec::new();
+        for (k, v) in self.tx.scan(b"worker/")? {
+            let w: WorkerState =
+                ciborium::from_reader(v.as_slice()).map_err(|e| ledger::corrupt(&k, e))?;
+            out.push((String::from_utf8_lossy(&k[7..]).into_owned(), w));
+        }
+        Ok(out)
+    }
+
+    fn put_task(&mut self, id: &[u8; 32], st: &TaskState) {
+        self.tx.put_cbor(task_key(id), st);
+    }
+
+    fn put_worker(&mut self, node: &str, w: &WorkerState) {
+        self.tx.put_cbor(worker_key(node), w);
+    }
+
+    fn update_worker(
+        &mut self,
+        node: &str,
+        f: impl FnOnce(&mut WorkerState),
+    ) -> Result<(), MarketError> {
+        let mut w = self.worker(node)?.unwrap_or_default();
+        w.record.worker = node.to_string();
+        f(&mut w);
+        w.record.eligible = eligible(&w.record);
+        self.put_worker(node, &w);
+        self.touched.insert(node.to_string());
+        Ok(())
+    }
+
+    fn escrow_notice(&mut self, id: &[u8; 32], submitter: &str, amount: u64, r: Option<String>) {
+        let seq = 0;
+        let s = m::Settlement {
+            subject: *id,
+            what: m::Subject::Escrow,
+            payer: submitter.to_string(),
+            payee: self.me.clone(),
+            amount,
+            accepted: r.is_none(),
+            reason: r,
+            seq,
+        };
+        if m::node_id_ok(submitter).is_ok() {
+            self.tx.send(
+                Some(submitter),
+                m::encode_settlement(&s),
+                NOTICE_LIFETIME_MS,
+            );
+        }
+    }
+
+    /// A task bundle `id` signed by `submitter` (its raw bytes in `bundle`).
+    pub fn on_task(
+        &mut self,
+        id: &[u8; 32],
+        submitter: &str,
+        bundle: &[u8],
+        task: &Task,
+    ) -> Result<(), MarketError> {
+        if self.task(id)?.is_some() {
+            return Ok(());
+        }
+        let escrow = task.escrow().unwrap_or(0);
+        let reject = |e: &mut Self, reason: String| {
+            e.escrow_notice(id, submitter, escrow, Some(reason.clone()));
+            e.events.push(Event::TaskRejected { task: *id, reason });
+        };
+        if let Err(why) = task.check() {
+            reject(self, format!("malformed task: {why}"));
+            return Ok(());
+        }
+        if task.deadline <= self.now {
+            reject(
+                self,
+                format!(
+                    "past its deadline ({} before it reached the marketplace)",
+                    crate::time::DtnTime(task.deadline).to_rfc3339()
+                ),
+            );
+            return Ok(());
+        }
+        match &task.who {
+            Eligibility::Anyone => {}
+            Eligibility::Worker(w) => {
+                if let Err(e) = m::node_id_ok(w) {
+                    reject(self, format!("named worker {w}: {e}"));
+                    return Ok(());
+                }
+            }
+            Eligibility::Guild(g) => {
+                if self.guild(g)?.is_none() {
+                    reject(self, format!("unknown guild {g}: its charter has not reached the marketplace"));
+                    return Ok(());
+                }
+            }
+        }
+        if let Err(why) = ledger::debit(&mut self.tx, submitter, escrow)? {
+            reject(self, why);
+            return Ok(());
+        }
+        let st = TaskState {
+            submitter: submitter.to_string(),
+            task: task.clone(),
+            bundle: bundle.to_vec(),
+            escrow_left: escrow,
+            assigned: Vec::new(),
+            answers: Vec::new(),
+            accepted: None,
+            closed: false,
+            received: self.now,
+        };
+        self.put_task(id, &st);
+        self.tx.put(open_key(id), Vec::new());
+        self.escrow_notice(id, submitter, escrow, None);
+        self.events.push(Event::TaskAccepted { task: *id, escrow });
+        Ok(())
+    }
+
+    /// A worker's offer (replaces its previous one).
+    pub fn on_offer(&mut self, worker: &str, offer: &Offer) -> Result<(), MarketError> {
+        if let Err(why) = offer.check() {
+            self.events.push(Event::Refused {
+                what: format!("offer from {worker}"),
+                reason: why,
+            });
+            return Ok(());
+        }
+        let now = self.now;
+        self.update_worker(worker, |w| {
+            w.offer = Some(offer.clone());
+            w.offered_at = now;
+        })?;
+        self.events.push(Event::OfferRecorded {
+            worker: worker.to_string(),
+        });
+        Ok(())
+    }
+
+    /// A guild charter signed by `founder`.
+    pub fn on_guild(&mut self, founder: &str, g: &m::Guild) -> Result<(), MarketError> {
+        let id = m::Guild::id(founder, &g.name);
+        if let Err(why) = g.check(founder) {
+            self.events.push(Event::Refused {
+                what: format!("guild {id}"),
+                reason: why,
+            });
+            return Ok(());
+        }
+        self.tx.put_cbor(
+            guild_key(&id),
+            &GuildState {
+                founder: founder.to_string(),
+                charter: g.clone(),
+            },
+        );
+        self.events.push(Event::GuildRecorded { guild: id });
+        Ok(())
+    }
+
+    /// A payment for the ledger, with its ID, signed by `signer`.
+    pub fn on_payment(
+        &mut self,
+        id: &[u8; 32],
+        signer: &str,
+        p: &m::Payment,
+    ) -> Result<(), MarketError> {
+        let me = self.me.clone();
+        let ev = match ledger::settle_payment(&mut self.tx, &me, id, signer, p, self.now)? {
+            PaymentOutcome::Confirmed { seq } => Event::PaymentConfirmed { payment: *id, seq },
+            PaymentOutcome::AlreadySettled(_) => Event::PaymentReplayed { payment: *id },
+            PaymentOutcome::Rejected(reason) => Event::PaymentRejected {
+                payment: *id,
+                reason,
+            },
+        };
+        self.events.push(ev);
+        Ok(())
+    }
+
+    /// Create `amount` credits for `to` (the marketplace is the issuer).
+    pub fn grant(&mut self, to: &str, amount: u64, memo: &str) -> Result<[u8; 32], MarketError> {
+        let me = self.me.clone();
+        let i = Issue {
+            payee: to,
+            amount,
+            refers: None,
+            memo,
+            mint: true,
+        };
+        let id = ledger::issue(&mut self.tx, &me, &i, self.now)?.map_err(MarketError::Refused)?;
+        self.events.push(Event::Paid {
+            payee: to.to_string(),
+            amount,
+            payment: id,
+        });
+        Ok(id)
+    }
+
+    fn pay_from_escrow(
+        &mut self,
+        id: &[u8; 32],
+        st: &mut TaskState,
+        payee: &str,
+        amount: u64,
+        refers: [u8; 32],
+        memo: &str,
+    ) -> Result<(), MarketError> {
+        let Some(left) = st.escrow_left.checked_sub(amount) else {
+            return Err(MarketError::Refused(format!(
+                "task {}: escrow of {} cannot pay {amount}",
+                hex::encode(id),
+                st.escrow_left
+            )));
+        };
+        let me = self.me.clone();
+        let i = Issue {
+            payee,
+            amount,
+            refers: Some(refers),
+            memo,
+            mint: false,
+        };
+        match ledger::issue(&mut self.tx, &me, &i, self.now)? {
+            Ok(pid) => {
+                st.escrow_left = left;
+                self.events.push(Event::Paid {
+                    payee: payee.to_string(),
+                    amount,
+                    payment: pid,
+                });
+            }
+            Err(reason) => self.events.push(Event::Refused {
+                what: format!("payment of {amount} to {payee}"),
+                reason,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Pay `worker` for its accepted result (split by shares on a guild task).
+    fn reward(
+        &mut self,
+        id: &[u8; 32],
+        st: &mut TaskState,
+        worker: &str,
+        result: [u8; 32],
+    ) -> Result<(), MarketError> {
+        let reward = st.task.reward;
+        let short = &hex::encode(id)[..12];
+        if let Eligibility::Guild(g) = &st.task.who {
+            if let Some(gs) = self.guild(g)? {
+                let memo = format!("share of {worker}'s result for task {short}, guild {g}");
+                for (member, amount) in gs.charter.split(reward) {
+                    self.pay_from_escrow(id, st, &member, amount, result, &memo)?;
+                }
+                return Ok(());
+            }
+        }
+        self.pay_from_escrow(id, st, worker, reward, result, &format!("task {short}"))
+    }
+
+    /// A result bundle `key` signed by `signer`.
+    pub fn on_result(
+        &mut self,
+        key: &[u8; 32],
+        signer: &str,
+        r: &TaskResult,
+    ) -> Result<(), MarketError> {
+        let reject = |e: &mut Self, reason: String| -> Result<(), MarketError> {
+            e.events.push(Event::ResultRejected {
+                result: *key,
+                reason,
+            });
+            Ok(())
+        };
+        if r.worker != signer {
+            return reject(
+                self,
+                format!("signed by {signer} but names worker {}", r.worker),
+            );
+        }
+        let Some(mut st) = self.task(&r.task)? else {
+            return reject(
+                self,
+                format!("result for task {} that does not exist here", hex::encode(r.task)),
+            );
+        };
+        if st.answers.iter().any(|a| a.worker == signer) {
+            return reject(self, "this worker already answered this task".into());
+        }
+        if !st.assigned.iter().any(|w| w == signer) {
+            return reject(self, "the task was not assigned to this worker".into());
+        }
+        let id = r.task;
+        st.assigned.retain(|w| w != signer);
+        self.update_worker(signer, |w| w.open = w.open.saturating_sub(1))?;
+        if st.closed || self.now > st.task.deadline {
+            st.answers.push(Answer {
+                worker: signer.to_string(),
+                result: ByteBuf::from(key.to_vec()),
+                hash: ByteBuf::from(r.output_hash.to_vec()),
+                valid: false,
+                failed: None,
+                judged: true,
+            });
+            self.update_worker(signer, |w| w.record.late += 1)?;
+            self.events.push(Event::Late {
+                task: id,
+                worker: signer.to_string(),
+            });
+            self.put_task(&id, &st);
+            return Ok(());
+        }
+        let well_formed = r.check();
+        let failed = r.failed.clone();
+        let valid = failed.is_none() && well_formed.is_ok();
+        st.answers.push(Answer {
+            worker: signer.to_string(),
+            result: ByteBuf::from(key.to_vec()),
+            hash: ByteBuf::from(r.output_hash.to_vec()),
+            valid,
+            failed: failed.clone(),
+            judged: false,
+        });
+        self.events.push(Event::ResultRecorded {
+            task: id,
+            worker: signer.to_string(),
+        });
+        if failed.is_some() {
+            // An honest failure frees the slot for another worker.
+            if let Some(a) = st.answers.last_mut() {
+                a.judged = true;
+            }
+            self.update_worker(signer, |w| w.record.failed += 1)?;
+        } else if well_formed.is_err() {
+            // An output that does not match its own hash is wrong by construction.
+            if let Some(a) = st.answers.last_mut() {
+                a.judged = true;
+            }
+            self.update_worker(signer, |w| w.record.disagreed += 1)?;
+            self.events.push(Event::Disagreed {
+                task: id,
+                worker: signer.to_string(),
+            });
+        }
+        self.judge(&id, &mut st, Some(&r.output))?;
+        self.put_task(&id, &st);
+        Ok(())
+    }
+
+    /// Decide or extend the decision on a task after an answer.
+    fn judge(
+        &mut self,
+        id: &[u8; 32],
+        st: &mut TaskState,
+        output: Option<&[u8]>,
+    ) -> Result<(), MarketError> {
+        let quorum = usize::from(st.task.redundancy) / 2 + 1;
+        if st.accepted.is_none() {
+            let mut best: Option<(&[u8], usize)> = None;
+            for a in st.answers.iter().filter(|a| a.valid) {
+                let n = st
+                    .answers
+                    .iter()
+                    .filter(|b| b.valid && b.hash == a.hash)
+                    .count();
+                if best.is_none_or(|(_, c)| n > c) {
+                    best = Some((a.hash.as_slice(), n));
+                }
+            }
+            if let Some((hash, n)) = best {
+                if n >= quorum {
+                    let hash = id32(hash);
+                    st.accepted = Some(ByteBuf::from(hash.to_vec()));
+                    let agreeing: Vec<String> = st
+                        .answers
+                        .iter()
+                        .filter(|a| a.valid && a.hash.as_slice() == hash)
+                        .map(|a| a.worker.clone())
+                        .collect();
+                    // The quorum is reached by the answer just recorded: its output is it.
+                    let out = output.unwrap_or_default().to_vec();
+                    let v = m::Verdict {
+                        task: *id,
+                        accepted: true,
+                        output: out,
+                        output_hash: hash,
+                        agreeing: agreeing.clone(),
+                        results: st.answers.len() as u32,
+                        reason: None,
+                    };
+                    let sub = st.submitter.clone();
+                    self.tx
+                        .send(Some(&sub), m::encode_verdict(&v), NOTICE_LIFETIME_MS);
+                    self.events.push(Event::Accepted {
+                        task: *id,
+                        output_hash: hash,
+                        agreeing,
+                    });
+                }
+            }
+        }
+        if let Some(acc) = st.accepted.clone() {
+            let pending: Vec<usize> = (0..st.answers.len())
+                .filter(|&i| st.answers[i].valid && !st.answers[i].judged)
+                .collect();
+            for i in pending {
+                st.answers[i].judged = true;
+                let worker = st.answers[i].worker.clone();
+                if st.answers[i].hash == acc {
+                    let result = id32(&st.answers[i].result);
+                    self.reward(id, st, &worker, result)?;
+                    self.update_worker(&worker, |w| w.record.accepted += 1)?;
+                } else {
+                    self.update_worker(&worker, |w| w.record.disagreed += 1)?;
+                    self.events.push(Event::Disagreed { task: *id, worker });
+                }
+            }
+        }
+        let answered = st.answers.iter().filter(|a| a.valid).count();
+        if answered >= usize::from(st.task.redundancy) {
+            self.close(id, st, "every worker answered and no output reached the quorum")?;
+        }
+        Ok(())
+    }
+
+    /// Close a task: refund what is left of the escrow; without an accepted output, tell
+    /// the submitter why.
+    fn close(&mut self, id: &[u8; 32], st: &mut TaskState, why: &str) -> Result<(), MarketError> {
+        if st.closed {
+            return Ok(());
+        }
+        st.closed = true;
+        self.tx.delete(open_key(id));
+        if st.accepted.is_none() {
+            let v = m::Verdict {
+                task: *id,
+                accepted: false,
+                output: Vec::new(),
+                output_hash: [0; 32],
+                agreeing: Vec::new(),
+                results: st.answers.len() as u32,
+                reason: Some(why.to_string()),
+            };
+            let sub = st.submitter.clone();
+            self.tx
+                .send(Some(&sub), m::encode_verdict(&v), NOTICE_LIFETIME_MS);
+            self.events.push(Event::TaskFailed {
+                task: *id,
+                reason: why.to_string(),
+            });
+        }
+        if st.escrow_left > 0 {
+            let amount = st.escrow_left;
+            let sub = st.submitter.clone();
+            let memo = format!("refund for task {}", &hex::encode(id)[..12]);
+            self.pay_from_escrow(id, st, &sub, amount, *id, &memo)?;
+            self.events.push(Event::Refunded { task: *id, amount });
+        }
+        Ok(())
+    }
+
+    /// Tasks past their deadline: workers who did not answer are late; the task closes.
+    pub fn tick(&mut self) -> Result<(), MarketError> {
+        for (k, _) in self.tx.scan(b"open/")? {
+            let id = id32(&k[5..]);
+            let Some(mut st) = self.task(&id)? else {
+                self.tx.delete(k);
+                continue;
+            };
+            if st.task.deadline > self.now {
+                continue;
+            }
+            for w in std::mem::take(&mut st.assigned) {
+                self.update_worker(&w, |ws| {
+                    ws.open = ws.open.saturating_sub(1);
+                    ws.record.late += 1;
+                })?;
+                self.events.push(Event::Late {
+                    task: id,
+                    worker: w,
+                });
+            }
+            let why = format!(
+                "deadline passed with {} results and no quorum",
+                st.answers.len()
+            );
+            self.close(&id, &mut st, &why)?;
+            self.put_task(&id, &st);
+        }
+        Ok(())
+    }
+
+    /// Whether `w` (known as `ws`) may take task `st`.
+    fn can_take(&self, st: &TaskState, w: &str, ws: &WorkerState) -> Result<bool, MarketError> {
+        let Some(offer) = &ws.offer else {
+            return Ok(false);
+        };
+        if !offer.kinds.contains(&st.task.job)
+            || (st.task.job != JobKind::Digest && !offer.holds(&st.task.model))
+            || ws.open >= offer.capacity
+            || !eligible(&ws.record)
+            || w == st.submitter
+            || st.assigned.iter().any(|a| a == w)
+            || st.answers.iter().any(|a| a.worker == w)
+        {
+            return Ok(false);
+        }
+        Ok(match &st.task.who {
+            Eligibility::Anyone => true,
+            Eligibility::Worker(x) => x == w,
+            Eligibility::Guild(g) => self
+                .guild(g)?
+                .is_some_and(|gs| gs.charter.members.iter().any(|m| m.node == w)),
+        })
+    }
+
+    /// Offer open tasks to eligible workers; returns how many assignments were made.
+    pub fn match_open(&mut self) -> Result<usize, MarketError> {
+        let mut workers = self.workers()?;
+        let mut made = 0;
+        for (k, _) in self.tx.scan(b"open/")? {
+            let id = id32(&k[5..]);
+            let Some(mut st) = self.task(&id)? else {
+                continue;
+            };
+            if st.closed || st.task.deadline <= self.now {
+                continue;
+            }
+            let valid = st.answers.iter().filter(|a| a.valid).count();
+            let need = usize::from(st.task.redundancy).saturating_sub(valid + st.assigned.len());
+            if need == 0 {
+                continue;
+            }
+            // Best records first, then the least loaded.
+            workers.sort_by(|a, b| {
+                let bad = |w: &WorkerState| w.record.disagreed + w.record.late;
+                bad(&a.1)
+                    .cmp(&bad(&b.1))
+                    .then(b.1.record.accepted.cmp(&a.1.record.accepted))
+                    .then(a.1.open.cmp(&b.1.open))
+                    .then(a.0.cmp(&b.0))
+            });
+            let mut picked = Vec::new();
+            for (i, (name, ws)) in workers.iter().enumerate() {
+                if picked.len() == need {
+                    break;
+                }
+                if self.can_take(&st, name, ws)? {
+                    picked.push(i);
+                }
+            }
+            if picked.is_empty() {
+                continue;
+            }
+            let lifetime = st.task.deadline.saturating_sub(self.now).max(60_000);
+            let payload = m::encode_assignment(&m::Assignment {
+                task_bundle: st.bundle.clone(),
+            });
+            for i in picked {
+                let name = workers[i].0.clone();
+                workers[i].1.open += 1;
+                st.assigned.push(name.clone());
+                self.tx.send(Some(&name), payload.clone(), lifetime);
+                let ws = workers[i].1.clone();
+                self.put_worker(&name, &ws);
+                self.events.push(Event::Assigned {
+                    task: id,
+                    worker: name,
+                });
+                made += 1;
+            }
+            self.put_task(&id, &st);
+        }
+        Ok(made)
+    }
+
+    /// Publish the records that changed and hand back the transaction and the events.
+    pub fn finish(mut self) -> Result<(Txn<'a>, Vec<Event>), MarketError> {
+        for node in std::mem::take(&mut self.touched) {
+            if let Some(w) = self.worker(&node)? {
+                self.tx
+                    .send(None, m::encode_reputation(&w.record), NOTICE_LIFETIME_MS);
+            }
+        }
+        Ok((self.tx, self.events))
+    }
+}

@@ -1,0 +1,226 @@
+//! A node's wallet, computed from the signed bundles in its store: payments in and out
+//! (a payment counts only when its bundle is signed by its payer), task escrows, and the
+//! marketplace's settlements (counted only when signed by the marketplace this node
+//! settles with). A payment is *confirmed* when the marketplace made it or settled it,
+//! *rejected* when the marketplace refused it (with its reason), and *pending* until the
+//! word comes back. Balance = confirmed in − confirmed out; spendable = balance − pending
+//! out. `send` refuses to spend more than that, and sends the signed payment both to the
+//! payee and to the marketplace's ledger.
+//!
+//! Owns: balances as this node sees them, and making payments.
+
+use crate::adu::market::{self as m, Payment, Settlement, Subject};
+use crate::bundle::Eid;
+use crate::node::{Node, NodeError};
+use crate::store::StoreError;
+use crate::time::DtnTime;
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("no marketplace set for this node: `mycelium market use NODE` first")]
+    NoMarket,
+    #[error("amount must be 1 to {max} credits, not {0}", max = m::MAX_AMOUNT)]
+    BadAmount(u64),
+    #[error("this wallet can spend {spendable} credits now ({pending_out} pending out); {amount} is more")]
+    Insufficient {
+        amount: u64,
+        spendable: i128,
+        pending_out: u64,
+    },
+    #[error("payee {0}")]
+    BadPayee(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Confirmed,
+    Rejected(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// One movement of credits.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Payment ID, or task ID for an escrow.
+    pub id: [u8; 32],
+    pub direction: Direction,
+    pub counterparty: String,
+    pub amount: u64,
+    pub what: Subject,
+    pub status: Status,
+    pub memo: String,
+    pub created_ms: u64,
+}
+
+/// The wallet as this node sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Wallet {
+    pub entries: Vec<Entry>,
+    pub balance: i128,
+    pub pending_in: u64,
+    pub pending_out: u64,
+    pub spendable: i128,
+}
+
+fn status_of(
+    settlements: &HashMap<[u8; 32], Settlement>,
+    id: &[u8; 32],
+    by_market: bool,
+) -> Status {
+    if by_market {
+        return Status::Confirmed;
+    }
+    match settlements.get(id) {
+        None => Status::Pending,
+        Some(s) if s.accepted => Status::Confirmed,
+        Some(s) => Status::Rejected(s.reason.clone().unwrap_or_else(|| "no reason given".into())),
+    }
+}
+
+/// Compute the wallet of `node` from its store.
+pub fn view(node: &Node) -> Result<Wallet, WalletError> {
+    let me = node.node_id().to_string();
+    let market = node.market()?.map(|e| e.to_string());
+    let store = &node.store;
+    let mut settlements = HashMap::new();
+    if let Some(mk) = &market {
+        for key in store.of_kind(m::KIND_SETTLEMENT)? {
+            let Some(vb) = store.get(&key)? else { continue };
+            if &vb.bundle().primary.source.node_id().to_string() != mk {
+                continue;
+            }
+            if let Ok(s) = m::decode_settlement(vb.bundle().payload()) {
+                settlements.insert(s.subject, s);
+            }
+        }
+    }
+    let mut w = Wallet::default();
+    let mut seen = std::collections::HashSet::new();
+    for key in store.of_kind(m::KIND_PAYMENT)? {
+        let Some(vb) = store.get(&key)? else { continue };
+        let payload = vb.bundle().payload();
+        let Ok(p) = m::decode_payment(payload) else {
+            continue;
+        };
+        let signer = vb.bundle().primary.source.node_id().to_string();
+        // A payment counts only when signed by its payer.
+        if signer != p.payer || (p.payer != me && p.payee != me) {
+            continue;
+        }
+        let id = m::payment_id(payload);
+        if !seen.insert(id) {
+            continue;
+        }
+        let by_market = market.as_deref() == Some(p.payer.as_str());
+        let (direction, counterparty) = if p.payee == me {
+            (Direction::In, p.payer.clone())
+        } else {
+            (Direction::Out, p.payee.clone())
+        };
+        w.entries.push(Entry {
+            id,
+            direction,
+            counterparty,
+            amount: p.amount,
+            what: Subject::Payment,
+            status: status_of(&settlements, &id, by_market),
+            memo: p.memo.clone(),
+            created_ms: vb.bundle().primary.created.time.0,
+        });
+    }
+    for key in store.of_kind(m::KIND_TASK)? {
+        let Some(vb) = store.get(&key)? else { continue };
+        if vb.bundle().primary.source.node_id().to_string() != me {
+            continue;
+        }
+        let Ok(t) = m::decode_task(vb.bundle().payload()) else {
+            continue;
+        };
+        w.entries.push(Entry {
+            id: key,
+            direction: Direction::Out,
+            counterparty: vb.bundle().primary.destination.node_id().to_string(),
+            amount: t.escrow().unwrap_or(0),
+            what: Subject::Escrow,
+            status: status_of(&settlements, &key, false),
+            memo: format!("escrow for {} task", t.job.as_str()),
+            created_ms: vb.bundle().primary.created.time.0,
+        });
+    }
+    w.entries.sort_by_key(|e| (e.created_ms, e.id));
+    for e in &w.entries {
+        let a = i128::from(e.amount);
+        match (&e.status, e.direction) {
+            (Status::Confirmed, Direction::In) => w.balance += a,
+            (Status::Confirmed, Direction::Out) => w.balance -= a,
+            (Status::Pending, Direction::In) => w.pending_in = w.pending_in.saturating_add(e.amount),
+            (Status::Pending, Direction::Out) => {
+                w.pending_out = w.pending_out.saturating_add(e.amount)
+            }
+            (Status::Rejected(_), _) => {}
+        }
+    }
+    w.spendable = w.balance - i128::from(w.pending_out);
+    Ok(w)
+}
+
+/// Pay `to` `amount` credits: refused beyond the spendable balance; otherwise one signed
+/// payment, sent (sealed where keys are known) to the payee and to the marketplace.
+/// Returns the payment ID.
+pub fn send(
+    node: &Node,
+    to: &Eid,
+    amount: u64,
+    memo: &str,
+    now: DtnTime,
+    seal: bool,
+) -> Result<[u8; 32], WalletError> {
+    let market = node.market()?.ok_or(WalletError::NoMarket)?;
+    if amount == 0 || amount > m::MAX_AMOUNT {
+        return Err(WalletError::BadAmount(amount));
+    }
+    let payee = to.node_id().to_string();
+    m::node_id_ok(&payee).map_err(WalletError::BadPayee)?;
+    if payee == node.node_id().to_string() {
+        return Err(WalletError::BadPayee("is this node itself".into()));
+    }
+    let w = view(node)?;
+    if i128::from(amount) > w.spendable {
+        return Err(WalletError::Insufficient {
+            amount,
+            spendable: w.spendable,
+            pending_out: w.pending_out,
+        });
+    }
+    let mut nonce = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let p = Payment {
+        payer: node.node_id().to_string(),
+        payee,
+        amount,
+        nonce,
+        refers: None,
+        memo: memo.to_string(),
+    };
+    let payload = m::encode_payment(&p);
+    let id = m::payment_id(&payload);
+    let life = crate::market::ledger::NOTICE_LIFETIME_MS;
+    let mut outs = vec![(Some(to.node_id()), payload.clone(), life)];
+    if market != to.node_id() {
+        outs.push((Some(market), payload, life));
+    }
+    let c = node.compose(&outs, now, seal)?;
+    node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
+    Ok(id)
+}
