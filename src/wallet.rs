@@ -28,6 +28,8 @@ pub enum WalletError {
         spendable: i128,
         pending_out: u64,
     },
+    #[error("task: {0}")]
+    BadTask(String),
     #[error("payee {0}")]
     BadPayee(String),
     #[error(transparent)]
@@ -88,6 +90,45 @@ fn status_of(
     }
 }
 
+/// Ledger keys of what this wallet paid and submitted: prefix ‖ ID → created (u64 BE) ‖
+/// payload.
+const OUT_PAY: &[u8] = b"wallet/pay/";
+const OUT_TASK: &[u8] = b"wallet/task/";
+
+fn out_entry(
+    prefix: &[u8],
+    id: &[u8; 32],
+    now: DtnTime,
+    payload: &[u8],
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    (
+        [prefix, id].concat(),
+        Some([now.0.to_be_bytes().as_slice(), payload].concat()),
+    )
+}
+
+fn split_out(v: &[u8]) -> Option<(u64, &[u8])> {
+    let (t, p) = v.split_at_checked(8)?;
+    Some((u64::from_be_bytes(t.try_into().ok()?), p))
+}
+
+/// Tasks this node submitted: (task ID, task, created ms), oldest first.
+pub fn submitted(node: &Node) -> Result<Vec<([u8; 32], m::Task, u64)>, WalletError> {
+    let mut out = Vec::new();
+    for (k, v) in node.store.ledger_scan(OUT_TASK)? {
+        let (Some((created, payload)), Ok(id)) =
+            (split_out(&v), <[u8; 32]>::try_from(&k[OUT_TASK.len()..]))
+        else {
+            continue;
+        };
+        if let Ok(t) = m::decode_task(payload) {
+            out.push((id, t, created));
+        }
+    }
+    out.sort_by_key(|t| t.2);
+    Ok(out)
+}
+
 /// Compute the wallet of `node` from its store.
 pub fn view(node: &Node) -> Result<Wallet, WalletError> {
     let me = node.node_id().to_string();
@@ -107,6 +148,7 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
     }
     let mut w = Wallet::default();
     let mut seen = std::collections::HashSet::new();
+    // Payments in: bundles addressed here stay here.
     for key in store.of_kind(m::KIND_PAYMENT)? {
         let Some(vb) = store.get(&key)? else { continue };
         let payload = vb.bundle().payload();
@@ -115,7 +157,7 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
         };
         let signer = vb.bundle().primary.source.node_id().to_string();
         // A payment counts only when signed by its payer.
-        if signer != p.payer || (p.payer != me && p.payee != me) {
+        if signer != p.payer || p.payee != me {
             continue;
         }
         let id = m::payment_id(payload);
@@ -123,15 +165,10 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
             continue;
         }
         let by_market = market.as_deref() == Some(p.payer.as_str());
-        let (direction, counterparty) = if p.payee == me {
-            (Direction::In, p.payer.clone())
-        } else {
-            (Direction::Out, p.payee.clone())
-        };
         w.entries.push(Entry {
             id,
-            direction,
-            counterparty,
+            direction: Direction::In,
+            counterparty: p.payer.clone(),
             amount: p.amount,
             what: Subject::Payment,
             status: status_of(&settlements, &id, by_market),
@@ -139,23 +176,39 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
             created_ms: vb.bundle().primary.created.time.0,
         });
     }
-    for key in store.of_kind(m::KIND_TASK)? {
-        let Some(vb) = store.get(&key)? else { continue };
-        if vb.bundle().primary.source.node_id().to_string() != me {
-            continue;
-        }
-        let Ok(t) = m::decode_task(vb.bundle().payload()) else {
+    // Payments out and escrows: recorded when made (their bundles leave once delivered).
+    for (k, v) in store.ledger_scan(OUT_PAY)? {
+        let Some((created_ms, payload)) = split_out(&v) else {
             continue;
         };
+        let Ok(p) = m::decode_payment(payload) else {
+            continue;
+        };
+        let id = m::payment_id(payload);
+        if k.len() != OUT_PAY.len() + 32 || !seen.insert(id) {
+            continue;
+        }
         w.entries.push(Entry {
-            id: key,
+            id,
             direction: Direction::Out,
-            counterparty: vb.bundle().primary.destination.node_id().to_string(),
+            counterparty: p.payee.clone(),
+            amount: p.amount,
+            what: Subject::Payment,
+            status: status_of(&settlements, &id, false),
+            memo: p.memo.clone(),
+            created_ms,
+        });
+    }
+    for (id, t, created_ms) in submitted(node)? {
+        w.entries.push(Entry {
+            id,
+            direction: Direction::Out,
+            counterparty: market.clone().unwrap_or_default(),
             amount: t.escrow().unwrap_or(0),
             what: Subject::Escrow,
-            status: status_of(&settlements, &key, false),
+            status: status_of(&settlements, &id, false),
             memo: format!("escrow for {} task", t.job.as_str()),
-            created_ms: vb.bundle().primary.created.time.0,
+            created_ms,
         });
     }
     w.entries.sort_by_key(|e| (e.created_ms, e.id));
@@ -164,7 +217,9 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
         match (&e.status, e.direction) {
             (Status::Confirmed, Direction::In) => w.balance += a,
             (Status::Confirmed, Direction::Out) => w.balance -= a,
-            (Status::Pending, Direction::In) => w.pending_in = w.pending_in.saturating_add(e.amount),
+            (Status::Pending, Direction::In) => {
+                w.pending_in = w.pending_in.saturating_add(e.amount)
+            }
             (Status::Pending, Direction::Out) => {
                 w.pending_out = w.pending_out.saturating_add(e.amount)
             }
@@ -221,6 +276,38 @@ pub fn send(
         outs.push((Some(market), payload, life));
     }
     let c = node.compose(&outs, now, seal)?;
-    node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
+    let rec = out_entry(OUT_PAY, &id, now, &outs[0].1);
+    node.store
+        .commit_ledger(&[rec], &c.bundles, &c.private, now)?;
+    Ok(id)
+}
+
+/// Submit `task` to this node's marketplace: refused when its escrow is more than the
+/// wallet can spend; otherwise signed (sealed where the marketplace's key is known) and
+/// stored for the next contact. Returns the task ID.
+pub fn submit_task(
+    node: &Node,
+    task: &m::Task,
+    now: DtnTime,
+    seal: bool,
+) -> Result<[u8; 32], WalletError> {
+    let market = node.market()?.ok_or(WalletError::NoMarket)?;
+    task.check().map_err(WalletError::BadTask)?;
+    let escrow = task.escrow().unwrap_or(0);
+    let w = view(node)?;
+    if i128::from(escrow) > w.spendable {
+        return Err(WalletError::Insufficient {
+            amount: escrow,
+            spendable: w.spendable,
+            pending_out: w.pending_out,
+        });
+    }
+    let lifetime = task.deadline.saturating_sub(now.0).max(60_000);
+    let payload = m::encode_task(task);
+    let c = node.compose(&[(Some(market), payload.clone(), lifetime)], now, seal)?;
+    let id = c.bundles[0].id().key();
+    let rec = out_entry(OUT_TASK, &id, now, &payload);
+    node.store
+        .commit_ledger(&[rec], &c.bundles, &c.private, now)?;
     Ok(id)
 }

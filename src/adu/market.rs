@@ -172,7 +172,10 @@ pub struct TaskResult {
 impl TaskResult {
     pub fn check(&self) -> Result<(), String> {
         if self.output.len() > MAX_IO {
-            return Err(format!("output of {} bytes is too large", self.output.len()));
+            return Err(format!(
+                "output of {} bytes is too large",
+                self.output.len()
+            ));
         }
         if self.failed.is_none() && *blake3::hash(&self.output).as_bytes() != self.output_hash {
             return Err("output_hash is not the blake3 of the output".into());
@@ -430,11 +433,26 @@ macro_rules! codec {
 codec!(Task, KIND_TASK, encode_task, decode_task);
 codec!(TaskResult, KIND_RESULT, encode_result, decode_result);
 codec!(Payment, KIND_PAYMENT, encode_payment, decode_payment);
-codec!(Settlement, KIND_SETTLEMENT, encode_settlement, decode_settlement);
+codec!(
+    Settlement,
+    KIND_SETTLEMENT,
+    encode_settlement,
+    decode_settlement
+);
 codec!(Offer, KIND_OFFER, encode_offer, decode_offer);
-codec!(Assignment, KIND_ASSIGNMENT, encode_assignment, decode_assignment);
+codec!(
+    Assignment,
+    KIND_ASSIGNMENT,
+    encode_assignment,
+    decode_assignment
+);
 codec!(Verdict, KIND_VERDICT, encode_verdict, decode_verdict);
-codec!(Reputation, KIND_REPUTATION, encode_reputation, decode_reputation);
+codec!(
+    Reputation,
+    KIND_REPUTATION,
+    encode_reputation,
+    decode_reputation
+);
 codec!(Guild, KIND_GUILD, encode_guild, decode_guild);
 
 #[cfg(test)]
@@ -572,7 +590,10 @@ mod tests {
             ],
         };
         assert_eq!(g2.split(10), vec![(node(1), 8), (node(2), 2)]);
-        assert_eq!(g2.split(MAX_AMOUNT).iter().map(|p| p.1).sum::<u64>(), MAX_AMOUNT);
+        assert_eq!(
+            g2.split(MAX_AMOUNT).iter().map(|p| p.1).sum::<u64>(),
+            MAX_AMOUNT
+        );
     }
 
     #[test]

@@ -1,4 +1,860 @@
+//! The marketplace commands: `task submit|list|result`, `market use|serve|process|grant|
+//! reputation`, `wallet [send]`, `worker [offer]`, `guild create`, and how marketplace
+//! payloads are shown by `show` and `inbox`.
+
+use super::net::{parse_node, ServeArgs};
+use super::{home, print_json, Cli};
+use crate::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
 use crate::adu::MarketAdu;
-use serde_json::Value;
-pub fn adu_json(_m: &MarketAdu) -> Value { Value::Null }
-pub fn adu_text(_m: &MarketAdu) -> String { String::new() }
+use crate::market::{service, Event};
+use crate::node::Node;
+use crate::time::DtnTime;
+use crate::wallet::{self, Direction, Status};
+use crate::worker;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn short(k: &[u8]) -> String {
+    hex::encode(k).chars().take(12).collect()
+}
+
+fn parse_hash(s: &str) -> Result<[u8; 32]> {
+    let b = hex::decode(s).with_context(|| format!("{s:?} is not hex"))?;
+    b.as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{s:?}: a model hash is 64 hex digits (blake3)"))
+}
+
+fn duration_ms(s: &str, what: &str) -> Result<u64> {
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("{what} {s:?}: use a duration like 1d, 2h or 30s"))?;
+    Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// ---------------------------------------------------------------------------- task
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Sign a task for the marketplace, with its reward held in escrow there
+    Submit(SubmitArgs),
+    /// Tasks this node submitted, with their escrow and verdict
+    List,
+    /// The accepted output of a task (any unique prefix of its id)
+    Result { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Job kind: embed, generate or digest
+    #[arg(long)]
+    pub kind: String,
+    /// blake3 hash of the model (64 hex digits); not needed for digest
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Input file (for embed: one text per line)
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Credits paid to each worker whose result is accepted
+    #[arg(long, default_value_t = 10)]
+    pub reward: u64,
+    /// Independent workers to run it; a majority must agree
+    #[arg(long, default_value_t = 3)]
+    pub redundancy: u8,
+    /// Time allowed for results, e.g. 1d
+    #[arg(long, default_value = "2d")]
+    pub deadline: String,
+    /// Only this worker may take it
+    #[arg(long, conflicts_with = "guild")]
+    pub worker: Option<String>,
+    /// Only members of this guild may take it (payments split by its shares)
+    #[arg(long)]
+    pub guild: Option<String>,
+    /// Most tokens to generate
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Most time a worker may spend on it
+    #[arg(long, default_value = "10m")]
+    pub max_time: String,
+    /// Send in clear instead of sealed for the marketplace
+    #[arg(long)]
+    pub no_seal: bool,
+}
+
+pub fn task(cli: &Cli, c: &TaskCommand) -> Result<()> {
+    match c {
+        TaskCommand::Submit(a) => submit(cli, a),
+        TaskCommand::List => task_list(cli),
+        TaskCommand::Result { id } => task_result(cli, id),
+    }
+}
+
+fn submit(cli: &Cli, a: &SubmitArgs) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    let market = node
+        .market()?
+        .context("no marketplace set: `mycelium market use NODE` first")?;
+    let job = JobKind::parse(&a.kind)
+        .with_context(|| format!("--kind {:?}: use embed, generate or digest", a.kind))?;
+    let model = match (&a.model, job) {
+        (Some(h), _) => parse_hash(h)?,
+        (None, JobKind::Digest) => [0; 32],
+        (None, _) => bail!("--model HASH is required for {} tasks", job.as_str()),
+    };
+    let len = std::fs::metadata(&a.input)
+        .with_context(|| format!("cannot read {}", a.input.display()))?
+        .len();
+    if len > m::MAX_IO as u64 {
+        bail!(
+            "{} is {len} bytes; a task carries at most {} bytes",
+            a.input.display(),
+            m::MAX_IO
+        );
+    }
+    let input =
+        std::fs::read(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
+    let now = DtnTime::now();
+    let who = match (&a.worker, &a.guild) {
+        (Some(w), _) => Eligibility::Worker(parse_node(w)?.to_string()),
+        (None, Some(g)) => Eligibility::Guild(g.clone()),
+        (None, None) => Eligibility::Anyone,
+    };
+    let deadline_ms = duration_ms(&a.deadline, "--deadline")?;
+    let t = Task {
+        job,
+        model,
+        input,
+        limits: Limits {
+            max_tokens: a.max_tokens,
+            max_ms: duration_ms(&a.max_time, "--max-time")?,
+        },
+        reward: a.reward,
+        deadline: now.0.saturating_add(deadline_ms),
+        redundancy: a.redundancy,
+        who,
+    };
+    let escrow = t.escrow().unwrap_or(0);
+    let id = wallet::submit_task(&node, &t, now, !a.no_seal)?;
+    let sealed = node.store.private_keys()?.contains(&id);
+    if cli.json {
+        print_json(&json!({
+            "task": hex::encode(id),
+            "market": market.to_string(),
+            "escrow": escrow,
+            "sealed": sealed,
+        }));
+    } else {
+        println!("{}", hex::encode(id));
+        eprintln!(
+            "task for {market}: {} credits held in escrow once it arrives; {}",
+            escrow,
+            if sealed {
+                "sealed for travel"
+            } else {
+                "in clear"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The verdicts this node holds from its marketplace, by task ID.
+fn verdicts(node: &Node) -> Result<std::collections::HashMap<[u8; 32], m::Verdict>> {
+    let market = node.market()?.map(|e| e.to_string());
+    let mut out = std::collections::HashMap::new();
+    for key in node.store.of_kind(m::KIND_VERDICT)? {
+        let Some(vb) = node.store.get(&key)? else {
+            continue;
+        };
+        if Some(vb.bundle().primary.source.node_id().to_string()) != market {
+            continue;
+        }
+        if let Ok(v) = m::decode_verdict(vb.bundle().payload()) {
+            out.insert(v.task, v);
+        }
+    }
+    Ok(out)
+}
+
+fn my_tasks(node: &Node) -> Result<Vec<([u8; 32], Task, u64)>> {
+    Ok(wallet::submitted(node)?)
+}
+
+fn verdict_status(v: Option<&m::Verdict>) -> String {
+    match v {
+        None => "waiting".into(),
+        Some(v) if v.accepted => format!("accepted ({} agreeing)", v.agreeing.len()),
+        Some(v) => format!("failed: {}", v.reason.clone().unwrap_or_default()),
+    }
+}
+
+fn task_list(cli: &Cli) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    let verdicts = verdicts(&node)?;
+    let w = wallet::view(&node)?;
+    let escrow = |k: &[u8; 32]| {
+        w.entries
+            .iter()
+            .find(|e| e.id == *k && e.what == m::Subject::Escrow)
+            .map(|e| status_text(&e.status))
+            .unwrap_or_else(|| "pending".into())
+    };
+    let tasks = my_tasks(&node)?;
+    if cli.json {
+        print_json(&Value::Array(
+            tasks
+                .iter()
+                .map(|(k, t, c)| {
+                    json!({"task": hex::encode(k), "kind": t.job.as_str(), "reward": t.reward,
+                           "redundancy": t.redundancy, "created": DtnTime(*c).to_rfc3339(),
+                           "escrow": escrow(k), "verdict": verdict_status(verdicts.get(k))})
+                })
+                .collect(),
+        ));
+        return Ok(());
+    }
+    if tasks.is_empty() {
+        println!("no tasks submitted from this node");
+    }
+    for (k, t, _) in &tasks {
+        println!(
+            "{}  {:<8}  reward {} × {}  escrow {}  {}",
+            short(k),
+            t.job.as_str(),
+            t.reward,
+            t.redundancy,
+            escrow(k),
+            verdict_status(verdicts.get(k))
+        );
+    }
+    Ok(())
+}
+
+/// Output as JSON: text when it is UTF-8, hex always.
+fn output_json(out: &[u8]) -> Value {
+    json!({"hex": hex::encode(out), "text": std::str::from_utf8(out).ok(), "bytes": out.len()})
+}
+
+fn task_result(cli: &Cli, id: &str) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    let id = id.to_ascii_lowercase();
+    let matches: Vec<_> = my_tasks(&node)?
+        .into_iter()
+        .filter(|(k, _, _)| hex::encode(k).starts_with(&id))
+        .collect();
+    let (key, t, _) = match matches.len() {
+        0 => bail!("no task of this node matches {id:?}: `mycelium task list` shows them"),
+        1 => &matches[0],
+        n => bail!("{id:?} matches {n} tasks: give more hex digits"),
+    };
+    let verdicts = verdicts(&node)?;
+    let v = verdicts.get(key);
+    if cli.json {
+        print_json(&json!({
+            "task": hex::encode(key),
+            "kind": t.job.as_str(),
+            "status": match v { None => "waiting", Some(v) if v.accepted => "accepted", Some(_) => "failed" },
+            "output": v.filter(|v| v.accepted).map(|v| output_json(&v.output)),
+            "output_hash": v.filter(|v| v.accepted).map(|v| hex::encode(v.output_hash)),
+            "agreeing": v.map(|v| v.agreeing.clone()),
+            "results": v.map(|v| v.results),
+            "reason": v.and_then(|v| v.reason.clone()),
+        }));
+        return Ok(());
+    }
+    match v {
+        None => bail!(
+            "no verdict for task {} has reached this node yet",
+            short(key)
+        ),
+        Some(v) if !v.accepted => bail!(
+            "task {} failed: {}",
+            short(key),
+            v.reason.clone().unwrap_or_default()
+        ),
+        Some(v) => {
+            match std::str::from_utf8(&v.output) {
+                Ok(s) if t.job != JobKind::Digest => println!("{s}"),
+                _ => println!("{}", hex::encode(&v.output)),
+            }
+            eprintln!(
+                "accepted: {} of {} workers agreed on blake3 {}",
+                v.agreeing.len(),
+                v.results,
+                short(&v.output_hash)
+            );
+        }
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------- market
+
+#[derive(Subcommand, Debug)]
+pub enum MarketCommand {
+    /// Settle with, submit tasks to and work for this marketplace node
+    Use { node: String },
+    /// Run this node as the marketplace: `serve`, with the marketplace's rules after
+    /// every sync and every minute
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Send payments and notices in clear instead of sealed
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// Apply the marketplace's rules once to what the store holds, and print what happened
+    Process {
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// Issue new credits to a node (the marketplace is the issuer)
+    Grant {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// Workers' records: from the ledger on the marketplace, else as it published them
+    Reputation,
+}
+
+pub fn event_text(e: &Event) -> String {
+    match e {
+        Event::TaskAccepted { task, escrow } => {
+            format!("task {} accepted, {escrow} credits in escrow", short(task))
+        }
+        Event::TaskRejected { task, reason } => format!("task {} refused: {reason}", short(task)),
+        Event::Assigned { task, worker } => format!("task {} assigned to {worker}", short(task)),
+        Event::ResultRecorded { task, worker } => {
+            format!("result for task {} from {worker}", short(task))
+        }
+        Event::ResultRejected { result, reason } => {
+            format!("result {} refused: {reason}", short(result))
+        }
+        Event::Accepted {
+            task,
+            output_hash,
+            agreeing,
+        } => format!(
+            "task {}: output {} accepted by {} agreeing workers",
+            short(task),
+            short(output_hash),
+            agreeing.len()
+        ),
+        Event::Disagreed { task, worker } => {
+            format!(
+                "task {}: {worker} disagreed with the quorum (not paid)",
+                short(task)
+            )
+        }
+        Event::Late { task, worker } => format!("task {}: {worker} is late", short(task)),
+        Event::TaskFailed { task, reason } => format!("task {} failed: {reason}", short(task)),
+        Event::Paid {
+            payee,
+            amount,
+            payment,
+        } => format!(
+            "paid {amount} credits to {payee} (payment {})",
+            short(payment)
+        ),
+        Event::Refunded { task, amount } => {
+            format!("refunded {amount} credits of task {}'s escrow", short(task))
+        }
+        Event::PaymentConfirmed { payment, seq } => {
+            format!("payment {} confirmed (ledger #{seq})", short(payment))
+        }
+        Event::PaymentRejected { payment, reason } => {
+            format!("payment {} rejected: {reason}", short(payment))
+        }
+        Event::PaymentReplayed { payment } => {
+            format!(
+                "payment {} seen again: already settled, nothing changed",
+                short(payment)
+            )
+        }
+        Event::OfferRecorded { worker } => format!("offer from {worker}"),
+        Event::GuildRecorded { guild } => format!("guild {guild} recorded"),
+        Event::Refused { what, reason } => format!("{what} refused: {reason}"),
+    }
+}
+
+fn print_events(cli: &Cli, processed: usize, sent: usize, events: &[Event]) {
+    if cli.json {
+        print_json(&json!({
+            "processed": processed,
+            "sent": sent,
+            "events": events.iter().map(event_text).collect::<Vec<_>>(),
+        }));
+    } else {
+        for e in events {
+            println!("{}", event_text(e));
+        }
+        println!("{processed} bundles processed, {sent} sent");
+    }
+}
+
+pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
+    match c {
+        MarketCommand::Use { node: n } => {
+            let node = Node::open(&home(cli))?;
+            let e = parse_node(n)?;
+            node.set_market(&e)?;
+            if cli.json {
+                print_json(&json!({"market": e.to_string()}));
+            } else {
+                println!("this node now settles with marketplace {e}");
+            }
+            Ok(())
+        }
+        MarketCommand::Serve { serve, no_seal } => {
+            let node = Node::open(&home(cli))?;
+            node.set_market(&node.node_id())?;
+            drop(node);
+            let seal = !*no_seal;
+            let duty: super::net::Duty =
+                Arc::new(
+                    move |n: &Node| match service::process(n, DtnTime::now(), seal) {
+                        Ok(r) => {
+                            for e in &r.events {
+                                eprintln!("market: {}", event_text(e));
+                            }
+                        }
+                        Err(e) => eprintln!("market: {e}"),
+                    },
+                );
+            super::net::serve_with(cli, serve, Some(duty))
+        }
+        MarketCommand::Process { no_seal } => {
+            let node = Node::open(&home(cli))?;
+            node.set_market(&node.node_id())?;
+            let r = service::process(&node, DtnTime::now(), !*no_seal)?;
+            print_events(cli, r.processed, r.sent, &r.events);
+            Ok(())
+        }
+        MarketCommand::Grant {
+            to,
+            amount,
+            no_seal,
+        } => {
+            let node = Node::open(&home(cli))?;
+            node.set_market(&node.node_id())?;
+            let to = parse_node(to)?.to_string();
+            let (id, events) = service::with_engine(&node, DtnTime::now(), !*no_seal, |e| {
+                e.grant(&to, *amount, "grant")
+            })?;
+            if cli.json {
+                print_json(&json!({"payment": hex::encode(id), "to": to, "amount": amount}));
+            } else {
+                for e in &events {
+                    println!("{}", event_text(e));
+                }
+            }
+            Ok(())
+        }
+        MarketCommand::Reputation => reputation(cli),
+    }
+}
+
+fn reputation(cli: &Cli) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    let me = node.node_id();
+    let mut rows: Vec<m::Reputation> = Vec::new();
+    if node.market()? == Some(me.clone()) {
+        rows = service::workers(&node)?
+            .into_iter()
+            .map(|(_, w)| w.record)
+            .collect();
+    } else if let Some(mk) = node.market()? {
+        // The latest record the marketplace published for each worker.
+        let mut latest: std::collections::BTreeMap<String, (u64, u64, m::Reputation)> =
+            Default::default();
+        for key in node.store.of_kind(m::KIND_REPUTATION)? {
+            let Some(vb) = node.store.get(&key)? else {
+                continue;
+            };
+            let p = &vb.bundle().primary;
+            if p.source.node_id() != mk {
+                continue;
+            }
+            if let Ok(r) = m::decode_reputation(vb.bundle().payload()) {
+                let at = (p.created.time.0, p.created.seq);
+                if latest.get(&r.worker).is_none_or(|l| (l.0, l.1) < at) {
+                    latest.insert(r.worker.clone(), (at.0, at.1, r));
+                }
+            }
+        }
+        rows = latest.into_values().map(|l| l.2).collect();
+    }
+    if cli.json {
+        print_json(&Value::Array(
+            rows.iter()
+                .map(|r| {
+                    json!({"worker": r.worker, "accepted": r.accepted, "disagreed": r.disagreed,
+                           "late": r.late, "failed": r.failed, "eligible": r.eligible})
+                })
+                .collect(),
+        ));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no worker records (set the marketplace with `mycelium market use`)");
+    }
+    println!(
+        "{:<62}  {:>8}  {:>9}  {:>4}  {:>6}  eligible",
+        "worker", "accepted", "disagreed", "late", "failed"
+    );
+    for r in &rows {
+        println!(
+            "{:<62}  {:>8}  {:>9}  {:>4}  {:>6}  {}",
+            r.worker,
+            r.accepted,
+            r.disagreed,
+            r.late,
+            r.failed,
+            if r.eligible { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------- wallet
+
+#[derive(Args, Debug)]
+pub struct WalletArgs {
+    #[command(subcommand)]
+    pub cmd: Option<WalletCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalletCommand {
+    /// Pay a node: a signed payment to it and to the marketplace's ledger
+    Send {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value = "")]
+        memo: String,
+        #[arg(long)]
+        no_seal: bool,
+    },
+}
+
+fn status_text(s: &Status) -> String {
+    match s {
+        Status::Pending => "pending".into(),
+        Status::Confirmed => "confirmed".into(),
+        Status::Rejected(r) => format!("rejected: {r}"),
+    }
+}
+
+pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    if let Some(WalletCommand::Send {
+        to,
+        amount,
+        memo,
+        no_seal,
+    }) = &a.cmd
+    {
+        let to = parse_node(to)?;
+        let id = wallet::send(&node, &to, *amount, memo, DtnTime::now(), !*no_seal)?;
+        if cli.json {
+            print_json(
+                &json!({"payment": hex::encode(id), "to": to.to_string(), "amount": amount, "status": "pending"}),
+            );
+        } else {
+            println!(
+                "payment {} of {amount} credits to {to}: pending until the marketplace settles it",
+                short(&id)
+            );
+        }
+        return Ok(());
+    }
+    let w = wallet::view(&node)?;
+    if cli.json {
+        print_json(&json!({
+            "node": node.node_id().to_string(),
+            "market": node.market()?.map(|e| e.to_string()),
+            "balance": w.balance.to_string().parse::<i64>().ok(),
+            "spendable": w.spendable.to_string().parse::<i64>().ok(),
+            "pending_in": w.pending_in,
+            "pending_out": w.pending_out,
+            "entries": w.entries.iter().map(|e| json!({
+                "id": hex::encode(e.id),
+                "direction": if e.direction == Direction::In { "in" } else { "out" },
+                "what": if e.what == m::Subject::Escrow { "escrow" } else { "payment" },
+                "counterparty": e.counterparty,
+                "amount": e.amount,
+                "status": status_text(&e.status),
+                "memo": e.memo,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "balance {} credits, spendable {} ({} pending in, {} pending out)",
+        w.balance, w.spendable, w.pending_in, w.pending_out
+    );
+    for e in &w.entries {
+        println!(
+            "  {} {:>3} {:>8}  {:<9} {}  {}",
+            short(&e.id),
+            if e.direction == Direction::In {
+                "in"
+            } else {
+                "out"
+            },
+            e.amount,
+            status_text(&e.status),
+            e.counterparty,
+            e.memo
+        );
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------- worker
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerArgs {
+    #[command(subcommand)]
+    pub cmd: Option<WorkerCommand>,
+    /// Answer what is assigned now, then exit
+    #[arg(long)]
+    pub once: bool,
+    /// Send results in clear instead of sealed
+    #[arg(long)]
+    pub no_seal: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// Tell the marketplace what this node runs
+    Offer {
+        /// Job kinds, comma-separated
+        #[arg(long, default_value = "digest", value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// Model hashes this node holds
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Most tasks at once
+        #[arg(long, default_value_t = 4)]
+        capacity: u32,
+        #[arg(long)]
+        no_seal: bool,
+    },
+}
+
+pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
+    let node = Node::open(&home(cli))?;
+    if let Some(WorkerCommand::Offer {
+        kinds,
+        models,
+        capacity,
+        no_seal,
+    }) = &a.cmd
+    {
+        let kinds = kinds
+            .iter()
+            .map(|k| JobKind::parse(k).with_context(|| format!("unknown job kind {k:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        let models = models
+            .iter()
+            .map(|h| parse_hash(h).map(|b| serde_bytes::ByteBuf::from(b.to_vec())))
+            .collect::<Result<Vec<_>>>()?;
+        let offer = m::Offer {
+            kinds,
+            models,
+            capacity: *capacity,
+        };
+        offer.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key = worker::offer(&node, &offer, DtnTime::now(), !*no_seal)?;
+        if cli.json {
+            print_json(&json!({"offer": hex::encode(key)}));
+        } else {
+            println!("offer {} stored for the marketplace", short(&key));
+        }
+        return Ok(());
+    }
+    loop {
+        let r = worker::run_once(&node, DtnTime::now(), !a.no_seal)?;
+        if cli.json {
+            print_json(&json!({
+                "ran": r.ran.iter().map(|x| json!({"task": hex::encode(x.task), "kind": x.job.as_str(),
+                    "ms": x.ms, "failed": x.failed})).collect::<Vec<_>>(),
+                "skipped": r.skipped.iter().map(|(k, w)| json!({"assignment": k, "why": w})).collect::<Vec<_>>(),
+            }));
+        } else {
+            for x in &r.ran {
+                match &x.failed {
+                    None => println!(
+                        "ran {} task {} in {} ms",
+                        x.job.as_str(),
+                        short(&x.task),
+                        x.ms
+                    ),
+                    Some(w) => println!("task {} failed: {w}", short(&x.task)),
+                }
+            }
+            for (k, w) in &r.skipped {
+                println!("assignment {k} skipped: {w}");
+            }
+        }
+        if a.once {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+// --------------------------------------------------------------------------- guild
+
+#[derive(Subcommand, Debug)]
+pub enum GuildCommand {
+    /// Found a guild: sign its charter (members and shares) for the marketplace
+    Create {
+        #[arg(long)]
+        name: String,
+        /// A member as NODE or NODE=SHARE (default share 1); this node is always one
+        #[arg(long = "member")]
+        members: Vec<String>,
+        #[arg(long)]
+        no_seal: bool,
+    },
+}
+
+pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
+    let GuildCommand::Create {
+        name,
+        members,
+        no_seal,
+    } = c;
+    let node = Node::open(&home(cli))?;
+    let market = node
+        .market()?
+        .context("no marketplace set: `mycelium market use NODE` first")?;
+    let me = node.node_id().to_string();
+    let mut list = Vec::new();
+    for mem in members {
+        let (n, share) = match mem.rsplit_once('=') {
+            Some((n, s)) => (
+                n,
+                s.parse::<u32>()
+                    .with_context(|| format!("share in {mem:?}"))?,
+            ),
+            None => (mem.as_str(), 1),
+        };
+        list.push(m::Member {
+            node: parse_node(n)?.to_string(),
+            share,
+        });
+    }
+    if !list.iter().any(|x| x.node == me) {
+        list.insert(
+            0,
+            m::Member {
+                node: me.clone(),
+                share: 1,
+            },
+        );
+    }
+    let g = m::Guild {
+        name: name.clone(),
+        members: list,
+    };
+    g.check(&me).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = DtnTime::now();
+    let c = node.compose(
+        &[(Some(market), m::encode_guild(&g), 365 * 24 * 3600 * 1000)],
+        now,
+        !*no_seal,
+    )?;
+    node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
+    let id = m::Guild::id(&me, name);
+    if cli.json {
+        print_json(&json!({"guild": id, "members": g.members.len()}));
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ show and inbox
+
+pub fn adu_json(a: &MarketAdu) -> Value {
+    match a {
+        MarketAdu::Task(t) => {
+            json!({"kind": "task", "job": t.job.as_str(), "model": hex::encode(t.model),
+            "input_bytes": t.input.len(), "reward": t.reward, "redundancy": t.redundancy,
+            "deadline": DtnTime(t.deadline).to_rfc3339()})
+        }
+        MarketAdu::Result(r) => {
+            json!({"kind": "result", "task": hex::encode(r.task), "worker": r.worker,
+            "output_hash": hex::encode(r.output_hash), "failed": r.failed})
+        }
+        MarketAdu::Payment(p) => json!({"kind": "payment", "payer": p.payer, "payee": p.payee,
+            "amount": p.amount, "memo": p.memo}),
+        MarketAdu::Settlement(s) => json!({"kind": "settlement", "subject": hex::encode(s.subject),
+            "accepted": s.accepted, "amount": s.amount, "reason": s.reason}),
+        MarketAdu::Offer(o) => {
+            json!({"kind": "offer", "kinds": o.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "models": o.models.len(), "capacity": o.capacity})
+        }
+        MarketAdu::Assignment(a) => {
+            json!({"kind": "assignment", "task_bytes": a.task_bundle.len()})
+        }
+        MarketAdu::Verdict(v) => {
+            json!({"kind": "verdict", "task": hex::encode(v.task), "accepted": v.accepted,
+            "agreeing": v.agreeing.len(), "reason": v.reason})
+        }
+        MarketAdu::Reputation(r) => {
+            json!({"kind": "reputation", "worker": r.worker, "accepted": r.accepted,
+            "disagreed": r.disagreed, "late": r.late, "eligible": r.eligible})
+        }
+        MarketAdu::Guild(g) => json!({"kind": "guild", "name": g.name, "members": g.members.len()}),
+    }
+}
+
+pub fn adu_text(a: &MarketAdu) -> String {
+    match a {
+        MarketAdu::Task(t) => format!(
+            "[task: {} for {} credits × {}]",
+            t.job.as_str(),
+            t.reward,
+            t.redundancy
+        ),
+        MarketAdu::Result(r) => format!("[result for task {}]", short(&r.task)),
+        MarketAdu::Payment(p) => format!(
+            "[payment: {} credits from {} ({})]",
+            p.amount, p.payer, p.memo
+        ),
+        MarketAdu::Settlement(s) => format!(
+            "[settlement of {}: {}]",
+            short(&s.subject),
+            if s.accepted {
+                "confirmed".to_string()
+            } else {
+                format!("rejected: {}", s.reason.clone().unwrap_or_default())
+            }
+        ),
+        MarketAdu::Offer(o) => format!("[offer: capacity {}]", o.capacity),
+        MarketAdu::Assignment(_) => "[assignment: a task to run]".into(),
+        MarketAdu::Verdict(v) => format!(
+            "[verdict on task {}: {}]",
+            short(&v.task),
+            if v.accepted { "accepted" } else { "failed" }
+        ),
+        MarketAdu::Reputation(r) => format!(
+            "[record of {}: {} accepted, {} disagreed, {} late]",
+            r.worker, r.accepted, r.disagreed, r.late
+        ),
+        MarketAdu::Guild(g) => format!("[guild charter {:?}: {} members]", g.name, g.members.len()),
+    }
+}

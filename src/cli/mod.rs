@@ -78,6 +78,19 @@ pub enum Command {
     Peer(net::PeerCommand),
     /// Check a bundle file's structure and signature (needs no home)
     Verify { file: PathBuf },
+    /// Inference tasks: submit, list, read results
+    #[command(subcommand)]
+    Task(market_cmds::TaskCommand),
+    /// The marketplace: choose one, run one, grant credits, workers' records
+    #[command(subcommand)]
+    Market(market_cmds::MarketCommand),
+    /// Balance and payments; `wallet send` pays a node
+    Wallet(market_cmds::WalletArgs),
+    /// Run assigned tasks and answer the marketplace; `worker offer` announces this node
+    Worker(market_cmds::WorkerArgs),
+    /// Guilds: groups of workers sharing tasks and payments
+    #[command(subcommand)]
+    Guild(market_cmds::GuildCommand),
     /// Run the end-to-end demo on temporary homes
     Demo(demo::DemoArgs),
 }
@@ -107,6 +120,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Peers => net::peers(&cli),
         Command::Peer(c) => net::peer(&cli, c),
         Command::Verify { file } => bundle_cmds::verify(&cli, file),
+        Command::Task(c) => market_cmds::task(&cli, c),
+        Command::Market(c) => market_cmds::market(&cli, c),
+        Command::Wallet(a) => market_cmds::wallet_cmd(&cli, a),
+        Command::Worker(a) => market_cmds::worker_cmd(&cli, a),
+        Command::Guild(c) => market_cmds::guild(&cli, c),
         Command::Demo(a) => demo::run(&cli, a),
     }
 }

@@ -84,7 +84,7 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))
 }
 
-fn parse_node(s: &str) -> Result<Eid> {
+pub(crate) fn parse_node(s: &str) -> Result<Eid> {
     let e = Eid::parse(s).map_err(|e| anyhow!("{s:?} is not a node ID: {e}"))?;
     crate::identity::key_for_node_id(&e).map_err(|e| anyhow!("{s:?}: {e}"))?;
     Ok(e.node_id())
@@ -179,6 +179,15 @@ pub fn sync(cli: &Cli, a: &SyncArgs) -> Result<()> {
 }
 
 pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<()> {
+    serve_with(cli, a, None)
+}
+
+/// Work a role does on its store after each sync and once a minute (the marketplace's
+/// rules); runs on a blocking thread, one at a time.
+pub type Duty = Arc<dyn Fn(&Node) + Send + Sync>;
+
+/// `serve`, running `duty` after every session and every minute.
+pub fn serve_with(cli: &Cli, a: &ServeArgs, duty: Option<Duty>) -> Result<()> {
     let node = Arc::new(Node::open(&home(cli))?);
     node.store.purge_expired(DtnTime::now())?;
     let allow: Option<HashSet<[u8; 32]>> = if a.allowlist {
@@ -229,7 +238,28 @@ pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<()> {
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        quic::serve(node.clone(), ep, cfg, log_session, stop).await;
+        let kick = Arc::new(tokio::sync::Notify::new());
+        if let Some(duty) = duty {
+            let (n, k) = (node.clone(), kick.clone());
+            duty(&n);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = k.notified() => {}
+                        _ = every.tick() => {}
+                    }
+                    let (n, d) = (n.clone(), duty.clone());
+                    let _ = tokio::task::spawn_blocking(move || d(&n)).await;
+                }
+            });
+        }
+        let k = kick.clone();
+        let on_session = move |peer, r| {
+            log_session(peer, r);
+            k.notify_one();
+        };
+        quic::serve(node.clone(), ep, cfg, on_session, stop).await;
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())

@@ -31,23 +31,73 @@ use std::collections::BTreeSet;
 /// What happened, for reports, logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    TaskAccepted { task: [u8; 32], escrow: u64 },
-    TaskRejected { task: [u8; 32], reason: String },
-    Assigned { task: [u8; 32], worker: String },
-    ResultRecorded { task: [u8; 32], worker: String },
-    ResultRejected { result: [u8; 32], reason: String },
-    Accepted { task: [u8; 32], output_hash: [u8; 32], agreeing: Vec<String> },
-    Disagreed { task: [u8; 32], worker: String },
-    Late { task: [u8; 32], worker: String },
-    TaskFailed { task: [u8; 32], reason: String },
-    Paid { payee: String, amount: u64, payment: [u8; 32] },
-    Refunded { task: [u8; 32], amount: u64 },
-    PaymentConfirmed { payment: [u8; 32], seq: u64 },
-    PaymentRejected { payment: [u8; 32], reason: String },
-    PaymentReplayed { payment: [u8; 32] },
-    OfferRecorded { worker: String },
-    GuildRecorded { guild: String },
-    Refused { what: String, reason: String },
+    TaskAccepted {
+        task: [u8; 32],
+        escrow: u64,
+    },
+    TaskRejected {
+        task: [u8; 32],
+        reason: String,
+    },
+    Assigned {
+        task: [u8; 32],
+        worker: String,
+    },
+    ResultRecorded {
+        task: [u8; 32],
+        worker: String,
+    },
+    ResultRejected {
+        result: [u8; 32],
+        reason: String,
+    },
+    Accepted {
+        task: [u8; 32],
+        output_hash: [u8; 32],
+        agreeing: Vec<String>,
+    },
+    Disagreed {
+        task: [u8; 32],
+        worker: String,
+    },
+    Late {
+        task: [u8; 32],
+        worker: String,
+    },
+    TaskFailed {
+        task: [u8; 32],
+        reason: String,
+    },
+    Paid {
+        payee: String,
+        amount: u64,
+        payment: [u8; 32],
+    },
+    Refunded {
+        task: [u8; 32],
+        amount: u64,
+    },
+    PaymentConfirmed {
+        payment: [u8; 32],
+        seq: u64,
+    },
+    PaymentRejected {
+        payment: [u8; 32],
+        reason: String,
+    },
+    PaymentReplayed {
+        payment: [u8; 32],
+    },
+    OfferRecorded {
+        worker: String,
+    },
+    GuildRecorded {
+        guild: String,
+    },
+    Refused {
+        what: String,
+        reason: String,
+    },
 }
 
 /// A task as the marketplace tracks it.
@@ -249,7 +299,10 @@ impl<'a> Engine<'a> {
             }
             Eligibility::Guild(g) => {
                 if self.guild(g)?.is_none() {
-                    reject(self, format!("unknown guild {g}: its charter has not reached the marketplace"));
+                    reject(
+                        self,
+                        format!("unknown guild {g}: its charter has not reached the marketplace"),
+                    );
                     return Ok(());
                 }
             }
@@ -442,7 +495,10 @@ impl<'a> Engine<'a> {
         let Some(mut st) = self.task(&r.task)? else {
             return reject(
                 self,
-                format!("result for task {} that does not exist here", hex::encode(r.task)),
+                format!(
+                    "result for task {} that does not exist here",
+                    hex::encode(r.task)
+                ),
             );
         };
         if st.answers.iter().any(|a| a.worker == signer) {
@@ -579,7 +635,11 @@ impl<'a> Engine<'a> {
         }
         let answered = st.answers.iter().filter(|a| a.valid).count();
         if answered >= usize::from(st.task.redundancy) {
-            self.close(id, st, "every worker answered and no output reached the quorum")?;
+            self.close(
+                id,
+                st,
+                "every worker answered and no output reached the quorum",
+            )?;
         }
         Ok(())
     }

@@ -13,11 +13,16 @@ use crate::adu::market::{self as m, Payment, Settlement, Subject, MAX_AMOUNT};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Key/value pairs read from the ledger, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// One staged write: a value, or `None` to delete.
+pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
+
 /// Read access to persisted ledger state.
 pub trait Kv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MarketError>;
     /// Entries whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MarketError>;
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, MarketError>;
 }
 
 /// Ledger state in memory (for the pure rules' tests and benchmarks).
@@ -28,7 +33,7 @@ impl Kv for MemKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MarketError> {
         Ok(self.0.get(key).cloned())
     }
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MarketError> {
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, MarketError> {
         Ok(self
             .0
             .range(prefix.to_vec()..)
@@ -40,7 +45,7 @@ impl Kv for MemKv {
 
 impl MemKv {
     /// Apply a finished transaction's writes.
-    pub fn apply(&mut self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+    pub fn apply(&mut self, writes: Vec<KvWrite>) {
         for (k, v) in writes {
             match v {
                 Some(v) => {
@@ -87,9 +92,8 @@ impl<'a> Txn<'a> {
         }
     }
 
-    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MarketError> {
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.base.scan(prefix)?.into_iter().collect();
+    pub fn scan(&self, prefix: &[u8]) -> Result<Entries, MarketError> {
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self.base.scan(prefix)?.into_iter().collect();
         for (k, v) in self.writes.range(prefix.to_vec()..) {
             if !k.starts_with(prefix) {
                 break;
@@ -152,8 +156,7 @@ impl<'a> Txn<'a> {
     }
 
     /// The staged writes and the payloads to send.
-    #[allow(clippy::type_complexity)]
-    pub fn into_parts(self) -> (Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<Outgoing>) {
+    pub fn into_parts(self) -> (Vec<KvWrite>, Vec<Outgoing>) {
         (self.writes.into_iter().collect(), self.out)
     }
 }
@@ -195,7 +198,9 @@ pub struct PaymentEntry {
 /// The ledger's answer to a payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PaymentOutcome {
-    Confirmed { seq: u64 },
+    Confirmed {
+        seq: u64,
+    },
     /// Seen before (a replay of the same payment): nothing changed; the first answer.
     AlreadySettled(PaymentEntry),
     Rejected(String),

@@ -38,7 +38,7 @@ impl Kv for StoreKv<'_> {
             .ledger_get(key)
             .map_err(|e| MarketError::Storage(e.to_string()))
     }
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MarketError> {
+    fn scan(&self, prefix: &[u8]) -> Result<super::ledger::Entries, MarketError> {
         self.0
             .ledger_scan(prefix)
             .map_err(|e| MarketError::Storage(e.to_string()))
@@ -96,12 +96,18 @@ pub fn with_engine<T>(
 /// past their deadline.
 pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceError> {
     let me = node.node_id();
+    // In order of arrival, then of creation: of two payments spending the same credits,
+    // the one that reached the ledger first (or was signed first) wins.
     let mut pending = Vec::new();
     for key in node.store.for_destination_node(&me)? {
         if node.store.ledger_get(&done_key(&key))?.is_none() {
-            pending.push(key);
+            if let Some(r) = node.store.record(&key)? {
+                pending.push(((r.received_at.0, r.created_ms, r.seq), key));
+            }
         }
     }
+    pending.sort();
+    let pending: Vec<[u8; 32]> = pending.into_iter().map(|p| p.1).collect();
     let mut report = Report::default();
     let mut chunks: Vec<&[[u8; 32]]> = pending.chunks(BATCH).collect();
     if chunks.is_empty() {
@@ -122,7 +128,9 @@ pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceE
                 Ok(Adu::Market(a)) => match *a {
                     MarketAdu::Task(t) => eng.on_task(key, &signer, vb.raw(), &t)?,
                     MarketAdu::Result(r) => eng.on_result(key, &signer, &r)?,
-                    MarketAdu::Payment(p) => eng.on_payment(&m::payment_id(payload), &signer, &p)?,
+                    MarketAdu::Payment(p) => {
+                        eng.on_payment(&m::payment_id(payload), &signer, &p)?
+                    }
                     MarketAdu::Offer(o) => eng.on_offer(&signer, &o)?,
                     MarketAdu::Guild(g) => eng.on_guild(&signer, &g)?,
                     _ => {}

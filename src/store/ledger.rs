@@ -9,6 +9,7 @@
 
 use super::{cf, Store, StoreError};
 use crate::bundle::{CreationTimestamp, VerifiedBundle};
+use crate::market::ledger::{Entries, KvWrite};
 use crate::time::DtnTime;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::HashSet;
@@ -22,7 +23,7 @@ impl Store {
     }
 
     /// Every ledger entry whose key starts with `prefix`, in key order.
-    pub fn ledger_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn ledger_scan(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(cf::LEDGER),
@@ -42,7 +43,7 @@ impl Store {
     /// never to travel) in one synced batch.
     pub fn commit_ledger(
         &self,
-        kv: &[(Vec<u8>, Option<Vec<u8>>)],
+        kv: &[KvWrite],
         bundles: &[VerifiedBundle],
         private: &[[u8; 32]],
         now: DtnTime,

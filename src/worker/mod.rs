@@ -49,7 +49,12 @@ fn done_key(key: &[u8; 32]) -> Vec<u8> {
 }
 
 /// Tell the marketplace what this node can run.
-pub fn offer(node: &Node, offer: &Offer, now: DtnTime, seal: bool) -> Result<[u8; 32], WorkerError> {
+pub fn offer(
+    node: &Node,
+    offer: &Offer,
+    now: DtnTime,
+    seal: bool,
+) -> Result<[u8; 32], WorkerError> {
     let market = node.market()?.ok_or(WorkerError::NoMarket)?;
     let c = node.compose(
         &[(Some(market), m::encode_offer(offer), 24 * 3600 * 1000)],
@@ -106,7 +111,10 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
             report.skipped.push((short.clone(), why));
         };
         if p.source.node_id() != market {
-            skip(format!("from {}, not from our marketplace", p.source), &mut kv);
+            skip(
+                format!("from {}, not from our marketplace", p.source),
+                &mut kv,
+            );
             continue;
         }
         let task_vb = match m::decode_assignment(vb.bundle().payload())
