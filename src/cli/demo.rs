@@ -6,8 +6,11 @@
 //! stick 2; a file on stick 2 is corrupted; C imports stick 2, rebuilds from parity, opens
 //! and reads both. On the way, a single-bundle file with one flipped bit is refused. B, the
 //! cell's gateway, syncs with M over QUIC; M answers A, and the answer comes back through B
-//! over the LAN. Then M publishes a two-pass satellite feed; the recording loses a quarter
-//! of its files and a burst is corrupted; C ingests it and still gets every notice.
+//! over the LAN. A's stick also carried a task for M: M holds its reward in escrow, three
+//! workers fetch it over QUIC, two run it and one lies; the quorum accepts the right
+//! output and M pays the honest two (`demo_market`). Then M publishes a two-pass satellite
+//! feed; the recording loses a quarter of its files and a burst is corrupted; C ingests it
+//! and still gets every bulletin, and the workers' payments and A's verdict come home on it.
 
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
@@ -100,12 +103,19 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     say(format!("           C {}", carol.node_id()));
 
     let market = std::sync::Arc::new(Node::init(&root.join("node-m"))?);
+    let workers = (1..=3)
+        .map(|i| Node::init(&root.join(format!("node-w{i}"))).map(std::sync::Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let text = "Salam from A: the clinic needs insulin, 20 units, by Friday.";
     let week = 7 * 24 * 3600 * 1000;
     // Node records (signed sealing keys) were exchanged at an earlier meeting and by feed.
-    for n in [&alice, &*bob, &carol, &*market] {
+    let everyone: Vec<&Node> = [&alice, &*bob, &carol, &*market]
+        .into_iter()
+        .chain(workers.iter().map(|w| &**w))
+        .collect();
+    for n in &everyone {
         let rec = n.publish_record(now)?;
-        for other in [&alice, &*bob, &carol, &*market] {
+        for other in &everyone {
             if other.node_id() != n.node_id() {
                 other.receive(rec.raw(), now)?;
             }
@@ -127,6 +137,8 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     )?;
     let ask = "A to the marketplace: who can supply insulin to the clinic?";
     let (request, _) = sealed(&market, adu::encode_message(&Message::Text(ask.into())))?;
+    super::demo_market::setup(&alice, &market, &workers, now)?;
+    let task = super::demo_market::submit(&alice, now)?;
     say(format!(
         "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B),",
         msg.raw().len(),
@@ -137,6 +149,12 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         "   and seals each for its recipient: anonymous outer bundles of {} B, {} B, ... (padded, stamped)",
         msg_sealed.raw().len(),
         file_sealed.raw().len()
+    ));
+    say(format!(
+        "   A also submits a task {} for M (digest of the clinic's inventory, 3 workers, {} credits each), paid from the {} credits M granted it; sealed too",
+        &hex::encode(task)[..12],
+        super::demo_market::REWARD,
+        super::demo_market::GRANT
     ));
 
     // A single bundle file with one flipped bit is refused outright.
@@ -193,8 +211,12 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         "5. courier B imports stick 1: {} new bundles ({} rebuilt from parity), {} incomplete; B can open none of them",
         i1.new, i1.rebuilt_from_parity, i1.incomplete
     ));
-    if i1.new != 3 {
-        bail!("B should have rebuilt all three bundles, got {}", i1.new);
+    if i1.new != e1.bundles {
+        bail!(
+            "B should have rebuilt all {} bundles, got {}",
+            e1.bundles,
+            i1.new
+        );
     }
 
     let stick2 = root.join("stick-2");
@@ -259,7 +281,8 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     say("   the photo is byte-identical to A's.".into());
 
     // B is also the cell's gateway: an uplink to the marketplace over QUIC.
-    let quic_summary = gateway_round_trip(&say, &alice, &bob, &market, ask)?;
+    let (quic_summary, market_summary) =
+        gateway_round_trip(&say, &alice, &bob, &market, &workers, &task, ask)?;
 
     // The global side answers by satellite: a one-way feed, recorded with losses.
     let n_feed = 120;
@@ -271,7 +294,9 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         };
         market.originate(
             to,
-            adu::encode_message(&Message::Text(format!("payment notice {i}: 5 credits"))),
+            adu::encode_message(&Message::Text(format!(
+                "news bulletin {i}: road north open, clinic supplies expected"
+            ))),
             week,
             now,
         )?;
@@ -283,7 +308,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     po.file_size = 4096;
     let pr = broadcast::publish(&market, &feed, &po, &ProgressBar::hidden())?;
     say(format!(
-        "13. marketplace M ({}) publishes a satellite feed: {} bundles, {} files, 2 passes, 30% overhead",
+        "13. marketplace M ({}) publishes a satellite feed (payments, verdict, records, news): {} bundles, {} files, 2 passes, 30% overhead",
         market.node_id(),
         pr.bundles,
         pr.files
@@ -357,7 +382,31 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         ir.problems.len(),
         ir.loss_estimate() * 100.0
     ));
-    say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC and the answer came back; the payment notices came home by satellite.".into());
+    let mut feed_in = Vec::new();
+    for n in workers.iter().map(|w| &**w).chain([&alice]) {
+        n.store.set_trust(&market.node_id().to_string(), true)?;
+        let r = broadcast::ingest(
+            n,
+            &feed,
+            &IngestOptions {
+                any_signer: false,
+                now: DtnTime::now(),
+            },
+            &ProgressBar::hidden(),
+        )?;
+        feed_in.push(r.new);
+    }
+    say(format!(
+        "16. the workers and A ingest the same recording ({} new bundles each for W1, W2, W3, {} for A) and open what is sealed for them:",
+        feed_in[..3]
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        feed_in[3]
+    ));
+    let wallets = super::demo_market::home(&say, &alice, &workers, &task)?;
+    say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC; the task was run by three workers, checked by quorum and paid; the payments came home by satellite.".into());
     if cli.json {
         print_json(&json!({
             "node_a": alice.node_id().to_string(),
@@ -371,6 +420,8 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
                         "c_rejected": i2.rejected.len()},
             "delivered": got,
             "quic": quic_summary,
+            "market": market_summary,
+            "wallets": wallets,
             "photo_intact": got_photo,
             "feed": {"bundles": pr.bundles, "notices": n_feed, "files": pr.files, "deleted": deleted,
                      "corrupted": burst, "c_new": ir.new},
@@ -388,8 +439,10 @@ fn gateway_round_trip(
     alice: &Node,
     bob: &std::sync::Arc<Node>,
     market: &std::sync::Arc<Node>,
+    workers: &[std::sync::Arc<Node>],
+    task: &[u8; 32],
     ask: &str,
-) -> Result<serde_json::Value> {
+) -> Result<(serde_json::Value, serde_json::Value)> {
     use crate::transport::quic::{self, QuicConfig};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -413,6 +466,7 @@ fn gateway_round_trip(
         up.stats.rounds,
         up.wire_tx + up.wire_rx
     ));
+    let market_summary = super::demo_market::work(say, &rt, market, m_addr, workers, task, &cfg)?;
     let answer = "M to A: a supplier in the next town has insulin; order placed.";
     market.send(
         alice.node_id(),
@@ -423,7 +477,7 @@ fn gateway_round_trip(
     )?;
     let down = rt.block_on(quic::sync_with(bob, m_addr, Some(&market.node_id()), &cfg))?;
     say(format!(
-        "11. M opens A's request and answers; B's next sync brings back {} sealed bundles (the answer and M's receipt, both unreadable to B)",
+        "11. M opens A's request and answers; B's next sync brings back {} bundles (the answer, M's receipts, the marketplace's payments and verdict, sealed and unreadable to B; the workers' public records)",
         down.new
     ));
     let _ = m_stop.send(());
@@ -441,14 +495,17 @@ fn gateway_round_trip(
         "12. A syncs with B over the LAN: {} new bundles; A reads \"{answer}\"; M's receipt tells A its request arrived, and A drops its copy ({} purged)",
         lan.new, lan.purged
     ));
-    Ok(json!({
-        "uplink_sent": up.stats.bundles_out,
-        "uplink_reconciliation_bytes": up.stats.recon_bytes_out + up.stats.recon_bytes_in,
-        "downlink_new": down.new,
-        "a_new": lan.new,
-        "a_purged": lan.purged,
-        "answer_delivered": got,
-    }))
+    Ok((
+        json!({
+            "uplink_sent": up.stats.bundles_out,
+            "uplink_reconciliation_bytes": up.stats.recon_bytes_out + up.stats.recon_bytes_in,
+            "downlink_new": down.new,
+            "a_new": lan.new,
+            "a_purged": lan.purged,
+            "answer_delivered": got,
+        }),
+        market_summary,
+    ))
 }
 
 /// Serve `node` on a loopback port inside `rt`; returns its address and a stopper.

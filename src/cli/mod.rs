@@ -5,6 +5,7 @@
 mod broadcast;
 mod bundle_cmds;
 mod demo;
+mod demo_market;
 mod market_cmds;
 mod messages;
 mod net;
