@@ -296,11 +296,13 @@ pub fn settle_payment(
         seq,
     };
     let payload = m::encode_settlement(&s);
-    // Only well-formed parties get a notice (a forged payer field names no one we trust).
-    for to in [&p.payer, &p.payee] {
-        if to != market && m::node_id_ok(to).is_ok() {
-            tx.send(Some(to), payload.clone(), NOTICE_LIFETIME_MS);
-        }
+    // The notice goes to whoever signed (the payer, unless forged) and to the payee
+    // (checked for a valid key, unless the payment was accepted and so already checked).
+    if signer != market {
+        tx.send(Some(signer), payload.clone(), NOTICE_LIFETIME_MS);
+    }
+    if p.payee != signer && p.payee != market && (accepted || m::node_id_ok(&p.payee).is_ok()) {
+        tx.send(Some(&p.payee), payload, NOTICE_LIFETIME_MS);
     }
     Ok(match reason {
         None => PaymentOutcome::Confirmed { seq },
@@ -309,14 +311,14 @@ pub fn settle_payment(
 }
 
 fn check_payment(tx: &Txn, signer: &str, p: &Payment) -> Result<Result<(), String>, MarketError> {
-    if let Err(e) = p.check() {
-        return Ok(Err(format!("malformed payment: {e}")));
-    }
     if signer != p.payer {
         return Ok(Err(format!(
             "signed by {signer}, who is not the payer {}",
             p.payer
         )));
+    }
+    if let Err(e) = p.check() {
+        return Ok(Err(format!("malformed payment: {e}")));
     }
     if let Some(other) = tx.get(&nonce_key(&p.payer, &p.nonce))? {
         return Ok(Err(format!(
@@ -409,4 +411,45 @@ pub fn issue(
     );
     tx.send(Some(payee), payload, NOTICE_LIFETIME_MS);
     Ok(Ok(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_reads_its_own_writes_and_deletes() {
+        let mut kv = MemKv::default();
+        kv.0.insert(b"a/1".to_vec(), b"x".to_vec());
+        kv.0.insert(b"a/2".to_vec(), b"y".to_vec());
+        kv.0.insert(b"b/1".to_vec(), b"z".to_vec());
+        let mut tx = Txn::new(&kv);
+        tx.delete(b"a/1".to_vec());
+        tx.put(b"a/3".to_vec(), b"w".to_vec());
+        let keys: Vec<Vec<u8>> = tx.scan(b"a/").unwrap().into_iter().map(|e| e.0).collect();
+        assert_eq!(keys, vec![b"a/2".to_vec(), b"a/3".to_vec()]);
+        assert_eq!(tx.get(b"a/1").unwrap(), None);
+        // Nothing reaches the base until the writes are applied.
+        assert!(kv.0.contains_key(b"a/1".as_slice()));
+        let (w, _) = tx.into_parts();
+        kv.apply(w);
+        assert!(!kv.0.contains_key(b"a/1".as_slice()));
+    }
+
+    #[test]
+    fn balances_never_go_negative_or_past_the_ceiling() {
+        let kv = MemKv::default();
+        let mut tx = Txn::new(&kv);
+        assert!(debit(&mut tx, "n", 1).unwrap().is_err());
+        credit(&mut tx, "n", MAX_AMOUNT).unwrap().unwrap();
+        assert!(credit(&mut tx, "n", 1).unwrap().is_err());
+        assert_eq!(balance(&tx, "n").unwrap(), MAX_AMOUNT);
+        debit(&mut tx, "n", MAX_AMOUNT).unwrap().unwrap();
+        assert_eq!(balance(&tx, "n").unwrap(), 0);
+        tx.put(b"acct/bad".to_vec(), vec![1, 2, 3]);
+        assert!(matches!(
+            balance(&tx, "bad"),
+            Err(MarketError::Corrupt { .. })
+        ));
+    }
 }
