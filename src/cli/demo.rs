@@ -93,6 +93,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         }
     };
     let now = DtnTime::now();
+    let started = std::time::Instant::now();
 
     say("== Mycelium demo: A to C by two USB sticks, through courier B ==".into());
     let alice = Node::init(&root.join("node-a"))?;
@@ -406,22 +407,25 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         feed_in[3]
     ));
     let wallets = super::demo_market::home(&say, &alice, &workers, &task)?;
+    let took = started.elapsed();
     say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC; the task was run by three workers, checked by quorum and paid; the payments came home by satellite.".into());
+    say(format!("({:.2} s)", took.as_secs_f64()));
     if cli.json {
         print_json(&json!({
             "node_a": alice.node_id().to_string(),
             "node_b": bob.node_id().to_string(),
             "node_c": carol.node_id().to_string(),
             "tampered_refused": refusal,
-            "stick1": {"files": e1.files, "lost": lost.display().to_string(),
+            "stick1": {"files": e1.files, "bundles": e1.bundles, "lost": lost.display().to_string(),
                         "b_new": i1.new, "b_rebuilt_from_parity": i1.rebuilt_from_parity},
-            "stick2": {"files": e2.files, "corrupted": hit.display().to_string(),
+            "stick2": {"files": e2.files, "bundles": e2.bundles, "corrupted": hit.display().to_string(),
                         "c_new": i2.new, "c_rebuilt_from_parity": i2.rebuilt_from_parity,
                         "c_rejected": i2.rejected.len()},
             "delivered": got,
             "quic": quic_summary,
             "market": market_summary,
             "wallets": wallets,
+            "elapsed_ms": took.as_millis() as u64,
             "photo_intact": got_photo,
             "feed": {"bundles": pr.bundles, "notices": n_feed, "files": pr.files, "deleted": deleted,
                      "corrupted": burst, "c_new": ir.new},
@@ -492,7 +496,7 @@ fn gateway_round_trip(
         bail!("M's answer did not reach A");
     }
     say(format!(
-        "12. A syncs with B over the LAN: {} new bundles; A reads \"{answer}\"; M's receipt tells A its request arrived, and A drops its copy ({} purged)",
+        "12. A syncs with B over the LAN: {} new bundles; A reads \"{answer}\"; M's receipts tell A its request and its task arrived, and A drops its copies ({} purged)",
         lan.new, lan.purged
     ));
     Ok((
