@@ -13,6 +13,13 @@ fn main() -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(&twin).map_err(std::io::Error::other)? + "\n";
         std::fs::write(dir.join(format!("{name}.json")), text)?;
         println!("{name}: {} bytes", vb.raw().len());
+        if name == "payment" {
+            let id = mycelium::adu::market::payment_id(vb.bundle().payload());
+            println!("  payment ID {}", hex::encode(id));
+        }
     }
+    let founder = vectors::carol().node_id().to_string();
+    let guild = mycelium::adu::market::Guild::id(&founder, &vectors::guild_body().name);
+    println!("  guild ID {guild}");
     Ok(())
 }
