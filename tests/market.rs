@@ -470,11 +470,48 @@ fn a_payment_signed_by_anyone_but_the_payer_is_refused() {
     grant(&w, &w.a, 100);
     let a_id = w.a.node_id().to_string();
     // Mallory signs "A pays Mallory 50".
-    let forged = pay_raw(mallory, mallory, &w.m, &a_id, 50, [2; 16]);
-    let _ = forged;
+    pay_raw(mallory, mallory, &w.m, &a_id, 50, [2; 16]);
     carry(mallory, &w.m, w.now);
     let ev = process(&w, w.now);
     assert!(ev.iter().any(|e| matches!(e, Event::PaymentRejected { reason, .. } if reason.contains("not the payer"))), "{ev:?}");
+    // Mallory copies a real payment of A's and signs the same bytes, to get there first
+    // and have the real one count as already settled: the real one still settles.
+    let real = m::Payment {
+        payer: a_id.clone(),
+        payee: mallory.node_id().to_string(),
+        amount: 7,
+        nonce: [8; 16],
+        refers: None,
+        memo: String::new(),
+    };
+    let payload = m::encode_payment(&real);
+    let copy = mallory
+        .compose(
+            &[(Some(w.m.node_id()), payload.clone(), 3_600_000)],
+            w.now,
+            false,
+        )
+        .unwrap();
+    mallory
+        .store
+        .commit_ledger(&[], &copy.bundles, &copy.private, w.now)
+        .unwrap();
+    carry(mallory, &w.m, w.now);
+    let ev = process(&w, w.now);
+    assert!(ev.iter().any(|e| matches!(e, Event::PaymentRejected { payment, .. } if *payment == m::payment_id(&payload))));
+    let genuine =
+        w.a.compose(
+            &[(Some(w.m.node_id()), payload.clone(), 3_600_000)],
+            w.now,
+            false,
+        )
+        .unwrap();
+    w.a.store
+        .commit_ledger(&[], &genuine.bundles, &genuine.private, w.now)
+        .unwrap();
+    carry(&w.a, &w.m, w.now);
+    let ev = process(&w, w.now);
+    assert!(ev.iter().any(|e| matches!(e, Event::PaymentConfirmed { payment, .. } if *payment == m::payment_id(&payload))), "{ev:?}");
     // Mallory's own wallet does not count it either.
     assert_eq!(
         wallet_of(mallory).pending_in + wallet_of(mallory).balance as u64,
@@ -485,7 +522,7 @@ fn a_payment_signed_by_anyone_but_the_payer_is_refused() {
     })
     .unwrap()
     .0;
-    assert_eq!(bal, 100);
+    assert_eq!(bal, 93);
 }
 
 #[test]
@@ -736,6 +773,24 @@ fn a_guild_task_is_only_for_members_and_its_pay_is_split_by_shares() {
     carry(f, &w.m, w.now);
     let gid = m::Guild::id(&f.node_id().to_string(), "north");
     assert!(process(&w, w.now).contains(&Event::GuildRecorded { guild: gid.clone() }));
+    // The founder cannot rewrite the agreed shares afterwards.
+    let mut grab = charter.clone();
+    grab.members[1].share = 0;
+    grab.members.truncate(1);
+    let c = f
+        .compose(
+            &[(Some(w.m.node_id()), m::encode_guild(&grab), 3_600_000)],
+            w.now,
+            false,
+        )
+        .unwrap();
+    f.store
+        .commit_ledger(&[], &c.bundles, &c.private, w.now)
+        .unwrap();
+    carry(f, &w.m, w.now);
+    assert!(process(&w, w.now).iter().any(
+        |e| matches!(e, Event::Refused { reason, .. } if reason.contains("already recorded"))
+    ));
     let mut t = digest_task(b"guild work", 8, 1, w.now.0 + 3_600_000);
     t.who = Eligibility::Guild(gid);
     let tid = wallet::submit_task(&w.a, &t, w.now, false).unwrap();

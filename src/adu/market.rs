@@ -138,6 +138,9 @@ impl Task {
         if self.job != JobKind::Digest && self.model == [0; 32] {
             return Err(format!("a {} task must name its model", self.job.as_str()));
         }
+        if self.job == JobKind::Digest && self.model != [0; 32] {
+            return Err("a digest task takes no model (all zeros)".into());
+        }
         Ok(())
     }
 }
@@ -176,6 +179,12 @@ impl TaskResult {
                 "output of {} bytes is too large",
                 self.output.len()
             ));
+        }
+        if self.failed.is_some() && !self.output.is_empty() {
+            return Err("a failed result carries no output".into());
+        }
+        if self.failed.as_ref().is_some_and(|f| f.len() > 1024) {
+            return Err("failure reason longer than 1024 bytes".into());
         }
         if self.failed.is_none() && *blake3::hash(&self.output).as_bytes() != self.output_hash {
             return Err("output_hash is not the blake3 of the output".into());
@@ -274,6 +283,12 @@ impl Offer {
         if self.kinds.is_empty() || self.kinds.len() > 8 {
             return Err("an offer names 1 to 8 job kinds".into());
         }
+        let mut k = self.kinds.clone();
+        k.sort();
+        k.dedup();
+        if k.len() != self.kinds.len() {
+            return Err("an offer names a job kind twice".into());
+        }
         if self.models.len() > 256 || self.models.iter().any(|m| m.len() != 32) {
             return Err("an offer names at most 256 models of 32 bytes".into());
         }
@@ -343,7 +358,8 @@ pub struct Member {
 }
 
 impl Guild {
-    /// The guild's ID: `guild:` and 32 hex digits of blake3(founder ‖ 0 ‖ name).
+    /// The guild's ID: `guild:` and 32 hex digits of
+    /// blake3("mycelium guild v1" ‖ 0 ‖ founder ‖ 0 ‖ name).
     pub fn id(founder: &str, name: &str) -> String {
         let mut h = blake3::Hasher::new();
         h.update(b"mycelium guild v1\0");

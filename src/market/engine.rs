@@ -238,8 +238,17 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn escrow_notice(&mut self, id: &[u8; 32], submitter: &str, amount: u64, r: Option<String>) {
-        let seq = 0;
+    fn escrow_notice(
+        &mut self,
+        id: &[u8; 32],
+        submitter: &str,
+        amount: u64,
+        r: Option<String>,
+    ) -> Result<(), MarketError> {
+        let seq = match r {
+            None => ledger::next_seq(&mut self.tx)?,
+            Some(_) => 0,
+        };
         let s = m::Settlement {
             subject: *id,
             what: m::Subject::Escrow,
@@ -257,6 +266,7 @@ impl<'a> Engine<'a> {
                 NOTICE_LIFETIME_MS,
             );
         }
+        Ok(())
     }
 
     /// A task bundle `id` signed by `submitter` (its raw bytes in `bundle`).
@@ -271,45 +281,41 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         let escrow = task.escrow().unwrap_or(0);
-        let reject = |e: &mut Self, reason: String| {
-            e.escrow_notice(id, submitter, escrow, Some(reason.clone()));
+        let reject = |e: &mut Self, reason: String| -> Result<(), MarketError> {
+            e.escrow_notice(id, submitter, escrow, Some(reason.clone()))?;
             e.events.push(Event::TaskRejected { task: *id, reason });
+            Ok(())
         };
         if let Err(why) = task.check() {
-            reject(self, format!("malformed task: {why}"));
-            return Ok(());
+            return reject(self, format!("malformed task: {why}"));
         }
         if task.deadline <= self.now {
-            reject(
+            return reject(
                 self,
                 format!(
                     "past its deadline ({} before it reached the marketplace)",
                     crate::time::DtnTime(task.deadline).to_rfc3339()
                 ),
             );
-            return Ok(());
         }
         match &task.who {
             Eligibility::Anyone => {}
             Eligibility::Worker(w) => {
                 if let Err(e) = m::node_id_ok(w) {
-                    reject(self, format!("named worker {w}: {e}"));
-                    return Ok(());
+                    return reject(self, format!("named worker {w}: {e}"));
                 }
             }
             Eligibility::Guild(g) => {
                 if self.guild(g)?.is_none() {
-                    reject(
+                    return reject(
                         self,
                         format!("unknown guild {g}: its charter has not reached the marketplace"),
                     );
-                    return Ok(());
                 }
             }
         }
         if let Err(why) = ledger::debit(&mut self.tx, submitter, escrow)? {
-            reject(self, why);
-            return Ok(());
+            return reject(self, why);
         }
         let st = TaskState {
             submitter: submitter.to_string(),
@@ -324,7 +330,7 @@ impl<'a> Engine<'a> {
         };
         self.put_task(id, &st);
         self.tx.put(open_key(id), Vec::new());
-        self.escrow_notice(id, submitter, escrow, None);
+        self.escrow_notice(id, submitter, escrow, None)?;
         self.events.push(Event::TaskAccepted { task: *id, escrow });
         Ok(())
     }
@@ -352,6 +358,16 @@ impl<'a> Engine<'a> {
     /// A guild charter signed by `founder`.
     pub fn on_guild(&mut self, founder: &str, g: &m::Guild) -> Result<(), MarketError> {
         let id = m::Guild::id(founder, &g.name);
+        if self.guild(&id)?.is_some() {
+            // Members and shares are fixed once agreed: a new charter is a new guild.
+            self.events.push(Event::Refused {
+                what: format!("guild {id}"),
+                reason:
+                    "a charter for this guild is already recorded; found a new guild to change it"
+                        .into(),
+            });
+            return Ok(());
+        }
         if let Err(why) = g.check(founder) {
             self.events.push(Event::Refused {
                 what: format!("guild {id}"),
@@ -417,7 +433,7 @@ impl<'a> Engine<'a> {
         amount: u64,
         refers: [u8; 32],
         memo: &str,
-    ) -> Result<(), MarketError> {
+    ) -> Result<bool, MarketError> {
         let Some(left) = st.escrow_left.checked_sub(amount) else {
             return Err(MarketError::Refused(format!(
                 "task {}: escrow of {} cannot pay {amount}",
@@ -441,43 +457,50 @@ impl<'a> Engine<'a> {
                     amount,
                     payment: pid,
                 });
+                Ok(true)
             }
-            Err(reason) => self.events.push(Event::Refused {
-                what: format!("payment of {amount} to {payee}"),
-                reason,
-            }),
+            Err(reason) => {
+                self.events.push(Event::Refused {
+                    what: format!("payment of {amount} to {payee}"),
+                    reason,
+                });
+                Ok(false)
+            }
         }
-        Ok(())
     }
 
-    /// Pay `worker` for its accepted result (split by shares on a guild task).
+    /// Pay `worker` for its accepted result (split by shares on a guild task); whether
+    /// anything was paid.
     fn reward(
         &mut self,
         id: &[u8; 32],
         st: &mut TaskState,
         worker: &str,
         result: [u8; 32],
-    ) -> Result<(), MarketError> {
+    ) -> Result<bool, MarketError> {
         let reward = st.task.reward;
         let short = &hex::encode(id)[..12];
         if let Eligibility::Guild(g) = &st.task.who {
             if let Some(gs) = self.guild(g)? {
                 let memo = format!("share of {worker}'s result for task {short}, guild {g}");
+                let mut paid = false;
                 for (member, amount) in gs.charter.split(reward) {
-                    self.pay_from_escrow(id, st, &member, amount, result, &memo)?;
+                    paid |= self.pay_from_escrow(id, st, &member, amount, result, &memo)?;
                 }
-                return Ok(());
+                return Ok(paid);
             }
         }
         self.pay_from_escrow(id, st, worker, reward, result, &format!("task {short}"))
     }
 
-    /// A result bundle `key` signed by `signer`.
+    /// A result bundle `key` signed by `signer`, that reached this node at `arrived`
+    /// (DTN ms): on time when `arrived` ≤ the deadline, however late it is processed.
     pub fn on_result(
         &mut self,
         key: &[u8; 32],
         signer: &str,
         r: &TaskResult,
+        arrived: u64,
     ) -> Result<(), MarketError> {
         let reject = |e: &mut Self, reason: String| -> Result<(), MarketError> {
             e.events.push(Event::ResultRejected {
@@ -510,7 +533,7 @@ impl<'a> Engine<'a> {
         let id = r.task;
         st.assigned.retain(|w| w != signer);
         self.update_worker(signer, |w| w.open = w.open.saturating_sub(1))?;
-        if st.closed || self.now > st.task.deadline {
+        if st.closed || arrived > st.task.deadline {
             st.answers.push(Answer {
                 worker: signer.to_string(),
                 result: ByteBuf::from(key.to_vec()),
@@ -542,7 +565,7 @@ impl<'a> Engine<'a> {
             task: id,
             worker: signer.to_string(),
         });
-        if failed.is_some() {
+        if failed.is_some() && well_formed.is_ok() {
             // An honest failure frees the slot for another worker.
             if let Some(a) = st.answers.last_mut() {
                 a.judged = true;
@@ -625,8 +648,9 @@ impl<'a> Engine<'a> {
                 let worker = st.answers[i].worker.clone();
                 if st.answers[i].hash == acc {
                     let result = id32(&st.answers[i].result);
-                    self.reward(id, st, &worker, result)?;
-                    self.update_worker(&worker, |w| w.record.accepted += 1)?;
+                    if self.reward(id, st, &worker, result)? {
+                        self.update_worker(&worker, |w| w.record.accepted += 1)?;
+                    }
                 } else {
                     self.update_worker(&worker, |w| w.record.disagreed += 1)?;
                     self.events.push(Event::Disagreed { task: *id, worker });
@@ -674,8 +698,9 @@ impl<'a> Engine<'a> {
             let amount = st.escrow_left;
             let sub = st.submitter.clone();
             let memo = format!("refund for task {}", &hex::encode(id)[..12]);
-            self.pay_from_escrow(id, st, &sub, amount, *id, &memo)?;
-            self.events.push(Event::Refunded { task: *id, amount });
+            if self.pay_from_escrow(id, st, &sub, amount, *id, &memo)? {
+                self.events.push(Event::Refunded { task: *id, amount });
+            }
         }
         Ok(())
     }
@@ -688,7 +713,8 @@ impl<'a> Engine<'a> {
                 self.tx.delete(k);
                 continue;
             };
-            if st.task.deadline > self.now {
+            // Results are on time up to and including the deadline.
+            if st.task.deadline >= self.now {
                 continue;
             }
             for w in std::mem::take(&mut st.assigned) {

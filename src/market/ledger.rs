@@ -261,10 +261,29 @@ pub fn settle_payment(
     p: &Payment,
     now: u64,
 ) -> Result<PaymentOutcome, MarketError> {
+    if signer != p.payer {
+        // Not recorded: a copy of someone's payment re-signed by another node must not
+        // settle (or block) the real one, whose ID it shares.
+        let reason = format!("signed by {signer}, who is not the payer {}", p.payer);
+        let s = Settlement {
+            subject: *id,
+            what: Subject::Payment,
+            payer: p.payer.clone(),
+            payee: p.payee.clone(),
+            amount: p.amount,
+            accepted: false,
+            reason: Some(reason.clone()),
+            seq: 0,
+        };
+        if signer != market {
+            tx.send(Some(signer), m::encode_settlement(&s), NOTICE_LIFETIME_MS);
+        }
+        return Ok(PaymentOutcome::Rejected(reason));
+    }
     if let Some(prev) = payment_entry(tx, id)? {
         return Ok(PaymentOutcome::AlreadySettled(prev));
     }
-    let verdict = check_payment(tx, signer, p)?;
+    let verdict = check_payment(tx, p)?;
     let (accepted, reason, seq) = match verdict {
         Err(reason) => (false, Some(reason), 0),
         Ok(()) => {
@@ -296,8 +315,9 @@ pub fn settle_payment(
         seq,
     };
     let payload = m::encode_settlement(&s);
-    // The notice goes to whoever signed (the payer, unless forged) and to the payee
-    // (checked for a valid key, unless the payment was accepted and so already checked).
+    // The notice goes to the payer (the signer) and to the payee (checked for a valid
+    // key, unless the payment was accepted and so already checked). A refusal is final:
+    // the payer sends a new payment, with a new nonce.
     if signer != market {
         tx.send(Some(signer), payload.clone(), NOTICE_LIFETIME_MS);
     }
@@ -310,13 +330,7 @@ pub fn settle_payment(
     })
 }
 
-fn check_payment(tx: &Txn, signer: &str, p: &Payment) -> Result<Result<(), String>, MarketError> {
-    if signer != p.payer {
-        return Ok(Err(format!(
-            "signed by {signer}, who is not the payer {}",
-            p.payer
-        )));
-    }
+fn check_payment(tx: &Txn, p: &Payment) -> Result<Result<(), String>, MarketError> {
     if let Err(e) = p.check() {
         return Ok(Err(format!("malformed payment: {e}")));
     }

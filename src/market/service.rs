@@ -127,7 +127,13 @@ pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceE
             match adu::decode(payload) {
                 Ok(Adu::Market(a)) => match *a {
                     MarketAdu::Task(t) => eng.on_task(key, &signer, vb.raw(), &t)?,
-                    MarketAdu::Result(r) => eng.on_result(key, &signer, &r)?,
+                    MarketAdu::Result(r) => {
+                        let arrived = node
+                            .store
+                            .record(key)?
+                            .map_or(now.0, |rec| rec.received_at.0);
+                        eng.on_result(key, &signer, &r, arrived)?
+                    }
                     MarketAdu::Payment(p) => {
                         eng.on_payment(&m::payment_id(payload), &signer, &p)?
                     }

@@ -48,6 +48,11 @@ fn done_key(key: &[u8; 32]) -> Vec<u8> {
     [b"wdone/".as_slice(), key].concat()
 }
 
+/// Marks a task answered (so a second assignment of it is not run again).
+fn task_key(task: &[u8; 32]) -> Vec<u8> {
+    [b"wtask/".as_slice(), task].concat()
+}
+
 /// Tell the marketplace what this node can run.
 pub fn offer(
     node: &Node,
@@ -135,11 +140,25 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
             }
         };
         let task_id = task_vb.id().key();
+        if task_vb.bundle().primary.destination.node_id() != market {
+            skip(
+                "the task was not submitted to our marketplace".into(),
+                &mut kv,
+            );
+            continue;
+        }
+        if node.store.ledger_get(&task_key(&task_id))?.is_some()
+            || kv.iter().any(|(k, _)| *k == task_key(&task_id))
+        {
+            skip("this task was already answered".into(), &mut kv);
+            continue;
+        }
         if task.deadline <= now.0 {
             skip("past its deadline".into(), &mut kv);
             continue;
         }
-        let (output, used, failed) = match run_job(&task) {
+        let run = task.check().and_then(|()| run_job(&task));
+        let (output, used, failed) = match run {
             Ok((o, u)) => (o, u, None),
             Err(why) => (Vec::new(), Used::default(), Some(why)),
         };
@@ -160,6 +179,7 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
         let lifetime = task.deadline.saturating_sub(now.0).max(60_000);
         outs.push((Some(market.clone()), m::encode_result(&r), lifetime));
         kv.push((done_key(&key), Some(task_id.to_vec())));
+        kv.push((task_key(&task_id), Some(Vec::new())));
     }
     let c = node.compose(&outs, now, seal)?;
     node.store.commit_ledger(&kv, &c.bundles, &c.private, now)?;
