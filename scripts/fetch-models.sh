@@ -187,6 +187,7 @@ for dir in "${MODEL_DIRS[@]}"; do
   if model_ok "$dir"; then
     log "$dir: present, sums match"
   else
+    log "$dir: missing or not matching its pinned sums under $MODELS/$dir"
     missing+=("$dir")
   fi
 done

@@ -251,6 +251,20 @@ pub fn payment_entry(tx: &Txn, id: &[u8; 32]) -> Result<Option<PaymentEntry>, Ma
     tx.get_cbor(&pay_key(id))
 }
 
+/// The ledger's word on payment `id`: accepted when there is no `reason`.
+fn settlement(id: &[u8; 32], p: &Payment, reason: Option<String>, seq: u64) -> Settlement {
+    Settlement {
+        subject: *id,
+        what: Subject::Payment,
+        payer: p.payer.clone(),
+        payee: p.payee.clone(),
+        amount: p.amount,
+        accepted: reason.is_none(),
+        reason,
+        seq,
+    }
+}
+
 /// Settle a payment that arrived signed by `signer`, with payment ID `id`: record the
 /// outcome and send a settlement to payer and payee (rejections say why).
 pub fn settle_payment(
@@ -265,16 +279,7 @@ pub fn settle_payment(
         // Not recorded: a copy of someone's payment re-signed by another node must not
         // settle (or block) the real one, whose ID it shares.
         let reason = format!("signed by {signer}, who is not the payer {}", p.payer);
-        let s = Settlement {
-            subject: *id,
-            what: Subject::Payment,
-            payer: p.payer.clone(),
-            payee: p.payee.clone(),
-            amount: p.amount,
-            accepted: false,
-            reason: Some(reason.clone()),
-            seq: 0,
-        };
+        let s = settlement(id, p, Some(reason.clone()), 0);
         if signer != market {
             tx.send(Some(signer), m::encode_settlement(&s), NOTICE_LIFETIME_MS);
         }
@@ -304,16 +309,7 @@ pub fn settle_payment(
         at: now,
     };
     tx.put_cbor(pay_key(id), &entry);
-    let s = Settlement {
-        subject: *id,
-        what: Subject::Payment,
-        payer: p.payer.clone(),
-        payee: p.payee.clone(),
-        amount: p.amount,
-        accepted,
-        reason: reason.clone(),
-        seq,
-    };
+    let s = settlement(id, p, reason.clone(), seq);
     let payload = m::encode_settlement(&s);
     // The notice goes to the payer (the signer) and to the payee (checked for a valid
     // key, unless the payment was accepted and so already checked). A refusal is final:
