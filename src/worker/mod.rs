@@ -4,10 +4,21 @@
 //! assignment is answered once (marked in the ledger column family in the same batch as
 //! the result bundle).
 //!
-//! Engines: `digest` (blake3 of the input) runs everywhere. `embed` and `generate` answer
-//! with a failure naming the missing engine until the inference engines land.
+//! Assignments are grouped by job and model, each model is loaded once per group, and the
+//! texts of all `embed` tasks of a group are embedded together in batches.
+//!
+//! Engines: `digest` (blake3 of the input, no model); `embed` ([`embed`], a BERT model:
+//! input one text per line, output a CBOR array of float32 vectors); `generate`
+//! ([`generate`], a GGUF llama: input the user's message, output CBOR
+//! `{"text": tstr, "tokens": [* uint]}`, greedy, `max_tokens` from the task's limits).
+//! A worker runs only models it holds ([`models`]) whose files match the task's hash.
 //!
 //! Owns: turning assignments into results.
+
+pub mod devices;
+pub mod embed;
+pub mod generate;
+pub mod models;
 
 use crate::adu::market::{self as m, JobKind, Offer, Task, TaskResult, Used};
 use crate::bundle::{Eid, VerifiedBundle};
@@ -15,6 +26,39 @@ use crate::node::{Node, NodeError};
 use crate::store::StoreError;
 use crate::time::DtnTime;
 use std::time::Instant;
+
+/// Why an engine could not run a job (becomes a failure result's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model: {0}")]
+    Model(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error("compute: {0}")]
+    Compute(#[from] candle_core::Error),
+}
+
+/// Tokens `generate` makes when a task says 0, and the most it ever makes.
+pub const DEFAULT_MAX_TOKENS: u32 = 128;
+pub const MAX_TOKENS: u32 = 1024;
+
+/// How the runner works.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub seal: bool,
+    /// Most texts embedded at once.
+    pub max_batch: usize,
+    /// Run engines on a GPU when this build and machine have one.
+    pub gpu: bool,
+}
+
+/// A `generate` output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -70,35 +114,194 @@ pub fn offer(
     Ok(c.bundles[0].id().key())
 }
 
-/// Run a job. Errors are the failure reason a result carries.
+/// Run a job that needs no model (`digest`). Errors are the failure reason.
 pub fn run_job(task: &Task) -> Result<(Vec<u8>, Used), String> {
     let start = Instant::now();
     let output = match task.job {
         JobKind::Digest => blake3::hash(&task.input).as_bytes().to_vec(),
         JobKind::Embed | JobKind::Generate => {
-            return Err(format!(
-                "this node has no {} engine (inference engines are not built yet)",
-                task.job.as_str()
-            ))
+            return Err(format!("a {} job needs its model", task.job.as_str()))
         }
     };
     let ms = start.elapsed().as_millis() as u64;
+    over_time(task, ms)?;
+    Ok((output, Used { ms, tokens: 0 }))
+}
+
+fn over_time(task: &Task, ms: u64) -> Result<(), String> {
     if task.limits.max_ms > 0 && ms > task.limits.max_ms {
         return Err(format!(
             "took {ms} ms, over the task's limit of {} ms",
             task.limits.max_ms
         ));
     }
-    Ok((output, Used { ms, tokens: 0 }))
+    Ok(())
+}
+
+/// The texts of an `embed` input: one per non-empty line.
+pub fn embed_texts(input: &[u8]) -> Result<Vec<String>, String> {
+    let s = std::str::from_utf8(input).map_err(|_| "the input is not UTF-8 text".to_string())?;
+    let v: Vec<String> = s
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        return Err("the input has no text (one text per line)".into());
+    }
+    Ok(v)
+}
+
+/// Encode embeddings as a result output (CBOR array of float32 arrays).
+pub fn encode_vectors(v: &[Vec<f32>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(&v, &mut out);
+    out
+}
+
+/// Decode an `embed` output.
+pub fn decode_vectors(b: &[u8]) -> Result<Vec<Vec<f32>>, String> {
+    ciborium::from_reader(b).map_err(|e| format!("not an embedding output: {e}"))
+}
+
+/// Decode a `generate` output.
+pub fn decode_generation(b: &[u8]) -> Result<Generation, String> {
+    ciborium::from_reader(b).map_err(|e| format!("not a generation output: {e}"))
+}
+
+type Outcome = Result<(Vec<u8>, Used), String>;
+
+/// Run every task of one (job, model) group; one outcome per task, in order.
+fn run_group(
+    home: &std::path::Path,
+    job: JobKind,
+    model: &[u8; 32],
+    tasks: &[&Task],
+    opts: &RunOptions,
+) -> Vec<Outcome> {
+    if job == JobKind::Digest {
+        return tasks.iter().map(|t| run_job(t)).collect();
+    }
+    let fail_all = |why: String| tasks.iter().map(|_| Err(why.clone())).collect();
+    let held = match models::find(home, model) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            return fail_all(format!(
+                "this node does not hold model {}",
+                hex::encode(model)
+            ))
+        }
+        Err(e) => return fail_all(e.to_string()),
+    };
+    let (device, _why_cpu) = devices::pick(opts.gpu);
+    match (job, held.format) {
+        (JobKind::Embed, models::Format::Bert) => {
+            let start = Instant::now();
+            let emb = match embed::Embedder::load(&held.dir, &device) {
+                Ok(e) => e,
+                Err(e) => return fail_all(e.to_string()),
+            };
+            // All texts of the group in one run, batched; then split back per task.
+            let mut texts = Vec::new();
+            let mut spans = Vec::new();
+            for t in tasks {
+                match embed_texts(&t.input) {
+                    Ok(v) => {
+                        spans.push(Ok((texts.len(), v.len())));
+                        texts.extend(v);
+                    }
+                    Err(e) => spans.push(Err(e)),
+                }
+            }
+            let batch = devices::batch_size(&device, opts.max_batch);
+            let vectors = match emb.embed(&texts, batch) {
+                Ok(v) => v,
+                Err(e) => return fail_all(e.to_string()),
+            };
+            let ms = start.elapsed().as_millis() as u64;
+            spans
+                .into_iter()
+                .zip(tasks)
+                .map(|(span, t)| {
+                    let (at, n) = span?;
+                    over_time(t, ms)?;
+                    Ok((
+                        encode_vectors(&vectors[at..at + n]),
+                        Used {
+                            ms,
+                            tokens: n as u64,
+                        },
+                    ))
+                })
+                .collect()
+        }
+        (JobKind::Generate, models::Format::Gguf) => {
+            let Some(path) = held.gguf() else {
+                return fail_all("the model holds no .gguf file".into());
+            };
+            let mut gen = match generate::Generator::load(&path, &device) {
+                Ok(g) => g,
+                Err(e) => return fail_all(e.to_string()),
+            };
+            tasks
+                .iter()
+                .map(|t| {
+                    let start = Instant::now();
+                    let user = std::str::from_utf8(&t.input)
+                        .map_err(|_| "the input is not UTF-8 text".to_string())?;
+                    let max = match t.limits.max_tokens {
+                        0 => DEFAULT_MAX_TOKENS,
+                        n => n.min(MAX_TOKENS),
+                    };
+                    let g = gen
+                        .generate(user, max as usize, generate::Decode::Greedy)
+                        .map_err(|e| e.to_string())?;
+                    let ms = start.elapsed().as_millis() as u64;
+                    over_time(t, ms)?;
+                    let tokens = g.ids.len() as u64;
+                    let mut out = Vec::new();
+                    let _ = ciborium::into_writer(
+                        &Generation {
+                            text: g.text,
+                            tokens: g.ids,
+                        },
+                        &mut out,
+                    );
+                    Ok((out, Used { ms, tokens }))
+                })
+                .collect()
+        }
+        (job, format) => fail_all(format!(
+            "model {} is a {format:?} model, which cannot run {} jobs",
+            hex::encode(model),
+            job.as_str()
+        )),
+    }
+}
+
+/// Answer every assignment from our marketplace not answered yet (sealed results, CPU,
+/// batches of 32).
+pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, WorkerError> {
+    run_with(
+        node,
+        now,
+        &RunOptions {
+            seal,
+            max_batch: 32,
+            gpu: false,
+        },
+    )
 }
 
 /// Answer every assignment from our marketplace not answered yet.
-pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, WorkerError> {
+pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunReport, WorkerError> {
     let market = node.market()?.ok_or(WorkerError::NoMarket)?;
     let me = node.node_id().to_string();
     let mut report = RunReport::default();
-    let mut outs = Vec::new();
     let mut kv = Vec::new();
+    // (assignment key, task id, task), checked and not yet answered.
+    let mut todo: Vec<([u8; 32], [u8; 32], Task)> = Vec::new();
     for key in node.store.of_kind(m::KIND_ASSIGNMENT)? {
         if node.store.ledger_get(&done_key(&key))?.is_some() {
             continue;
@@ -148,7 +351,7 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
             continue;
         }
         if node.store.ledger_get(&task_key(&task_id))?.is_some()
-            || kv.iter().any(|(k, _)| *k == task_key(&task_id))
+            || todo.iter().any(|t| t.1 == task_id)
         {
             skip("this task was already answered".into(), &mut kv);
             continue;
@@ -157,13 +360,45 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
             skip("past its deadline".into(), &mut kv);
             continue;
         }
-        let run = task.check().and_then(|()| run_job(&task));
-        let (output, used, failed) = match run {
+        todo.push((key, task_id, task));
+    }
+    // Group by job and model: each model loads once.
+    let mut groups: std::collections::BTreeMap<(JobKind, [u8; 32]), Vec<usize>> =
+        Default::default();
+    for (i, (_, _, t)) in todo.iter().enumerate() {
+        groups.entry((t.job, t.model)).or_default().push(i);
+    }
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; todo.len()];
+    for ((job, model), idx) in &groups {
+        let checked: Vec<(usize, Result<(), String>)> =
+            idx.iter().map(|&i| (i, todo[i].2.check())).collect();
+        let runnable: Vec<usize> = checked
+            .iter()
+            .filter(|(_, c)| c.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        for (i, c) in checked {
+            if let Err(e) = c {
+                outcomes[i] = Some(Err(e));
+            }
+        }
+        let tasks: Vec<&Task> = runnable.iter().map(|&i| &todo[i].2).collect();
+        for (i, o) in runnable
+            .iter()
+            .zip(run_group(&node.home, *job, model, &tasks, opts))
+        {
+            outcomes[*i] = Some(o);
+        }
+    }
+    let mut outs = Vec::new();
+    for ((key, task_id, task), outcome) in todo.iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|| Err("not run".into()));
+        let (output, used, failed) = match outcome {
             Ok((o, u)) => (o, u, None),
             Err(why) => (Vec::new(), Used::default(), Some(why)),
         };
         let r = TaskResult {
-            task: task_id,
+            task: *task_id,
             worker: me.clone(),
             output_hash: *blake3::hash(&output).as_bytes(),
             output,
@@ -171,17 +406,17 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
             used,
         };
         report.ran.push(Ran {
-            task: task_id,
+            task: *task_id,
             job: task.job,
             ms: used.ms,
             failed,
         });
         let lifetime = task.deadline.saturating_sub(now.0).max(60_000);
         outs.push((Some(market.clone()), m::encode_result(&r), lifetime));
-        kv.push((done_key(&key), Some(task_id.to_vec())));
-        kv.push((task_key(&task_id), Some(Vec::new())));
+        kv.push((done_key(key), Some(task_id.to_vec())));
+        kv.push((task_key(task_id), Some(Vec::new())));
     }
-    let c = node.compose(&outs, now, seal)?;
+    let c = node.compose(&outs, now, opts.seal)?;
     node.store.commit_ledger(&kv, &c.bundles, &c.private, now)?;
     Ok(report)
 }

@@ -1,0 +1,230 @@
+//! Models this node holds, by hash. A model is a file (a GGUF) or a folder of files (a
+//! BERT: `config.json`, `model.safetensors`, `tokenizer.json`, ...). Its hash is blake3
+//! over its files in name order, each as name ‖ 0 ‖ blake3(contents): the same files give
+//! the same hash anywhere. `model add` copies a model into `<home>/models/<hash>/` (a
+//! temporary folder renamed into place, so a half-copied model is never used); a worker
+//! runs a task only if it holds the model the task names, and checks the files' hashes
+//! again when it loads them.
+//!
+//! Owns: the local model registry.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Bad(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A model's files: (name, size in bytes), in name order.
+pub type Files = Vec<(String, u64)>;
+
+/// What kind of model a folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A BERT sentence-embedding model (safetensors): runs `embed`.
+    Bert,
+    /// A llama-family GGUF: runs `generate`.
+    Gguf,
+}
+
+/// A model this node holds.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub hash: [u8; 32],
+    pub dir: PathBuf,
+    pub format: Format,
+    pub name: String,
+    pub files: Files,
+}
+
+impl Held {
+    /// The GGUF file of a `Gguf` model.
+    pub fn gguf(&self) -> Option<PathBuf> {
+        self.files
+            .iter()
+            .find(|(n, _)| n.ends_with(".gguf"))
+            .map(|(n, _)| self.dir.join(n))
+    }
+}
+
+/// blake3 of one file, streamed.
+pub fn file_hash(path: &Path) -> Result<[u8; 32], ModelError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// The model files of `src` (a file, or the regular files directly in a folder), sorted.
+fn files_of(src: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let meta = std::fs::metadata(src).map_err(io(src))?;
+    if meta.is_file() {
+        return Ok(vec![src.to_path_buf()]);
+    }
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(src).map_err(io(src))? {
+        let p = e.map_err(io(src))?.path();
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if p.is_file() && !hidden {
+            v.push(p);
+        }
+    }
+    v.sort();
+    if v.is_empty() {
+        return Err(ModelError::Bad(format!("{} holds no files", src.display())));
+    }
+    Ok(v)
+}
+
+/// The model hash of a file or folder, and its files (name, size).
+pub fn hash_model(src: &Path) -> Result<([u8; 32], Files), ModelError> {
+    let mut h = blake3::Hasher::new();
+    let mut files = Vec::new();
+    for p in files_of(src)? {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(&file_hash(&p)?);
+        files.push((name, std::fs::metadata(&p).map_err(io(&p))?.len()));
+    }
+    Ok((*h.finalize().as_bytes(), files))
+}
+
+fn format_of(files: &[(String, u64)]) -> Result<Format, ModelError> {
+    let has = |n: &str| files.iter().any(|(f, _)| f == n);
+    if files.iter().any(|(f, _)| f.ends_with(".gguf")) {
+        Ok(Format::Gguf)
+    } else if has("config.json") && has("model.safetensors") && has("tokenizer.json") {
+        Ok(Format::Bert)
+    } else {
+        Err(ModelError::Bad(
+            "not a model: expected a .gguf file, or a folder with config.json, model.safetensors and tokenizer.json".into(),
+        ))
+    }
+}
+
+/// Where a home keeps its models.
+pub fn models_dir(home: &Path) -> PathBuf {
+    home.join("models")
+}
+
+/// Copy a model into the home's registry; returns what is held (already held: unchanged).
+pub fn add(home: &Path, src: &Path, name: Option<&str>) -> Result<Held, ModelError> {
+    let (hash, files) = hash_model(src)?;
+    let format = format_of(&files)?;
+    let root = models_dir(home);
+    let dir = root.join(hex::encode(hash));
+    let name = name
+        .map(str::to_string)
+        .or_else(|| src.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    if !dir.exists() {
+        let tmp = root.join(format!(".tmp-{}", hex::encode(&hash[..8])));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        for p in files_of(src)? {
+            let to = tmp.join(p.file_name().unwrap_or_default());
+            std::fs::copy(&p, &to).map_err(io(&p))?;
+        }
+        std::fs::write(tmp.join(".name"), &name).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    }
+    Ok(Held {
+        hash,
+        dir,
+        format,
+        name,
+        files,
+    })
+}
+
+/// The models this home holds (folders whose name is a hash).
+pub fn list(home: &Path) -> Result<Vec<Held>, ModelError> {
+    let root = models_dir(home);
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let dir = e.map_err(io(&root))?.path();
+        let Some(hash) = dir
+            .file_name()
+            .and_then(|n| hex::decode(n.to_string_lossy().as_bytes()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        else {
+            continue;
+        };
+        let mut files = Vec::new();
+        for p in files_of(&dir)? {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if n.starts_with('.') {
+                continue;
+            }
+            files.push((n, std::fs::metadata(&p).map_err(io(&p))?.len()));
+        }
+        let Ok(format) = format_of(&files) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(dir.join(".name")).unwrap_or_default();
+        out.push(Held {
+            hash,
+            dir,
+            format,
+            name,
+            files,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The held model with this hash, its files checked against the hash.
+pub fn find(home: &Path, hash: &[u8; 32]) -> Result<Option<Held>, ModelError> {
+    let Some(h) = list(home)?.into_iter().find(|h| h.hash == *hash) else {
+        return Ok(None);
+    };
+    // Hash the files as they are now (hidden files such as .name excluded).
+    let mut hh = blake3::Hasher::new();
+    for (n, _) in &h.files {
+        hh.update(n.as_bytes());
+        hh.update(&[0]);
+        hh.update(&file_hash(&h.dir.join(n))?);
+    }
+    if hh.finalize().as_bytes() != hash {
+        return Err(ModelError::Bad(format!(
+            "model {} in {} no longer matches its hash (files changed or damaged)",
+            hex::encode(hash),
+            h.dir.display()
+        )));
+    }
+    Ok(Some(h))
+}
