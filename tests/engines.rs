@@ -315,3 +315,62 @@ fn a_worker_runs_embed_and_generate_tasks_with_models_it_holds() {
         want
     );
 }
+
+#[test]
+fn a_model_travels_as_bundles_and_is_put_together_at_the_other_end() {
+    use mycelium::node::Node;
+    use mycelium::time::DtnTime;
+    use mycelium::worker::models;
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        Node::init(&t.path().join("a")).unwrap(),
+        Node::init(&t.path().join("b")).unwrap(),
+    );
+    let now = DtnTime::now();
+    let held = models::add(&a.home, &model("all-minilm-l6-v2"), Some("minilm")).unwrap();
+    let n = models::publish(&a, &held, now).unwrap();
+    // A manifest and the 87 MiB of weights in 4 MiB chunks, plus the small files.
+    assert!(n > 20, "{n} bundles");
+    let keys: Vec<[u8; 32]> = a
+        .store
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    let blob_keys: Vec<[u8; 32]> = a.store.of_kind("blob").unwrap();
+    // Everything but one chunk arrives: the model waits, incomplete.
+    for k in &keys {
+        if *k != blob_keys[3] {
+            b.receive(&a.store.get_raw(k).unwrap().unwrap(), now)
+                .unwrap();
+        }
+    }
+    let (added, waiting) = models::assemble(&b).unwrap();
+    assert!(added.is_empty());
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].have + 1, waiting[0].need);
+    // Someone else's chunk under the same coordinates does not count.
+    let c = Node::init(&t.path().join("c")).unwrap();
+    let missing = a.store.get(&blob_keys[3]).unwrap().unwrap();
+    let mut blob = mycelium::adu::model::decode_blob(missing.bundle().payload()).unwrap();
+    blob.data = vec![0; blob.data.len()];
+    let forged = c
+        .compose(
+            &[(None, mycelium::adu::model::encode_blob(&blob), 3_600_000)],
+            now,
+            false,
+        )
+        .unwrap();
+    b.receive(forged.bundles[0].raw(), now).unwrap();
+    assert!(models::assemble(&b).unwrap().0.is_empty());
+    // The last chunk arrives: the model is put together, checked, and held by hash.
+    b.receive(missing.raw(), now).unwrap();
+    let (added, waiting) = models::assemble(&b).unwrap();
+    assert!(waiting.is_empty());
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].hash, held.hash);
+    let found = models::find(&b.home, &held.hash).unwrap().unwrap();
+    let emb = Embedder::load(&found.dir, &Device::Cpu).unwrap();
+    assert_eq!(emb.dim, 384);
+}

@@ -629,6 +629,13 @@ pub struct WorkerArgs {
     /// Answer what is assigned now, then exit
     #[arg(long)]
     pub once: bool,
+    /// Most texts embedded at once (on a GPU, also bounded by free memory)
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Run the engines on a GPU (needs a build with `--features cuda`; falls back to the
+    /// CPU with the reason when none can be used)
+    #[arg(long)]
+    pub gpu: bool,
     /// Send results in clear instead of sealed
     #[arg(long)]
     pub no_seal: bool,
@@ -636,12 +643,15 @@ pub struct WorkerArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
-    /// Tell the marketplace what this node runs
+    /// What compute devices this node sees (GPUs through the CUDA driver, and the CPU)
+    Devices,
+    /// Tell the marketplace what this node runs (default: digest, and every job the
+    /// models it holds can run)
     Offer {
         /// Job kinds, comma-separated
-        #[arg(long, default_value = "digest", value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
-        /// Model hashes this node holds
+        /// Model hashes to offer (default: every model held)
         #[arg(long = "model")]
         models: Vec<String>,
         /// Most tasks at once
@@ -653,6 +663,9 @@ pub enum WorkerCommand {
 }
 
 pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
+    if let Some(WorkerCommand::Devices) = &a.cmd {
+        return devices(cli);
+    }
     let node = Node::open(&home(cli))?;
     if let Some(WorkerCommand::Offer {
         kinds,
@@ -661,14 +674,33 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
         no_seal,
     }) = &a.cmd
     {
-        let kinds = kinds
+        let held = worker::models::list(&node.home)?;
+        let mut kinds = kinds
             .iter()
             .map(|k| JobKind::parse(k).with_context(|| format!("unknown job kind {k:?}")))
             .collect::<Result<Vec<_>>>()?;
-        let models = models
+        if kinds.is_empty() {
+            kinds.push(JobKind::Digest);
+            for h in &held {
+                let k = match h.format {
+                    worker::models::Format::Bert => JobKind::Embed,
+                    worker::models::Format::Gguf => JobKind::Generate,
+                };
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+        }
+        let mut models = models
             .iter()
             .map(|h| parse_hash(h).map(|b| serde_bytes::ByteBuf::from(b.to_vec())))
             .collect::<Result<Vec<_>>>()?;
+        if models.is_empty() {
+            models = held
+                .iter()
+                .map(|h| serde_bytes::ByteBuf::from(h.hash.to_vec()))
+                .collect();
+        }
         let offer = m::Offer {
             kinds,
             models,
@@ -683,8 +715,22 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let opts = worker::RunOptions {
+        seal: !a.no_seal,
+        max_batch: a.max_batch.max(1),
+        gpu: a.gpu,
+    };
+    if a.gpu {
+        let (device, why) = worker::devices::pick(true);
+        match why {
+            Some(w) => eprintln!("worker: {w}"),
+            None => eprintln!("worker: running on {device:?}"),
+        }
+    }
     loop {
-        let r = worker::run_once(&node, DtnTime::now(), !a.no_seal)?;
+        let started = std::time::Instant::now();
+        let r = worker::run_with(&node, DtnTime::now(), &opts)?;
+        let secs = started.elapsed().as_secs_f64();
         if cli.json {
             print_json(&json!({
                 "ran": r.ran.iter().map(|x| json!({"task": hex::encode(x.task), "kind": x.job.as_str(),
@@ -706,12 +752,60 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
             for (k, w) in &r.skipped {
                 println!("assignment {k} skipped: {w}");
             }
+            if !r.ran.is_empty() {
+                println!(
+                    "{} tasks in {secs:.2} s ({:.1} tasks/s)",
+                    r.ran.len(),
+                    r.ran.len() as f64 / secs.max(1e-9)
+                );
+            }
         }
         if a.once {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_secs(30));
     }
+}
+
+fn devices(cli: &Cli) -> Result<()> {
+    let gpus = worker::devices::gpus();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cli.json {
+        print_json(&json!({
+            "cuda_feature": cfg!(feature = "cuda"),
+            "gpus": match &gpus {
+                Ok(g) => json!(g.iter().map(|d| json!({"ordinal": d.ordinal, "name": d.name,
+                    "total_bytes": d.total_bytes, "free_bytes": d.free_bytes,
+                    "compute_capability": [d.compute_capability.0, d.compute_capability.1]})).collect::<Vec<_>>()),
+                Err(_) => json!([]),
+            },
+            "gpu_error": gpus.as_ref().err(),
+            "cpu_threads": cpus,
+        }));
+        return Ok(());
+    }
+    match &gpus {
+        Ok(g) if g.is_empty() => println!("GPU: the CUDA driver reports none"),
+        Ok(g) => {
+            for d in g {
+                println!(
+                    "GPU {}: {} (compute {}.{}), {:.1} GiB free of {:.1} GiB",
+                    d.ordinal,
+                    d.name,
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    d.free_bytes as f64 / (1u64 << 30) as f64,
+                    d.total_bytes as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        Err(e) => println!("GPU: {e}"),
+    }
+    println!("CPU: {cpus} threads");
+    if !cfg!(feature = "cuda") {
+        println!("(this build runs engines on the CPU only; build with --features cuda for GPUs)");
+    }
+    Ok(())
 }
 
 // --------------------------------------------------------------------------- guild

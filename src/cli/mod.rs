@@ -8,6 +8,7 @@ mod demo;
 mod demo_market;
 mod market_cmds;
 mod messages;
+mod model_cmds;
 mod net;
 mod node_cmds;
 mod sneakernet;
@@ -87,6 +88,9 @@ pub enum Command {
     Market(market_cmds::MarketCommand),
     /// Balance and payments; `wallet send` pays a node
     Wallet(market_cmds::WalletArgs),
+    /// Models this node holds for its engines, and their travel as bundles
+    #[command(subcommand)]
+    Model(model_cmds::ModelCommand),
     /// Run assigned tasks and answer the marketplace; `worker offer` announces this node
     Worker(market_cmds::WorkerArgs),
     /// Guilds: groups of workers sharing tasks and payments
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Task(c) => market_cmds::task(&cli, c),
         Command::Market(c) => market_cmds::market(&cli, c),
         Command::Wallet(a) => market_cmds::wallet_cmd(&cli, a),
+        Command::Model(c) => model_cmds::run(&cli, c),
         Command::Worker(a) => market_cmds::worker_cmd(&cli, a),
         Command::Guild(c) => market_cmds::guild(&cli, c),
         Command::Demo(a) => demo::run(&cli, a),

@@ -86,6 +86,8 @@ pub struct RunReport {
     pub ran: Vec<Ran>,
     /// Assignments not run, with why (not from our marketplace, bad task, past deadline).
     pub skipped: Vec<(String, String)>,
+    /// Models put together from bundles before running.
+    pub models_added: usize,
 }
 
 fn done_key(key: &[u8; 32]) -> Vec<u8> {
@@ -299,6 +301,11 @@ pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunRepor
     let market = node.market()?.ok_or(WorkerError::NoMarket)?;
     let me = node.node_id().to_string();
     let mut report = RunReport::default();
+    // Models that arrived as bundles since the last run become usable now.
+    match models::assemble(node) {
+        Ok((added, _)) => report.models_added = added.len(),
+        Err(e) => report.skipped.push(("models".into(), e.to_string())),
+    }
     let mut kv = Vec::new();
     // (assignment key, task id, task), checked and not yet answered.
     let mut todo: Vec<([u8; 32], [u8; 32], Task)> = Vec::new();
