@@ -27,6 +27,10 @@
 #      the same way .ci/run installs its apt packages.
 set -euo pipefail
 
+if [ -z "${MYCELIUM_MODELS:-}" ] && [ -z "${HOME:-}" ]; then
+  echo "fetch-models: error: neither MYCELIUM_MODELS nor HOME is set" >&2
+  exit 1
+fi
 MODELS="${MYCELIUM_MODELS:-$HOME/.cache/mycelium/models}"
 
 # ---- pins -------------------------------------------------------------------------------

@@ -869,3 +869,56 @@ fn sealed_end_to_end_a_task_and_its_pay_travel_sealed() {
     carry(&w.m, &w.w[0], w.now);
     assert_eq!(wallet_of(&w.w[0]).balance, 10);
 }
+
+#[test]
+fn embeddings_agree_by_cosine_so_a_gpu_and_a_cpu_are_both_paid() {
+    let w = world(3);
+    grant(&w, &w.a, 100);
+    carry(&w.m, &w.a, w.now);
+    let model = [5u8; 32];
+    let offer = m::Offer {
+        kinds: vec![JobKind::Embed],
+        models: vec![serde_bytes::ByteBuf::from(model.to_vec())],
+        capacity: 4,
+    };
+    for x in &w.w {
+        worker::offer(x, &offer, w.now, false).unwrap();
+        carry(x, &w.m, w.now);
+    }
+    let mut t = digest_task(b"one\ntwo", 10, 3, w.now.0 + 3_600_000);
+    t.job = JobKind::Embed;
+    t.model = model;
+    let tid = wallet::submit_task(&w.a, &t, w.now, false).unwrap();
+    carry(&w.a, &w.m, w.now);
+    process(&w, w.now);
+    let enc = |v: Vec<Vec<f32>>| {
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    };
+    let cpu = vec![vec![0.6, 0.8, 0.0], vec![0.0, 0.6, 0.8]];
+    let gpu = vec![vec![0.6001, 0.7999, 0.0001], vec![0.0, 0.6002, 0.7998]];
+    let wrong = vec![vec![0.8, 0.6, 0.0], vec![0.0, 0.6, 0.8]];
+    for (x, out) in w.w.iter().zip([cpu, gpu, wrong]) {
+        carry(&w.m, x, w.now);
+        cheat(x, &w.m, &enc(out), w.now);
+        carry(x, &w.m, w.now);
+    }
+    let ev = process(&w, w.now);
+    let agreeing = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::Accepted { task, agreeing, .. } if *task == tid => Some(agreeing.clone()),
+            _ => None,
+        })
+        .expect("accepted");
+    assert_eq!(agreeing.len(), 2);
+    assert!(ev.contains(&Event::Disagreed {
+        task: tid,
+        worker: w.w[2].node_id().to_string()
+    }));
+    for (i, want) in [(0, 10), (1, 10), (2, 0)] {
+        carry(&w.m, &w.w[i], w.now);
+        assert_eq!(wallet_of(&w.w[i]).balance, want, "worker {i}");
+    }
+}

@@ -17,9 +17,10 @@
   Reported: decode tokens/s (new tokens / time after the prompt is in), and end-to-end
   tokens/s (new tokens / time including the prompt's prefill).
 
-Each figure is the median of several timed runs after warm-up runs. The machine's load
-average is printed too: another process using the cores (a cargo build) skews everything,
-llama.cpp's spinning thread pool most of all.
+Each figure is the median of several timed runs after warm-up runs. The share of CPU time
+that other processes took during the run is printed too (from /proc/stat): another process
+using the cores (a cargo build) skews everything, llama.cpp's spinning thread pool most of
+all.
 
 Usage: bench_reference.py [--json] [--models DIR] [--quick]
 """
@@ -74,6 +75,18 @@ def median_time(fn, warmup, runs):
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts), ts
+
+
+def _busy_and_own():
+    """(CPU seconds all processes spent busy so far, CPU seconds this process spent)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = float("nan")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
 
 
 def cpu_name():
@@ -322,22 +335,34 @@ def main():
             sys.exit(f"missing {f}: run scripts/fetch-models.sh first")
 
     load_before = os.getloadavg()
+    busy0, own0 = _busy_and_own()
+    wall0 = time.perf_counter()
     rows, info = [], {}
-    if a.only in (None, "minilm"):
-        r, i = bench_minilm(a.models, cores, a.quick, log)
-        rows += r
-        info.update(i)
-    if a.only in (None, "smollm2"):
-        r, i = bench_smollm2(a.models, cores, a.quick, log)
+    for name, fn in (("minilm", bench_minilm), ("smollm2", bench_smollm2)):
+        if a.only not in (None, name):
+            continue
+        b0, o0 = _busy_and_own()
+        w0 = time.perf_counter()
+        r, i = fn(a.models, cores, a.quick, log)
+        b1, o1 = _busy_and_own()
+        share = max(0.0, (b1 - b0) - (o1 - o0)) / ((time.perf_counter() - w0) * cores)
+        for row in r:
+            row["other_processes_cpu_share"] = round(share, 3)
         rows += r
         info.update(i)
     load_after = os.getloadavg()
+    busy1, own1 = _busy_and_own()
+    wall = time.perf_counter() - wall0
+    # CPU time other processes took while this ran, as a share of the machine
+    others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * cores)
 
     env = {
         "cpu": cpu_name(),
         "cores": cores,
         "python": platform.python_version(),
         "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "other_processes_cpu_share": round(others, 3),
+        "wall_s": round(wall, 1),
         **info,
     }
     if a.json:
@@ -345,7 +370,8 @@ def main():
         return
 
     print(f"# reference throughput: {env['cpu']}, {cores} cores, threads={cores}, "
-          f"load avg (1m) before/after {env['loadavg_1m_before_after']}")
+          f"load avg (1m) before/after {env['loadavg_1m_before_after']}, "
+          f"other processes used {100 * others:.1f}% of the CPU during the run")
     for k in ("torch", "llama_cpp_python"):
         if k in env:
             print(f"# {k} {env[k]}")
@@ -368,8 +394,9 @@ def main():
               f"batch 8 = real batched decode (llama_batch, 8 sequence ids) via low-level bindings; "
               f"its greedy outputs equal the sequential ones for "
               f"{env['batch8_sequences_identical_to_sequential']} prompts")
-    if max(env["loadavg_1m_before_after"]) > 0.5 * cores:
-        print(f"# WARNING: load average was high: other work was competing for the {cores} cores")
+    if others > 0.05:
+        print(f"# WARNING: other processes took {100 * others:.0f}% of the {cores} cores during the run: "
+              f"numbers are low; rerun on a quiet machine")
 
 
 if __name__ == "__main__":

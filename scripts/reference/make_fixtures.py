@@ -390,16 +390,16 @@ def make_smollm2(models, out):
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
         "run_settings": {"n_ctx": n_ctx, "n_batch": 512, "n_threads": n_threads, "logits_all": True,
                          "flash_attn": False, "kv_cache_type": "f16"},
-        "gguf_metadata": {k: md.get(k) for k in keys},
+        "gguf_metadata": gguf_metadata(gguf, keys, md),
         "chat_template": template,
         "special_tokens": {
             "bos_id": bos, "bos": tok_str(bos),
             "eos_id": eos, "eos": tok_str(eos),
             "unk_id": int(md["tokenizer.ggml.unknown_token_id"]),
             "pad_id": int(md["tokenizer.ggml.padding_token_id"]),
-            "im_start_id": llm.tokenize(b"<|im_start|>", add_bos=False, special=True),
-            "im_end_id": llm.tokenize(b"<|im_end|>", add_bos=False, special=True),
-            "endoftext_id": llm.tokenize(b"<|endoftext|>", add_bos=False, special=True),
+            "im_start_id": one(llm.tokenize(b"<|im_start|>", add_bos=False, special=True)),
+            "im_end_id": one(llm.tokenize(b"<|im_end|>", add_bos=False, special=True)),
+            "endoftext_id": one(llm.tokenize(b"<|endoftext|>", add_bos=False, special=True)),
             "stop_ids": [eos],
         },
         "prompts": results,
@@ -407,6 +407,26 @@ def make_smollm2(models, out):
         "transformers_dequantized_f32": xcheck,
     }
     dump(fixture, out / "smollm2_reference.json")
+
+
+def one(ids):
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
+def gguf_metadata(path, keys, fallback):
+    """Typed GGUF key/values (llama-cpp-python's metadata has only strings, floats rounded)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return {k: fallback.get(k) for k in keys}
+    r = GGUFReader(str(path))
+    out = {}
+    for k in keys:
+        f = r.fields.get(k)
+        v = f.contents() if f is not None else None
+        out[k] = v.item() if hasattr(v, "item") else v
+    return out
 
 
 def smollm2_transformers_xcheck(models, results, tok_cases):

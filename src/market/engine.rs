@@ -21,6 +21,7 @@
 //!
 //! Owns: task life cycle, matching, quorum, reputation, guild payouts. Pure: no I/O.
 
+use super::agree;
 use super::ledger::{self, Issue, PaymentOutcome, Txn, NOTICE_LIFETIME_MS};
 use super::MarketError;
 use crate::adu::market::{self as m, Eligibility, JobKind, Offer, Reputation, Task, TaskResult};
@@ -113,6 +114,9 @@ pub struct TaskState {
     pub assigned: Vec<String>,
     pub answers: Vec<Answer>,
     pub accepted: Option<ByteBuf>,
+    /// The accepted output, for approximate agreement with later answers.
+    #[serde(default)]
+    pub accepted_output: Option<ByteBuf>,
     pub closed: bool,
     pub received: u64,
 }
@@ -126,6 +130,9 @@ pub struct Answer {
     pub valid: bool,
     pub failed: Option<String>,
     pub judged: bool,
+    /// The output itself, kept for jobs judged by approximate agreement (`embed`).
+    #[serde(default)]
+    pub output: Option<ByteBuf>,
 }
 
 /// A worker as the marketplace knows it.
@@ -325,6 +332,7 @@ impl<'a> Engine<'a> {
             assigned: Vec::new(),
             answers: Vec::new(),
             accepted: None,
+            accepted_output: None,
             closed: false,
             received: self.now,
         };
@@ -541,6 +549,7 @@ impl<'a> Engine<'a> {
                 valid: false,
                 failed: None,
                 judged: true,
+                output: None,
             });
             self.update_worker(signer, |w| w.record.late += 1)?;
             self.events.push(Event::Late {
@@ -553,6 +562,7 @@ impl<'a> Engine<'a> {
         let well_formed = r.check();
         let failed = r.failed.clone();
         let valid = failed.is_none() && well_formed.is_ok();
+        let keep = valid && st.task.job == JobKind::Embed;
         st.answers.push(Answer {
             worker: signer.to_string(),
             result: ByteBuf::from(key.to_vec()),
@@ -560,6 +570,7 @@ impl<'a> Engine<'a> {
             valid,
             failed: failed.clone(),
             judged: false,
+            output: keep.then(|| ByteBuf::from(r.output.clone())),
         });
         self.events.push(Event::ResultRecorded {
             task: id,
@@ -595,30 +606,56 @@ impl<'a> Engine<'a> {
         output: Option<&[u8]>,
     ) -> Result<(), MarketError> {
         let quorum = usize::from(st.task.redundancy) / 2 + 1;
+        let job = st.task.job;
+        let out_of =
+            |a: &Answer| -> Vec<u8> { a.output.as_ref().map(|o| o.to_vec()).unwrap_or_default() };
         if st.accepted.is_none() {
-            let mut best: Option<(&[u8], usize)> = None;
-            for a in st.answers.iter().filter(|a| a.valid) {
-                let n = st
-                    .answers
+            // The answer the most others agree with (ties: the earliest).
+            let valid: Vec<usize> = (0..st.answers.len())
+                .filter(|&i| st.answers[i].valid)
+                .collect();
+            let mut best: Option<(usize, usize)> = None;
+            for &i in &valid {
+                let (ha, oa) = (st.answers[i].hash.to_vec(), out_of(&st.answers[i]));
+                let n = valid
                     .iter()
-                    .filter(|b| b.valid && b.hash == a.hash)
+                    .filter(|&&j| {
+                        let b = &st.answers[j];
+                        agree::agree(job, (&ha, &oa), (&b.hash, &out_of(b)))
+                    })
                     .count();
                 if best.is_none_or(|(_, c)| n > c) {
-                    best = Some((a.hash.as_slice(), n));
+                    best = Some((i, n));
                 }
             }
-            if let Some((hash, n)) = best {
+            if let Some((rep_i, n)) = best {
                 if n >= quorum {
-                    let hash = id32(hash);
+                    // The quorum is reached by the answer just recorded (the last one): its
+                    // output goes in the verdict when it agrees, else the representative's.
+                    let last = st.answers.len() - 1;
+                    let (ha, oa) = (st.answers[rep_i].hash.to_vec(), out_of(&st.answers[rep_i]));
+                    let lb = &st.answers[last];
+                    let pick = if lb.valid && agree::agree(job, (&ha, &oa), (&lb.hash, &out_of(lb)))
+                    {
+                        last
+                    } else {
+                        rep_i
+                    };
+                    let hash = id32(&st.answers[pick].hash);
+                    let out = if pick == last {
+                        output.unwrap_or_default().to_vec()
+                    } else {
+                        out_of(&st.answers[pick])
+                    };
                     st.accepted = Some(ByteBuf::from(hash.to_vec()));
-                    let agreeing: Vec<String> = st
-                        .answers
+                    st.accepted_output =
+                        (job == JobKind::Embed).then(|| ByteBuf::from(out.clone()));
+                    let agreeing: Vec<String> = valid
                         .iter()
-                        .filter(|a| a.valid && a.hash.as_slice() == hash)
-                        .map(|a| a.worker.clone())
+                        .map(|&j| &st.answers[j])
+                        .filter(|b| agree::agree(job, (&hash, &out), (&b.hash, &out_of(b))))
+                        .map(|b| b.worker.clone())
                         .collect();
-                    // The quorum is reached by the answer just recorded: its output is it.
-                    let out = output.unwrap_or_default().to_vec();
                     let v = m::Verdict {
                         task: *id,
                         accepted: true,
@@ -640,13 +677,19 @@ impl<'a> Engine<'a> {
             }
         }
         if let Some(acc) = st.accepted.clone() {
+            let acc_out = st
+                .accepted_output
+                .as_ref()
+                .map(|o| o.to_vec())
+                .unwrap_or_default();
             let pending: Vec<usize> = (0..st.answers.len())
                 .filter(|&i| st.answers[i].valid && !st.answers[i].judged)
                 .collect();
             for i in pending {
                 st.answers[i].judged = true;
                 let worker = st.answers[i].worker.clone();
-                if st.answers[i].hash == acc {
+                let b = &st.answers[i];
+                if agree::agree(job, (&acc, &acc_out), (&b.hash, &out_of(b))) {
                     let result = id32(&st.answers[i].result);
                     if self.reward(id, st, &worker, result)? {
                         self.update_worker(&worker, |w| w.record.accepted += 1)?;

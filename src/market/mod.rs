@@ -6,11 +6,13 @@
 //!
 //! - [`ledger`]: the key/value transaction the rules run in, accounts and payment rules.
 //! - [`engine`]: tasks, offers, matching, quorum, reputation and guilds.
+//! - [`agree`]: when two results count as the same answer (exact, or cosine for embeddings).
 //! - `service` (with the store): reads new bundles addressed to the marketplace from the
 //!   store, runs them through the rules, signs what the rules send, commits both at once.
 //!
 //! The rules are sans-IO: values and a clock in, state changes and payloads out.
 
+pub mod agree;
 pub mod engine;
 pub mod ledger;
 #[cfg(feature = "store")]

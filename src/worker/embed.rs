@@ -132,16 +132,4 @@ pub fn mean_pool_normalise(hidden: &Tensor, mask: &Tensor) -> candle_core::Resul
     mean.broadcast_div(&norm)
 }
 
-/// Cosine similarity of two vectors (1 for identical directions).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        ab += f64::from(*x) * f64::from(*y);
-        aa += f64::from(*x) * f64::from(*x);
-        bb += f64::from(*y) * f64::from(*y);
-    }
-    if aa == 0.0 || bb == 0.0 || a.len() != b.len() {
-        return 0.0;
-    }
-    (ab / (aa.sqrt() * bb.sqrt())) as f32
-}
+pub use crate::market::agree::cosine;

@@ -162,10 +162,7 @@ pub fn encode_vectors(v: &[Vec<f32>]) -> Vec<u8> {
     out
 }
 
-/// Decode an `embed` output.
-pub fn decode_vectors(b: &[u8]) -> Result<Vec<Vec<f32>>, String> {
-    ciborium::from_reader(b).map_err(|e| format!("not an embedding output: {e}"))
-}
+pub use crate::market::agree::decode_vectors;
 
 /// Decode a `generate` output.
 pub fn decode_generation(b: &[u8]) -> Result<Generation, String> {
