@@ -232,17 +232,23 @@ fn demo_runs_end_to_end() {
     assert!(v["stick2"]["c_rejected"].as_u64().unwrap() >= 1);
     assert!(v["feed"]["c_new"].as_u64() >= v["feed"]["notices"].as_u64());
     assert_eq!(v["quic"]["answer_delivered"], true);
-    assert_eq!(v["quic"]["a_purged"], 2);
+    assert_eq!(v["quic"]["a_purged"], 4);
     // The marketplace: two honest workers agree, the liar is outvoted, the payments
-    // reach the workers' wallets by the feed, A holds 100 − 30 + 10 refunded.
+    // reach the workers' wallets by the feed, A holds 100 − 30 + 10 refunded − 20.
     assert_eq!(v["market"]["agreeing"], 2);
     assert_eq!(v["market"]["outvoted"], 1);
-    assert_eq!(v["market"]["paid_total"], 30);
+    // With the embed and generate tasks (5 credits × 2 workers each): 30 + 20 paid.
+    assert_eq!(v["market"]["paid_total"], 50);
+    assert_eq!(v["market"]["accepted_tasks"], 3);
     assert_eq!(
         v["wallets"]["worker_balances"],
-        serde_json::json!([10, 10, 0])
+        serde_json::json!([20, 20, 0])
     );
-    assert_eq!(v["wallets"]["a_balance"], 80);
+    assert_eq!(v["wallets"]["a_balance"], 60);
+    assert_eq!(v["wallets"]["embeddings"], 3);
+    assert_eq!(v["wallets"]["dim"], 384);
+    assert!(v["wallets"]["similar"].as_f64() > v["wallets"]["dissimilar"].as_f64());
+    assert!(!v["wallets"]["generated"].as_str().unwrap().is_empty());
     assert!(v["feed"]["deleted"].as_u64().unwrap() > 0);
 }
 

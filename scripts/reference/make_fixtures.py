@@ -391,6 +391,7 @@ def make_smollm2(models, out):
         "run_settings": {"n_ctx": n_ctx, "n_batch": 512, "n_threads": n_threads, "logits_all": True,
                          "flash_attn": False, "kv_cache_type": "f16"},
         "gguf_metadata": gguf_metadata(gguf, keys, md),
+        "gguf_tensors": gguf_tensors(gguf),
         "chat_template": template,
         "special_tokens": {
             "bos_id": bos, "bos": tok_str(bos),
@@ -427,6 +428,25 @@ def gguf_metadata(path, keys, fallback):
         v = f.contents() if f is not None else None
         out[k] = v.item() if hasattr(v, "item") else v
     return out
+
+
+def gguf_tensors(path):
+    """Tensor count and types; whether there is a separate output (lm_head) matrix."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
+    from collections import Counter
+
+    r = GGUFReader(str(path))
+    names = {t.name: t for t in r.tensors}
+    return {
+        "count": len(r.tensors),
+        "types": dict(Counter(t.tensor_type.name for t in r.tensors)),
+        "token_embd.weight": names["token_embd.weight"].tensor_type.name,
+        "has_output.weight": "output.weight" in names,
+        "note": "no output.weight: the LM head is tied to token_embd.weight" if "output.weight" not in names else None,
+    }
 
 
 def smollm2_transformers_xcheck(models, results, tok_cases):

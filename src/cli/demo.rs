@@ -138,8 +138,9 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     )?;
     let ask = "A to the marketplace: who can supply insulin to the clinic?";
     let (request, _) = sealed(&market, adu::encode_message(&Message::Text(ask.into())))?;
-    super::demo_market::setup(&alice, &market, &workers, now)?;
-    let task = super::demo_market::submit(&alice, now)?;
+    let models = super::demo_market::setup(&alice, &market, &workers, now)?;
+    let tasks = super::demo_market::submit(&alice, &models, now)?;
+    let task = tasks.digest;
     say(format!(
         "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B),",
         msg.raw().len(),
@@ -152,10 +153,10 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         file_sealed.raw().len()
     ));
     say(format!(
-        "   A also submits a task {} for M (digest of the clinic's inventory, 3 workers, {} credits each), paid from the {} credits M granted it; sealed too",
+        "   A also submits three tasks for M, paid from the {} credits M granted it and sealed too: the digest of the clinic's inventory {} (3 workers, {} credits each), embeddings of 3 sentences with all-MiniLM-L6-v2 and an answer from SmolLM2-135M (2 workers each)",
+        super::demo_market::GRANT,
         &hex::encode(task)[..12],
-        super::demo_market::REWARD,
-        super::demo_market::GRANT
+        super::demo_market::REWARD
     ));
 
     // A single bundle file with one flipped bit is refused outright.
@@ -283,7 +284,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
 
     // B is also the cell's gateway: an uplink to the marketplace over QUIC.
     let (quic_summary, market_summary) =
-        gateway_round_trip(&say, &alice, &bob, &market, &workers, &task, ask)?;
+        gateway_round_trip(&say, &alice, &bob, &market, &workers, &tasks, ask)?;
 
     // The global side answers by satellite: a one-way feed, recorded with losses.
     let n_feed = 120;
@@ -406,7 +407,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
             .join(", "),
         feed_in[3]
     ));
-    let wallets = super::demo_market::home(&say, &alice, &workers, &task)?;
+    let wallets = super::demo_market::home(&say, &alice, &workers, &tasks)?;
     let took = started.elapsed();
     say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC; the task was run by three workers, checked by quorum and paid; the payments came home by satellite.".into());
     say(format!("({:.2} s)", took.as_secs_f64()));
@@ -444,7 +445,7 @@ fn gateway_round_trip(
     bob: &std::sync::Arc<Node>,
     market: &std::sync::Arc<Node>,
     workers: &[std::sync::Arc<Node>],
-    task: &[u8; 32],
+    tasks: &super::demo_market::Tasks,
     ask: &str,
 ) -> Result<(serde_json::Value, serde_json::Value)> {
     use crate::transport::quic::{self, QuicConfig};
@@ -470,7 +471,7 @@ fn gateway_round_trip(
         up.stats.rounds,
         up.wire_tx + up.wire_rx
     ));
-    let market_summary = super::demo_market::work(say, &rt, market, m_addr, workers, task, &cfg)?;
+    let market_summary = super::demo_market::work(say, &rt, market, m_addr, workers, tasks, &cfg)?;
     let answer = "M to A: a supplier in the next town has insulin; order placed.";
     market.send(
         alice.node_id(),

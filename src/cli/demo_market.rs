@@ -1,8 +1,10 @@
 //! The marketplace part of `demo`: M grants A credits, three workers offer to run jobs, A
 //! submits a task (which then travels on the sticks and through the gateway), the workers
 //! fetch their assignments from M over QUIC and answer (the third one dishonestly), the
-//! quorum accepts the right output, and M pays the two honest workers. The payments go
-//! home by the satellite feed (see `demo`).
+//! quorum accepts the right output, and M pays the two honest workers. W1 and W2 also hold
+//! two real models (all-MiniLM-L6-v2 and SmolLM2-135M-Instruct, from
+//! `scripts/fetch-models.sh`) and run A's `embed` and `generate` tasks on their CPUs. The
+//! payments go home by the satellite feed (see `demo`).
 
 use crate::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
 use crate::bundle::VerifiedBundle;
@@ -21,9 +23,41 @@ pub const GRANT: u64 = 100;
 pub const REWARD: u64 = 10;
 pub const INPUT: &[u8] = b"clinic inventory 2026-11: insulin 0, syringes 40, gauze 12";
 
+/// The models W1 and W2 hold, by hash.
+pub struct Models {
+    pub embed: [u8; 32],
+    pub generate: [u8; 32],
+}
+
+/// A's tasks.
+pub struct Tasks {
+    pub digest: [u8; 32],
+    pub embed: [u8; 32],
+    pub generate: [u8; 32],
+}
+
+pub const SENTENCES: [&str; 3] = [
+    "The clinic needs insulin by Friday.",
+    "Insulin must reach the clinic before the weekend.",
+    "Mushrooms grow well in damp forests.",
+];
+pub const QUESTION: &str = "Name one thing a village clinic needs.";
+
 /// Everyone settles with M; M grants A credits (the grant reached A at an earlier
-/// meeting); each worker signs an offer for M.
-pub fn setup(alice: &Node, market: &Node, workers: &[Arc<Node>], now: DtnTime) -> Result<()> {
+/// meeting); W1 and W2 take the two models from the fetched cache; each worker signs an
+/// offer for M.
+pub fn setup(alice: &Node, market: &Node, workers: &[Arc<Node>], now: DtnTime) -> Result<Models> {
+    let fetched = worker::models::fetched_dir();
+    let (bert, gguf) = (
+        fetched.join("all-minilm-l6-v2"),
+        fetched.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    );
+    if !bert.exists() || !gguf.exists() {
+        bail!(
+            "the demo runs real models and they are not in {}: run `bash scripts/fetch-models.sh` first",
+            fetched.display()
+        );
+    }
     market.set_market(&market.node_id())?;
     alice.set_market(&market.node_id())?;
     let a = alice.node_id().to_string();
@@ -36,20 +70,39 @@ pub fn setup(alice: &Node, market: &Node, workers: &[Arc<Node>], now: DtnTime) -
             let _ = alice.receive(&raw, now);
         }
     }
-    let offer = m::Offer {
-        kinds: vec![JobKind::Digest],
-        models: vec![],
-        capacity: 4,
-    };
-    for w in workers {
+    let mut models = None;
+    for (i, w) in workers.iter().enumerate() {
         w.set_market(&market.node_id())?;
+        let offer = if i < 2 {
+            let e = worker::models::add(&w.home, &bert, Some("all-MiniLM-L6-v2"))?;
+            let g = worker::models::add(&w.home, &gguf, Some("SmolLM2-135M-Instruct-Q4_1"))?;
+            models = Some(Models {
+                embed: e.hash,
+                generate: g.hash,
+            });
+            m::Offer {
+                kinds: vec![JobKind::Digest, JobKind::Embed, JobKind::Generate],
+                models: vec![
+                    serde_bytes::ByteBuf::from(e.hash.to_vec()),
+                    serde_bytes::ByteBuf::from(g.hash.to_vec()),
+                ],
+                capacity: 4,
+            }
+        } else {
+            m::Offer {
+                kinds: vec![JobKind::Digest],
+                models: vec![],
+                capacity: 4,
+            }
+        };
         worker::offer(w, &offer, now, true)?;
     }
-    Ok(())
+    models.context("the demo needs at least two workers")
 }
 
-/// A's task: the digest of the clinic's inventory, checked by three workers.
-pub fn submit(alice: &Node, now: DtnTime) -> Result<[u8; 32]> {
+/// A's tasks: the digest of the clinic's inventory (three workers), embeddings of three
+/// sentences and an answer to a question (two workers each).
+pub fn submit(alice: &Node, models: &Models, now: DtnTime) -> Result<Tasks> {
     let t = Task {
         job: JobKind::Digest,
         model: [0; 32],
@@ -63,8 +116,29 @@ pub fn submit(alice: &Node, now: DtnTime) -> Result<[u8; 32]> {
         redundancy: 3,
         who: Eligibility::Anyone,
     };
-    Ok(wallet::submit_task(alice, &t, now, true)?)
+    let digest = wallet::submit_task(alice, &t, now, true)?;
+    let mut e = t.clone();
+    e.job = JobKind::Embed;
+    e.model = models.embed;
+    e.input = SENTENCES.join("\n").into_bytes();
+    e.reward = MODEL_REWARD;
+    e.redundancy = 2;
+    let embed = wallet::submit_task(alice, &e, now, true)?;
+    let mut g = e.clone();
+    g.job = JobKind::Generate;
+    g.model = models.generate;
+    g.input = QUESTION.as_bytes().to_vec();
+    g.limits.max_tokens = 24;
+    let generate = wallet::submit_task(alice, &g, now, true)?;
+    Ok(Tasks {
+        digest,
+        embed,
+        generate,
+    })
 }
+
+/// Credits per worker for the model tasks.
+pub const MODEL_REWARD: u64 = 5;
 
 /// A dishonest worker: answers every assignment with a made-up output.
 fn cheat(w: &Node, now: DtnTime) -> Result<usize> {
@@ -108,21 +182,22 @@ pub fn work(
     market: &Node,
     m_addr: SocketAddr,
     workers: &[Arc<Node>],
-    task: &[u8; 32],
+    tasks: &Tasks,
     cfg: &QuicConfig,
 ) -> Result<serde_json::Value> {
     let now = DtnTime::now();
+    let task = &tasks.digest;
     let mut events = service::process(market, now, true)?.events;
-    if !events.contains(&Event::TaskAccepted {
-        task: *task,
-        escrow: 3 * REWARD,
-    }) {
-        bail!("the marketplace did not accept A's task: {events:?}");
+    let accepted = count(&events, |e| matches!(e, Event::TaskAccepted { .. }));
+    if accepted != 3 {
+        bail!("the marketplace accepted {accepted} of A's 3 tasks: {events:?}");
     }
     say(format!(
-        "    M's ledger accepts A's task {} (digest of the clinic's inventory, 3 workers, {REWARD} credits each): {} credits held in escrow",
-        &hex::encode(task)[..12],
-        3 * REWARD
+        "    M's ledger accepts A's three tasks ({} digest, {} embed, {} generate): {} credits held in escrow",
+        &hex::encode(task)[..8],
+        &hex::encode(tasks.embed)[..8],
+        &hex::encode(tasks.generate)[..8],
+        3 * REWARD + 4 * MODEL_REWARD
     ));
     let sync = |w: &Node| -> Result<u64> {
         Ok(rt
@@ -135,27 +210,40 @@ pub fn work(
     events.extend(service::process(market, now, true)?.events);
     let assigned = count(&events, |e| matches!(e, Event::Assigned { .. }));
     let mut answers = Vec::new();
+    let mut run_secs = 0.0;
     for (i, w) in workers.iter().enumerate() {
         sync(w)?;
         let n = if i == 2 {
             cheat(w, now)?
         } else {
-            worker::run_once(w, now, true)?.ran.len()
+            let t = std::time::Instant::now();
+            let r = worker::run_once(w, now, true)?;
+            run_secs += t.elapsed().as_secs_f64();
+            if let Some(f) = r.ran.iter().find_map(|x| x.failed.clone()) {
+                bail!("a worker failed a task: {f}");
+            }
+            r.ran.len()
         };
         answers.push(n);
         sync(w)?;
     }
     say(format!(
-        "    workers W1, W2, W3 sync with M over QUIC: their offers go up, {assigned} sealed assignments come down; W1 and W2 run the job, W3 makes up an answer; the results go up"
+        "    workers W1, W2, W3 sync with M over QUIC: their offers go up, {assigned} sealed assignments come down; W1 and W2 run the digest, MiniLM and SmolLM2 on their CPUs ({run_secs:.1} s), W3 makes up a digest; the results go up"
     ));
     let decided = service::process(market, now, true)?.events;
     let agreeing = decided
         .iter()
         .find_map(|e| match e {
-            Event::Accepted { agreeing, .. } => Some(agreeing.len()),
+            Event::Accepted {
+                task: t, agreeing, ..
+            } if t == task => Some(agreeing.len()),
             _ => None,
         })
         .context("the quorum did not accept an output")?;
+    let accepted_all = count(&decided, |e| matches!(e, Event::Accepted { .. }));
+    if accepted_all != 3 {
+        bail!("only {accepted_all} of A's 3 tasks were accepted: {decided:?}");
+    }
     let outvoted = count(&decided, |e| matches!(e, Event::Disagreed { .. }));
     let paid: u64 = decided
         .iter()
@@ -165,10 +253,11 @@ pub fn work(
         })
         .sum();
     say(format!(
-        "    the quorum (2 of 3) accepts the output {agreeing} workers agree on; W3 is outvoted ({outvoted}), unpaid, and its record drops; M signs payments of {REWARD} credits to W1 and W2 and refunds A the unused {REWARD}"
+        "    the quorum (2 of 3) accepts the digest {agreeing} workers agree on; W3 is outvoted ({outvoted}), unpaid, and its record drops; W1's and W2's embeddings agree (cosine >= 0.999) and so do their generations; M signs payments to W1 and W2 and refunds A the unused {REWARD}"
     ));
     Ok(json!({
         "task": hex::encode(task),
+        "accepted_tasks": accepted_all,
         "assigned": assigned,
         "answers": answers,
         "agreeing": agreeing,
@@ -182,31 +271,52 @@ pub fn home(
     say: &impl Fn(String),
     alice: &Node,
     workers: &[Arc<Node>],
-    task: &[u8; 32],
+    tasks: &Tasks,
 ) -> Result<serde_json::Value> {
     let mut balances = Vec::new();
     for w in workers {
         balances.push(wallet::view(w)?.balance);
     }
-    if balances != [i128::from(REWARD), i128::from(REWARD), 0] {
+    let earned = i128::from(REWARD + 2 * MODEL_REWARD);
+    if balances != [earned, earned, 0] {
         bail!("workers' wallets after the feed: {balances:?}");
     }
-    let mut verdict = None;
-    for key in alice.store.of_kind(m::KIND_VERDICT)? {
-        if let Some(vb) = alice.store.get(&key)? {
-            if let Ok(v) = m::decode_verdict(vb.bundle().payload()) {
-                if v.task == *task {
-                    verdict = Some(v);
+    let verdict = |task: &[u8; 32]| -> Result<m::Verdict> {
+        for key in alice.store.of_kind(m::KIND_VERDICT)? {
+            if let Some(vb) = alice.store.get(&key)? {
+                if let Ok(v) = m::decode_verdict(vb.bundle().payload()) {
+                    if v.task == *task && v.accepted {
+                        return Ok(v);
+                    }
                 }
             }
         }
-    }
-    let v = verdict.context("A has no verdict on its task")?;
-    if !v.accepted || v.output != blake3::hash(INPUT).as_bytes() {
+        bail!("A has no accepted verdict on task {}", hex::encode(task))
+    };
+    let v = verdict(&tasks.digest)?;
+    if v.output != blake3::hash(INPUT).as_bytes() {
         bail!("A's verdict does not carry the right output");
     }
+    let vectors =
+        worker::decode_vectors(&verdict(&tasks.embed)?.output).map_err(anyhow::Error::msg)?;
+    let sim = |a: usize, b: usize| crate::market::agree::cosine(&vectors[a], &vectors[b]);
+    if vectors.len() != 3 || sim(0, 1) <= sim(0, 2) {
+        bail!("the embeddings do not rank the two insulin sentences closest");
+    }
+    let answer =
+        worker::decode_generation(&verdict(&tasks.generate)?.output).map_err(anyhow::Error::msg)?;
+    say(format!(
+        "    A reads its embeddings: 3 vectors of {} numbers; the two insulin sentences are closest (cosine {:.2}, against {:.2} for the mushrooms)",
+        vectors[0].len(),
+        sim(0, 1),
+        sim(0, 2)
+    ));
+    say(format!(
+        "    and SmolLM2's answer to {QUESTION:?}: {:?}",
+        answer.text.trim()
+    ));
     let aw = wallet::view(alice)?;
-    let expect = i128::from(GRANT - 3 * REWARD + REWARD);
+    let expect = i128::from(GRANT - 3 * REWARD + REWARD - 4 * MODEL_REWARD);
     if aw.balance != expect || aw.pending_out != 0 {
         bail!(
             "A's wallet: balance {} (expected {expect}), {} pending",
@@ -224,6 +334,9 @@ pub fn home(
     ));
     Ok(
         json!({"worker_balances": balances.iter().map(|b| *b as i64).collect::<Vec<_>>(),
-              "a_balance": aw.balance as i64, "output": hex::encode(&v.output)}),
+              "a_balance": aw.balance as i64, "output": hex::encode(&v.output),
+              "embeddings": vectors.len(), "dim": vectors[0].len(),
+              "similar": sim(0, 1), "dissimilar": sim(0, 2),
+              "generated": answer.text}),
     )
 }

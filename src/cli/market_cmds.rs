@@ -232,9 +232,22 @@ fn task_list(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// Output as JSON: text when it is UTF-8, hex always.
-fn output_json(out: &[u8]) -> Value {
-    json!({"hex": hex::encode(out), "text": std::str::from_utf8(out).ok(), "bytes": out.len()})
+/// Output as JSON: embeddings as arrays of numbers, a generation as its text and tokens,
+/// anything else as hex.
+fn output_json(job: JobKind, out: &[u8]) -> Value {
+    match job {
+        JobKind::Embed => match worker::decode_vectors(out) {
+            Ok(v) => {
+                json!({"vectors": v, "count": v.len(), "dim": v.first().map_or(0, |x| x.len())})
+            }
+            Err(e) => json!({"hex": hex::encode(out), "error": e}),
+        },
+        JobKind::Generate => match worker::decode_generation(out) {
+            Ok(g) => json!({"text": g.text, "tokens": g.tokens}),
+            Err(e) => json!({"hex": hex::encode(out), "error": e}),
+        },
+        JobKind::Digest => json!({"hex": hex::encode(out), "bytes": out.len()}),
+    }
 }
 
 fn task_result(cli: &Cli, id: &str) -> Result<()> {
@@ -256,7 +269,7 @@ fn task_result(cli: &Cli, id: &str) -> Result<()> {
             "task": hex::encode(key),
             "kind": t.job.as_str(),
             "status": match v { None => "waiting", Some(v) if v.accepted => "accepted", Some(_) => "failed" },
-            "output": v.filter(|v| v.accepted).map(|v| output_json(&v.output)),
+            "output": v.filter(|v| v.accepted).map(|v| output_json(t.job, &v.output)),
             "output_hash": v.filter(|v| v.accepted).map(|v| hex::encode(v.output_hash)),
             "agreeing": v.map(|v| v.agreeing.clone()),
             "results": v.map(|v| v.results),
@@ -275,9 +288,22 @@ fn task_result(cli: &Cli, id: &str) -> Result<()> {
             v.reason.clone().unwrap_or_default()
         ),
         Some(v) => {
-            match std::str::from_utf8(&v.output) {
-                Ok(s) if t.job != JobKind::Digest => println!("{s}"),
-                _ => println!("{}", hex::encode(&v.output)),
+            match t.job {
+                JobKind::Embed => match worker::decode_vectors(&v.output) {
+                    Ok(vs) => {
+                        for x in &vs {
+                            let head: Vec<String> =
+                                x.iter().take(4).map(|f| format!("{f:.4}")).collect();
+                            println!("[{}, … {} numbers]", head.join(", "), x.len());
+                        }
+                    }
+                    Err(e) => println!("{e}"),
+                },
+                JobKind::Generate => match worker::decode_generation(&v.output) {
+                    Ok(g) => println!("{}", g.text),
+                    Err(e) => println!("{e}"),
+                },
+                JobKind::Digest => println!("{}", hex::encode(&v.output)),
             }
             eprintln!(
                 "accepted: {} of {} workers agreed on blake3 {}",

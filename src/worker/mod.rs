@@ -15,9 +15,12 @@
 //!
 //! Owns: turning assignments into results.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod devices;
 pub mod embed;
 pub mod generate;
+pub mod kernels;
 pub mod models;
 
 use crate::adu::market::{self as m, JobKind, Offer, Task, TaskResult, Used};

@@ -135,6 +135,16 @@ fn format_of(files: &[(String, u64)]) -> Result<Format, ModelError> {
     }
 }
 
+/// Where `scripts/fetch-models.sh` puts the reference models: `$MYCELIUM_MODELS`, else
+/// `~/.cache/mycelium/models`.
+pub fn fetched_dir() -> PathBuf {
+    match std::env::var_os("MYCELIUM_MODELS") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/mycelium/models"),
+    }
+}
+
 /// Where a home keeps its models.
 pub fn models_dir(home: &Path) -> PathBuf {
     home.join("models")
