@@ -12,8 +12,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{
-    CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, DType, Error, Layout, Result,
-    Shape, Tensor,
+    CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, DType, Error, Layout, Result, Shape,
+    Tensor,
 };
 use std::sync::OnceLock;
 
@@ -32,11 +32,9 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
 
 /// The contiguous part of a tensor's storage that `layout` covers.
 fn offsets(what: &str, layout: &Layout) -> Result<(usize, usize)> {
-    layout.contiguous_offsets().ok_or_else(|| {
-        Error::Msg(format!(
-            "{what}: our CUDA kernels need a contiguous tensor"
-        ))
-    })
+    layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg(format!("{what}: our CUDA kernels need a contiguous tensor")))
 }
 
 /// Masked mean pooling + L2 normalisation: `hidden` (n, t, d) f32 and `mask` (n, t) u32
@@ -54,7 +52,9 @@ impl MeanPoolL2 {
         let (h0, h1) = offsets("hidden", hidden.1)?;
         let (m0, m1) = offsets("mask", mask.1)?;
         if h1 - h0 != n * t * d || m1 - m0 != n * t {
-            return Err(Error::Msg("mean pooling: storage does not match the shapes".into()));
+            return Err(Error::Msg(
+                "mean pooling: storage does not match the shapes".into(),
+            ));
         }
         let h = hidden.0.as_cuda_slice::<f32>()?;
         let h = h
@@ -198,7 +198,10 @@ impl CustomOp1 for ArgmaxRows {
         let (rows, cols) = l.shape().dims2()?;
         let (o0, o1) = offsets("logits", l)?;
         if rows == 0 || cols == 0 || o1 - o0 != rows * cols {
-            return Err(Error::Msg(format!("argmax: bad logits shape {:?}", l.shape())));
+            return Err(Error::Msg(format!(
+                "argmax: bad logits shape {:?}",
+                l.shape()
+            )));
         }
         let dev = s.device();
         let x = s.as_cuda_slice::<f32>()?;
@@ -211,7 +214,8 @@ impl CustomOp1 for ArgmaxRows {
             block_dim: (kernels::block_threads(cols), 1, 1),
             shared_mem_bytes: 0,
         };
-        let func = dev.get_or_load_custom_func(kernels::ARGMAX_ROWS_F32, kernels::MODULE, ptx()?)?;
+        let func =
+            dev.get_or_load_custom_func(kernels::ARGMAX_ROWS_F32, kernels::MODULE, ptx()?)?;
         // SAFETY: every element is written by the kernel before it is read.
         let mut out = unsafe { dev.alloc::<u32>(rows)? };
         let mut b = func.builder();

@@ -50,36 +50,29 @@ pub fn pick(want_gpu: bool) -> (candle_core::Device, Option<String>) {
         return (candle_core::Device::Cpu, None);
     }
     #[cfg(feature = "cuda")]
-    {
-        match gpus() {
-            Ok(g) if !g.is_empty() => match candle_core::Device::new_cuda(0) {
-                Ok(d) => return (d, None),
-                Err(e) => {
-                    return (
-                        candle_core::Device::Cpu,
-                        Some(format!("GPU 0 could not be used ({e}); running on the CPU")),
-                    )
-                }
-            },
-            Ok(_) => {
-                return (
-                    candle_core::Device::Cpu,
-                    Some("the CUDA driver reports no GPU; running on the CPU".into()),
-                )
-            }
-            Err(e) => {
-                return (
-                    candle_core::Device::Cpu,
-                    Some(format!("{e}; running on the CPU")),
-                )
-            }
-        }
-    }
+    let picked = match gpus() {
+        Ok(g) if !g.is_empty() => match candle_core::Device::new_cuda(0) {
+            Ok(d) => (d, None),
+            Err(e) => (
+                candle_core::Device::Cpu,
+                Some(format!("GPU 0 could not be used ({e}); running on the CPU")),
+            ),
+        },
+        Ok(_) => (
+            candle_core::Device::Cpu,
+            Some("the CUDA driver reports no GPU; running on the CPU".into()),
+        ),
+        Err(e) => (
+            candle_core::Device::Cpu,
+            Some(format!("{e}; running on the CPU")),
+        ),
+    };
     #[cfg(not(feature = "cuda"))]
-    (
+    let picked = (
         candle_core::Device::Cpu,
         Some("this build has no `cuda` feature; running on the CPU".into()),
-    )
+    );
+    picked
 }
 
 /// How many texts or prompts to run at once on `device`: bounded by free GPU memory

@@ -31,7 +31,11 @@ pub const MEAN_POOL_L2_F32_MASK: &str = "mean_pool_l2_f32_mask";
 pub const ARGMAX_ROWS_F32: &str = "argmax_rows_f32";
 
 /// Every entry point [`SOURCE`] defines.
-pub const ENTRIES: &[&str] = &[MEAN_POOL_L2_U32_MASK, MEAN_POOL_L2_F32_MASK, ARGMAX_ROWS_F32];
+pub const ENTRIES: &[&str] = &[
+    MEAN_POOL_L2_U32_MASK,
+    MEAN_POOL_L2_F32_MASK,
+    ARGMAX_ROWS_F32,
+];
 
 /// Threads per block for a row of `len` elements: a multiple of 32, 32..=1024.
 pub fn block_threads(len: usize) -> u32 {
@@ -184,8 +188,9 @@ pub fn nvrtc_available() -> Result<(), String> {
                 "NVRTC (libnvrtc.so.13, the CUDA run-time compiler) could not be loaded, so our \
                  CUDA kernels cannot be compiled to PTX. Put the directory that holds it on \
                  LD_LIBRARY_PATH (it comes with a CUDA 13 toolkit, or PyPI's \
-                 nvidia-cuda-nvrtc==13.0.88 wheel under nvidia/cu13/lib; \
-                 `source shared/tools/cuda-toolchain.sh` sets it up). LD_LIBRARY_PATH is {:?}",
+                 nvidia-cuda-nvrtc==13.0.88 wheel under nvidia/cu13/lib, which .ci/run \
+                 fetches; `source ../shared/tools/cuda-toolchain.sh` sets up a whole \
+                 toolkit). LD_LIBRARY_PATH is {:?}",
                 std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
             ));
         }
