@@ -378,17 +378,17 @@ def main():
     if "llama_cpp_system_info" in env:
         print(f"# llama.cpp: {env['llama_cpp_system_info']}")
     print()
-    print(f"{'model':<27} {'workload':<42} {'batch':>5} {'tokens':>6}  {'throughput':<40} {'others':>6}")
+    print(f"{'model':<27} {'workload':<44} {'batch':>5} {'tokens':>6}  {'throughput':<40} {'others':>6}")
     for r in rows:
         if r["workload"] == "embed":
             t = f"{r['value']:.1f} sentences/s"
-            print(f"{r['model']:<27} {'embed (tokenise+BERT+pool+norm)':<42} {r['batch']:>5} "
+            print(f"{r['model']:<27} {'embed (tokenise+BERT+pool+norm)':<44} {r['batch']:>5} "
                   f"{r['tokens_per_input']:>6}  {t:<40} {100 * r['other_processes_cpu_share']:>5.1f}%")
     for r in rows:
         if r["workload"] != "embed":
             w = r["workload"].split(": ", 1)[1]
             t = f"{r['value']:.1f} tok/s e2e, {r['decode_tokens_per_s']:.1f} tok/s decode"
-            print(f"{r['model']:<27} {w:<42} {r['batch']:>5} {NEW_TOKENS:>6}  {t:<40} "
+            print(f"{r['model']:<27} {w:<44} {r['batch']:>5} {NEW_TOKENS:>6}  {t:<40} "
                   f"{100 * r['other_processes_cpu_share']:>5.1f}%")
     if "batch8_sequences_identical_to_sequential" in env:
         print()
