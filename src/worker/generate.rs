@@ -1,15 +1,18 @@
 //! The `generate` engine: llama-family text generation from a GGUF file (SmolLM2-135M-
-//! Instruct Q4_1 and its kind) through candle's quantized llama. The tokenizer is built
-//! from the GGUF metadata (byte-level BPE: vocabulary, merges, control tokens), prompts
-//! are wrapped in the model's ChatML chat template, and decoding is greedy or seeded
-//! sampling, up to a token limit or a stop token.
+//! Instruct Q4_1 and its kind). The tokenizer is built from the GGUF metadata (byte-level
+//! BPE: vocabulary, merges, control tokens), prompts are wrapped in the model's ChatML chat
+//! template, and decoding is greedy or seeded sampling, up to a token limit or a stop
+//! token.
 //!
-//! Several prompts in one call run one after another on the same loaded model (candle's
-//! quantized llama keeps one KV cache, so there is no padded batch here yet).
+//! On the CPU the model runs on our own forward pass ([`super::llama`]): several prompts
+//! are generated together, one batched pass per step, and the teacher-forced check of a
+//! claimed generation is one pass over prompt and claim. On a GPU it runs on candle's
+//! quantized llama (CUDA), one prompt at a time.
 //!
 //! Owns: generation and the teacher-forced check of a claimed generation. Reads the model
 //! file; no other I/O.
 
+use super::llama::{Cache, Llama};
 use super::EngineError;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -43,10 +46,19 @@ pub struct Generated {
     pub stopped: bool,
 }
 
+/// How the model runs: our CPU forward pass ([`Llama`]: batched, all-position logits), or
+/// candle's quantized llama on a GPU.
+enum Engine {
+    Cpu(Llama),
+    Candle {
+        model: Box<ModelWeights>,
+        device: Device,
+    },
+}
+
 pub struct Generator {
-    model: ModelWeights,
+    engine: Engine,
     pub tokenizer: Tokenizer,
-    device: Device,
     pub stop_ids: Vec<u32>,
     system: String,
     /// Longest prompt plus generation the model takes.
@@ -153,12 +165,19 @@ impl Generator {
             .and_then(|v| Ok(v.to_u32()? as usize))
             .unwrap_or(2048)
             .min(4096);
-        let model = ModelWeights::from_gguf(ct, &mut f, device)
-            .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
+        let engine = if device.is_cpu() {
+            Engine::Cpu(Llama::load(&ct, &mut f)?)
+        } else {
+            let model = ModelWeights::from_gguf(ct, &mut f, device)
+                .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
+            Engine::Candle {
+                model: Box::new(model),
+                device: device.clone(),
+            }
+        };
         Ok(Generator {
-            model,
+            engine,
             tokenizer,
-            device: device.clone(),
             stop_ids,
             system,
             context,
@@ -195,9 +214,12 @@ impl Generator {
             .to_vec())
     }
 
-    fn logits(&mut self, ids: &[u32], pos: usize) -> Result<Tensor, EngineError> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        Ok(self.model.forward(&input, pos)?.squeeze(0)?)
+    /// Vocabulary size of the loaded model (CPU engine), for checks.
+    pub fn vocab(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Cpu(m) => Some(m.cfg.vocab),
+            Engine::Candle { .. } => None,
+        }
     }
 
     /// Answer one user message, up to `max_tokens` new tokens.
@@ -218,56 +240,190 @@ impl Generator {
         max_tokens: usize,
         decode: Decode,
     ) -> Result<Generated, EngineError> {
-        let prompt_ids = self.encode(prompt)?;
-        if prompt_ids.len() + max_tokens > self.context {
-            return Err(EngineError::Input(format!(
-                "prompt of {} tokens plus {max_tokens} new ones exceeds the context of {}",
-                prompt_ids.len(),
-                self.context
-            )));
-        }
-        let mut proc = match decode {
-            Decode::Greedy => LogitsProcessor::from_sampling(0, Sampling::ArgMax),
-            Decode::Sample { seed, temperature } => {
-                LogitsProcessor::from_sampling(seed, Sampling::All { temperature })
+        let mut v = self.complete_batch(&[prompt], max_tokens, decode)?;
+        v.pop()
+            .ok_or_else(|| EngineError::Input("no generation".into()))
+    }
+
+    /// Continue several chat-template prompts together (on the CPU engine, one batched
+    /// forward pass per step over every unfinished sequence). Each gets up to
+    /// `max_tokens` new tokens; sampling streams are seeded per prompt, so an answer does
+    /// not depend on what it was batched with.
+    pub fn complete_batch(
+        &mut self,
+        prompts: &[&str],
+        max_tokens: usize,
+        decode: Decode,
+    ) -> Result<Vec<Generated>, EngineError> {
+        let jobs: Vec<(&str, usize)> = prompts.iter().map(|p| (*p, max_tokens)).collect();
+        self.complete_each(&jobs, decode)
+    }
+
+    /// As [`Generator::complete_batch`], with each prompt's own token limit.
+    pub fn complete_each(
+        &mut self,
+        jobs: &[(&str, usize)],
+        decode: Decode,
+    ) -> Result<Vec<Generated>, EngineError> {
+        let mut seqs = Vec::with_capacity(jobs.len());
+        let mut limits = Vec::with_capacity(jobs.len());
+        for &(p, max_tokens) in jobs {
+            let prompt_ids = self.encode(p)?;
+            if prompt_ids.is_empty() || prompt_ids.len() + max_tokens > self.context {
+                return Err(EngineError::Input(format!(
+                    "prompt of {} tokens plus {max_tokens} new ones does not fit the context of {}",
+                    prompt_ids.len(),
+                    self.context
+                )));
             }
-        };
-        let mut logits = self.logits(&prompt_ids, 0)?;
-        let mut pos = prompt_ids.len();
-        let mut ids = Vec::new();
-        let mut stopped = false;
-        while ids.len() < max_tokens {
-            let next = proc.sample(&logits)?;
-            ids.push(next);
-            if self.stop_ids.contains(&next) {
-                stopped = true;
-                break;
-            }
-            logits = self.logits(&[next], pos)?;
-            pos += 1;
+            seqs.push(prompt_ids);
+            limits.push(max_tokens);
         }
-        let shown: Vec<u32> = ids
+        let mut procs: Vec<LogitsProcessor> = seqs
             .iter()
-            .copied()
-            .filter(|i| !self.stop_ids.contains(i))
+            .map(|_| match decode {
+                Decode::Greedy => LogitsProcessor::from_sampling(0, Sampling::ArgMax),
+                Decode::Sample { seed, temperature } => {
+                    LogitsProcessor::from_sampling(seed, Sampling::All { temperature })
+                }
+            })
             .collect();
-        let text = self
-            .tokenizer
-            .decode(&shown, true)
-            .map_err(|e| EngineError::Input(format!("decode: {e}")))?;
-        Ok(Generated {
-            prompt_ids,
-            ids,
-            text,
-            stopped,
-        })
+        let stop_ids = self.stop_ids.clone();
+        let mut outs: Vec<(Vec<u32>, bool)> = seqs.iter().map(|_| (Vec::new(), false)).collect();
+        let pick = |proc: &mut LogitsProcessor, logits: Vec<f32>| -> Result<u32, EngineError> {
+            if decode == Decode::Greedy {
+                return Ok(argmax(&logits));
+            }
+            let n = logits.len();
+            Ok(proc.sample(&Tensor::from_vec(logits, n, &Device::Cpu)?)?)
+        };
+        match &mut self.engine {
+            Engine::Cpu(model) => {
+                let mut caches: Vec<Cache> = seqs
+                    .iter()
+                    .zip(&limits)
+                    .map(|(p, m)| Cache::new(&model.cfg, p.len() + m))
+                    .collect();
+                // Prefill every prompt in one pass; logits of each prompt's last token.
+                let mut rows = Vec::new();
+                let mut want = Vec::new();
+                for (s, p) in seqs.iter().enumerate() {
+                    for (i, &t) in p.iter().enumerate() {
+                        rows.push((s, t));
+                        want.push(i + 1 == p.len());
+                    }
+                }
+                let mut active: Vec<usize> = (0..seqs.len()).filter(|&s| limits[s] > 0).collect();
+                want.iter_mut()
+                    .zip(rows.iter())
+                    .for_each(|(w, (s, _))| *w &= limits[*s] > 0);
+                let mut logits = model.forward(&mut caches, &rows, &want)?;
+                while !active.is_empty() {
+                    let mut rows = Vec::with_capacity(active.len());
+                    let mut still = Vec::with_capacity(active.len());
+                    for (&s, l) in active.iter().zip(logits) {
+                        let next = pick(&mut procs[s], l)?;
+                        let (ids, stopped) = &mut outs[s];
+                        ids.push(next);
+                        if stop_ids.contains(&next) {
+                            *stopped = true;
+                        } else if ids.len() < limits[s] {
+                            rows.push((s, next));
+                            still.push(s);
+                        }
+                    }
+                    active = still;
+                    if active.is_empty() {
+                        break;
+                    }
+                    let want = vec![true; rows.len()];
+                    logits = model.forward(&mut caches, &rows, &want)?;
+                }
+            }
+            Engine::Candle { model, device } => {
+                for (s, p) in seqs.iter().enumerate() {
+                    let step = |model: &mut ModelWeights, ids: &[u32], pos: usize| {
+                        let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+                        let l: Vec<f32> = model.forward(&input, pos)?.squeeze(0)?.to_vec1()?;
+                        Ok::<_, EngineError>(l)
+                    };
+                    let mut logits = step(model, p, 0)?;
+                    let mut pos = p.len();
+                    let (ids, stopped) = &mut outs[s];
+                    while ids.len() < limits[s] {
+                        let next = pick(&mut procs[s], logits)?;
+                        ids.push(next);
+                        if stop_ids.contains(&next) {
+                            *stopped = true;
+                            break;
+                        }
+                        logits = step(model, &[next], pos)?;
+                        pos += 1;
+                    }
+                }
+            }
+        }
+        seqs.into_iter()
+            .zip(outs)
+            .map(|(prompt_ids, (ids, stopped))| {
+                let shown: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|i| !self.stop_ids.contains(i))
+                    .collect();
+                let text = self
+                    .tokenizer
+                    .decode(&shown, true)
+                    .map_err(|e| EngineError::Input(format!("decode: {e}")))?;
+                Ok(Generated {
+                    prompt_ids,
+                    ids,
+                    text,
+                    stopped,
+                })
+            })
+            .collect()
+    }
+
+    /// Logits after each of `prompt_ids[..]` ++ `claimed[..len-1]`, from the last prompt
+    /// token on: `claimed.len()` vectors, the i-th predicting `claimed[i]`.
+    fn forced_logits(
+        &mut self,
+        prompt_ids: &[u32],
+        claimed: &[u32],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let n = prompt_ids.len();
+        let seq: Vec<u32> = prompt_ids
+            .iter()
+            .chain(&claimed[..claimed.len().saturating_sub(1)])
+            .copied()
+            .collect();
+        match &mut self.engine {
+            Engine::Cpu(model) => {
+                // One forward pass over the prompt and the claim together.
+                let mut caches = vec![Cache::new(&model.cfg, seq.len())];
+                let rows: Vec<(usize, u32)> = seq.iter().map(|&t| (0, t)).collect();
+                let want: Vec<bool> = (0..seq.len()).map(|i| i + 1 >= n).collect();
+                model.forward(&mut caches, &rows, &want)
+            }
+            Engine::Candle { model, device } => {
+                let mut out = Vec::with_capacity(claimed.len());
+                let input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
+                out.push(model.forward(&input, 0)?.squeeze(0)?.to_vec1()?);
+                for (i, &t) in seq[n..].iter().enumerate() {
+                    let input = Tensor::new(&[t], device)?.unsqueeze(0)?;
+                    out.push(model.forward(&input, n + i)?.squeeze(0)?.to_vec1()?);
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// Teacher-forced check of a claimed greedy generation of `prompt` (chat-template
-    /// text): feed the prompt and then the
-    /// claimed tokens, and at each position require the claimed token to be the model's
-    /// choice, or within `margin` (in logits) of it. Returns the first position that
-    /// fails, or `None` when every token passes.
+    /// text): one forward pass over the prompt and the claimed tokens, then at each
+    /// position the claimed token must be the model's choice, or within `margin` (in
+    /// logits) of it. Returns the first position that fails, or `None` when every token
+    /// passes.
     pub fn check(
         &mut self,
         prompt: &str,
@@ -275,13 +431,18 @@ impl Generator {
         margin: f32,
     ) -> Result<Option<usize>, EngineError> {
         let prompt_ids = self.encode(prompt)?;
-        if prompt_ids.len() + claimed.len() > self.context {
+        if prompt_ids.is_empty() || prompt_ids.len() + claimed.len() > self.context {
             return Ok(Some(0));
         }
-        let mut logits = self.logits(&prompt_ids, 0)?;
-        let mut pos = prompt_ids.len();
-        for (i, &tok) in claimed.iter().enumerate() {
-            let v: Vec<f32> = logits.to_vec1()?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        let vocab = self.tokenizer.get_vocab_size(true);
+        if let Some(i) = claimed.iter().position(|&t| t as usize >= vocab) {
+            return Ok(Some(i));
+        }
+        let logits = self.forced_logits(&prompt_ids, claimed)?;
+        for (i, (v, &tok)) in logits.iter().zip(claimed).enumerate() {
             let Some(&want) = v.get(tok as usize) else {
                 return Ok(Some(i));
             };
@@ -289,11 +450,18 @@ impl Generator {
             if want + margin < best {
                 return Ok(Some(i));
             }
-            if i + 1 < claimed.len() {
-                logits = self.logits(&[tok], pos)?;
-                pos += 1;
-            }
         }
         Ok(None)
     }
+}
+
+/// Index of the first largest value.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

@@ -21,7 +21,9 @@ pub mod devices;
 pub mod embed;
 pub mod generate;
 pub mod kernels;
+pub mod llama;
 pub mod models;
+pub mod quant;
 
 use crate::adu::market::{self as m, JobKind, Offer, Task, TaskResult, Used};
 use crate::bundle::{Eid, VerifiedBundle};
@@ -143,6 +145,21 @@ fn over_time(task: &Task, ms: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A generation as a result output, within the task's time limit.
+fn generation_outcome(task: &Task, g: generate::Generated, ms: u64) -> Outcome {
+    over_time(task, ms)?;
+    let tokens = g.ids.len() as u64;
+    let mut out = Vec::new();
+    let _ = ciborium::into_writer(
+        &Generation {
+            text: g.text,
+            tokens: g.ids,
+        },
+        &mut out,
+    );
+    Ok((out, Used { ms, tokens }))
+}
+
 /// The texts of an `embed` input: one per non-empty line.
 pub fn embed_texts(input: &[u8]) -> Result<Vec<String>, String> {
     let s = std::str::from_utf8(input).map_err(|_| "the input is not UTF-8 text".to_string())?;
@@ -246,31 +263,60 @@ fn run_group(
                 Ok(g) => g,
                 Err(e) => return fail_all(e.to_string()),
             };
-            tasks
+            // Valid prompts run together, `max_batch` at a time, each to its own limit.
+            let prompts: Vec<Result<(String, usize), String>> = tasks
                 .iter()
                 .map(|t| {
-                    let start = Instant::now();
                     let user = std::str::from_utf8(&t.input)
                         .map_err(|_| "the input is not UTF-8 text".to_string())?;
                     let max = match t.limits.max_tokens {
                         0 => DEFAULT_MAX_TOKENS,
                         n => n.min(MAX_TOKENS),
                     };
-                    let g = gen
-                        .generate(user, max as usize, generate::Decode::Greedy)
-                        .map_err(|e| e.to_string())?;
-                    let ms = start.elapsed().as_millis() as u64;
-                    over_time(t, ms)?;
-                    let tokens = g.ids.len() as u64;
-                    let mut out = Vec::new();
-                    let _ = ciborium::into_writer(
-                        &Generation {
-                            text: g.text,
-                            tokens: g.ids,
-                        },
-                        &mut out,
-                    );
-                    Ok((out, Used { ms, tokens }))
+                    Ok((gen.prompt(user), max as usize))
+                })
+                .collect();
+            let ok: Vec<usize> = (0..tasks.len()).filter(|&i| prompts[i].is_ok()).collect();
+            let mut outcomes: Vec<Option<Outcome>> = tasks.iter().map(|_| None).collect();
+            for chunk in ok.chunks(opts.max_batch.max(1)) {
+                let jobs: Vec<(&str, usize)> = chunk
+                    .iter()
+                    .filter_map(|&i| prompts[i].as_ref().ok())
+                    .map(|(p, m)| (p.as_str(), *m))
+                    .collect();
+                let start = Instant::now();
+                let done = gen.complete_each(&jobs, generate::Decode::Greedy);
+                let ms = start.elapsed().as_millis() as u64;
+                match done {
+                    Ok(gens) => {
+                        for (&i, g) in chunk.iter().zip(gens) {
+                            outcomes[i] = Some(generation_outcome(tasks[i], g, ms));
+                        }
+                    }
+                    // A batch that fails is retried one by one, so one bad prompt (too
+                    // long for the context) fails alone.
+                    Err(_) => {
+                        for (&i, job) in chunk.iter().zip(&jobs) {
+                            let start = Instant::now();
+                            let one = gen
+                                .complete_each(std::slice::from_ref(job), generate::Decode::Greedy);
+                            let ms = start.elapsed().as_millis() as u64;
+                            outcomes[i] = Some(match one.map(|mut v| v.pop()) {
+                                Ok(Some(g)) => generation_outcome(tasks[i], g, ms),
+                                Ok(None) => Err("no generation".into()),
+                                Err(e) => Err(e.to_string()),
+                            });
+                        }
+                    }
+                }
+            }
+            outcomes
+                .into_iter()
+                .zip(prompts)
+                .map(|(o, p)| match (o, p) {
+                    (Some(o), _) => o,
+                    (None, Err(e)) => Err(e),
+                    (None, Ok(_)) => Err("not run".into()),
                 })
                 .collect()
         }

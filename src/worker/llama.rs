@@ -1,0 +1,359 @@
+//! The CPU forward pass of a llama-family model from GGUF (SmolLM2 and its kind): token
+//! embedding, per layer RMSNorm → grouped-query attention with rotary positions (GGUF's
+//! interleaved pairs) and a KV cache → RMSNorm → SwiGLU feed-forward, final norm and the
+//! output head (tied to the embedding when the file has no `output.weight`).
+//!
+//! One call runs any mix of rows: several tokens of one prompt (prefill), one new token
+//! of each of several sequences (batched decoding), or a prompt and a claimed answer
+//! together (teacher-forced checking, logits at every position). Every row of a call goes
+//! through each weight matrix in one product ([`QMatrix::matmul`]), so weights are read
+//! once per call however many sequences it serves. Each sequence has its own cache and
+//! positions, so no padding or masks between sequences are needed.
+//!
+//! Owns: the llama math on the CPU. Reads the model file once at load; no other I/O.
+
+use super::quant::{QMatrix, QuantError};
+use super::EngineError;
+use candle_core::quantized::gguf_file;
+use rayon::prelude::*;
+use std::io::{Read, Seek, SeekFrom};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub layers: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    gate: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
+}
+
+pub struct Llama {
+    pub cfg: Config,
+    embd: QMatrix,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    /// `None`: the output head is the embedding matrix.
+    output: Option<QMatrix>,
+}
+
+/// One sequence's keys and values, per layer `len` × kv width.
+pub struct Cache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    pub len: usize,
+}
+
+impl Cache {
+    pub fn new(cfg: &Config, capacity: usize) -> Cache {
+        let w = cfg.kv_heads * cfg.head_dim;
+        Cache {
+            k: (0..cfg.layers)
+                .map(|_| Vec::with_capacity(capacity * w))
+                .collect(),
+            v: (0..cfg.layers)
+                .map(|_| Vec::with_capacity(capacity * w))
+                .collect(),
+            len: 0,
+        }
+    }
+}
+
+fn model_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(e.to_string())
+}
+
+fn meta_u(ct: &gguf_file::Content, key: &str) -> Result<usize, EngineError> {
+    let v = ct
+        .metadata
+        .get(key)
+        .ok_or_else(|| EngineError::Model(format!("GGUF metadata has no {key}")))?;
+    Ok(v.to_u32().map_err(model_err)? as usize)
+}
+
+fn meta_f(ct: &gguf_file::Content, key: &str, default: f32) -> f32 {
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(default)
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let s = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * s * g;
+    }
+}
+
+/// Rotate interleaved pairs of each `head_dim` slice of `x` by `pos`.
+fn rope(x: &mut [f32], head_dim: usize, cos_sin: &[(f32, f32)]) {
+    for h in x.chunks_exact_mut(head_dim) {
+        for (p, &(c, s)) in h.chunks_exact_mut(2).zip(cos_sin) {
+            let (a, b) = (p[0], p[1]);
+            p[0] = a * c - b * s;
+            p[1] = a * s + b * c;
+        }
+    }
+}
+
+impl Llama {
+    /// Load the weights described by `ct` from `file`.
+    pub fn load<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        file: &mut R,
+    ) -> Result<Llama, EngineError> {
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(EngineError::Model(format!(
+                "architecture {arch:?} is not supported (llama is)"
+            )));
+        }
+        let dim = meta_u(ct, "llama.embedding_length")?;
+        let heads = meta_u(ct, "llama.attention.head_count")?;
+        let kv_heads = meta_u(ct, "llama.attention.head_count_kv").unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || dim % heads != 0 {
+            return Err(EngineError::Model(format!(
+                "{heads} heads over {kv_heads} key/value heads and width {dim} do not fit"
+            )));
+        }
+        let head_dim = dim / heads;
+        if head_dim % 2 != 0 {
+            return Err(EngineError::Model("odd head width".into()));
+        }
+        let mut cfg = Config {
+            layers: meta_u(ct, "llama.block_count")?,
+            dim,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: meta_u(ct, "llama.feed_forward_length")?,
+            vocab: 0,
+            eps: meta_f(ct, "llama.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_base: meta_f(ct, "llama.rope.freq_base", 10000.0),
+        };
+        let mut tensor = |name: &str, rows: usize, cols: usize| -> Result<QMatrix, EngineError> {
+            let info = ct
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| EngineError::Model(format!("GGUF has no tensor {name}")))?;
+            let dims = info.shape.dims();
+            let (r, c) = match dims {
+                [c] => (1, *c),
+                [r, c] => (*r, *c),
+                _ => return Err(EngineError::Model(format!("{name}: shape {dims:?}"))),
+            };
+            if (rows != 0 && r != rows) || c != cols {
+                return Err(EngineError::Model(format!(
+                    "{name}: shape {r}×{c}, expected {rows}×{cols}"
+                )));
+            }
+            let kind = format!("{:?}", info.ggml_dtype);
+            let n = r * c;
+            let bytes = match kind.as_str() {
+                "F32" => n * 4,
+                "Q4_1" => n / 32 * 20,
+                "Q8_0" => n / 32 * 34,
+                _ => return Err(model_err(QuantError::Type(kind))),
+            };
+            let mut buf = vec![0u8; bytes];
+            file.seek(SeekFrom::Start(ct.tensor_data_offset + info.offset))
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| EngineError::Model(format!("{name}: {e}")))?;
+            QMatrix::from_gguf(&kind, r, c, &buf)
+                .map_err(|e| EngineError::Model(format!("{name}: {e}")))
+        };
+        let vec = |m: QMatrix| -> Result<Vec<f32>, EngineError> {
+            match m.data {
+                super::quant::Data::F32(v) => Ok(v),
+                _ => Err(EngineError::Model("a norm weight is not F32".into())),
+            }
+        };
+        let embd = tensor("token_embd.weight", 0, dim)?;
+        cfg.vocab = embd.rows;
+        let kv = kv_heads * head_dim;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: vec(tensor(&format!("{p}.attn_norm.weight"), 1, dim)?)?,
+                wq: tensor(&format!("{p}.attn_q.weight"), dim, dim)?,
+                wk: tensor(&format!("{p}.attn_k.weight"), kv, dim)?,
+                wv: tensor(&format!("{p}.attn_v.weight"), kv, dim)?,
+                wo: tensor(&format!("{p}.attn_output.weight"), dim, dim)?,
+                ffn_norm: vec(tensor(&format!("{p}.ffn_norm.weight"), 1, dim)?)?,
+                gate: tensor(&format!("{p}.ffn_gate.weight"), cfg.ffn, dim)?,
+                up: tensor(&format!("{p}.ffn_up.weight"), cfg.ffn, dim)?,
+                down: tensor(&format!("{p}.ffn_down.weight"), dim, cfg.ffn)?,
+            });
+        }
+        let out_norm = vec(tensor("output_norm.weight", 1, dim)?)?;
+        let output = if ct.tensor_infos.contains_key("output.weight") {
+            Some(tensor("output.weight", cfg.vocab, dim)?)
+        } else {
+            None
+        };
+        Ok(Llama {
+            cfg,
+            embd,
+            layers,
+            out_norm,
+            output,
+        })
+    }
+
+    /// Run `rows` of (sequence index into `caches`, token); the rows of one sequence in
+    /// order, continuing from its cache. Returns the logits of the rows whose `want` is
+    /// true, in row order. Token IDs must be below the vocabulary size.
+    pub fn forward(
+        &self,
+        caches: &mut [Cache],
+        rows: &[(usize, u32)],
+        want: &[bool],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let c = &self.cfg;
+        let n = rows.len();
+        let (dim, hd, kvw) = (c.dim, c.head_dim, c.kv_heads * c.head_dim);
+        // Positions of each row.
+        let mut next: Vec<usize> = caches.iter().map(|k| k.len).collect();
+        let mut pos = Vec::with_capacity(n);
+        for &(s, t) in rows {
+            let p = next
+                .get_mut(s)
+                .ok_or_else(|| EngineError::Input(format!("no sequence {s}")))?;
+            if t as usize >= c.vocab {
+                return Err(EngineError::Input(format!(
+                    "token {t} is outside the vocabulary"
+                )));
+            }
+            pos.push(*p);
+            *p += 1;
+        }
+        let half = hd / 2;
+        let cos_sin: Vec<Vec<(f32, f32)>> = pos
+            .iter()
+            .map(|&p| {
+                (0..half)
+                    .map(|i| {
+                        let theta = p as f32 * c.rope_base.powf(-2.0 * i as f32 / hd as f32);
+                        (theta.cos(), theta.sin())
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut x = vec![0f32; n * dim];
+        for (xi, &(_, t)) in x.chunks_exact_mut(dim).zip(rows) {
+            self.embd.row(t as usize, xi);
+        }
+        let mut h = vec![0f32; n * dim];
+        let mut q = vec![0f32; n * dim];
+        let mut k = vec![0f32; n * kvw];
+        let mut v = vec![0f32; n * kvw];
+        let mut att = vec![0f32; n * dim];
+        let mut o = vec![0f32; n * dim];
+        let mut g = vec![0f32; n * c.ffn];
+        let mut u = vec![0f32; n * c.ffn];
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            for (xi, hi) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
+                rms_norm(xi, &l.attn_norm, c.eps, hi);
+            }
+            l.wq.matmul(&h, n, &mut q);
+            l.wk.matmul(&h, n, &mut k);
+            l.wv.matmul(&h, n, &mut v);
+            for i in 0..n {
+                rope(&mut q[i * dim..(i + 1) * dim], hd, &cos_sin[i]);
+                rope(&mut k[i * kvw..(i + 1) * kvw], hd, &cos_sin[i]);
+                let cache = &mut caches[rows[i].0];
+                cache.k[li].extend_from_slice(&k[i * kvw..(i + 1) * kvw]);
+                cache.v[li].extend_from_slice(&v[i * kvw..(i + 1) * kvw]);
+            }
+            // Attention: each row sees its own sequence up to its own position.
+            let caches_ref: &[Cache] = caches;
+            att.par_chunks_mut(dim).enumerate().for_each(|(i, out)| {
+                let cache = &caches_ref[rows[i].0];
+                let (keys, vals) = (&cache.k[li], &cache.v[li]);
+                let upto = pos[i] + 1;
+                let mut w = vec![0f32; upto];
+                for hq in 0..c.heads {
+                    let kh = hq / group;
+                    let qh = &q[i * dim + hq * hd..i * dim + (hq + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (t, wt) in w.iter_mut().enumerate() {
+                        let kt = &keys[t * kvw + kh * hd..t * kvw + (kh + 1) * hd];
+                        *wt = qh.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(*wt);
+                    }
+                    let mut sum = 0f32;
+                    for wt in w.iter_mut() {
+                        *wt = (*wt - max).exp();
+                        sum += *wt;
+                    }
+                    let oh = &mut out[hq * hd..(hq + 1) * hd];
+                    oh.fill(0.0);
+                    for (t, wt) in w.iter().enumerate() {
+                        let vt = &vals[t * kvw + kh * hd..t * kvw + (kh + 1) * hd];
+                        let f = wt / sum;
+                        for (a, b) in oh.iter_mut().zip(vt) {
+                            *a += f * b;
+                        }
+                    }
+                }
+            });
+            l.wo.matmul(&att, n, &mut o);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            for (xi, hi) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
+                rms_norm(xi, &l.ffn_norm, c.eps, hi);
+            }
+            l.gate.matmul(&h, n, &mut g);
+            l.up.matmul(&h, n, &mut u);
+            for (a, b) in g.iter_mut().zip(&u) {
+                *a = *a / (1.0 + (-*a).exp()) * b;
+            }
+            l.down.matmul(&g, n, &mut o);
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+        }
+        for (cache, n_new) in caches.iter_mut().zip(&next) {
+            cache.len = *n_new;
+        }
+        // Output head for the wanted rows only.
+        let picked: Vec<usize> = (0..n)
+            .filter(|&i| want.get(i).copied().unwrap_or(false))
+            .collect();
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut hn = vec![0f32; picked.len() * dim];
+        for (hi, &i) in hn.chunks_exact_mut(dim).zip(&picked) {
+            rms_norm(&x[i * dim..(i + 1) * dim], &self.out_norm, c.eps, hi);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.embd);
+        let mut logits = vec![0f32; picked.len() * c.vocab];
+        head.matmul(&hn, picked.len(), &mut logits);
+        Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
+    }
+}
