@@ -481,3 +481,144 @@ fn a_model_travels_as_bundles_and_is_put_together_at_the_other_end() {
     let emb = Embedder::load(&found.dir, &Device::Cpu).unwrap();
     assert_eq!(emb.dim, 384);
 }
+
+/// A marketplace that holds the model re-scores `generate` answers: an answer that parts
+/// from ours on a near tie (llama.cpp's greedy tokens) is paid with ours, a forged one is
+/// refused, though all three outputs differ.
+#[test]
+fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_one() {
+    use mycelium::adu::market::{self as m, Eligibility, JobKind, Limits, Offer, Task};
+    use mycelium::market::{service, Event};
+    use mycelium::node::Node;
+    use mycelium::time::DtnTime;
+    use mycelium::{wallet, worker};
+    let t = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = ["m", "a", "w1", "w2", "w3"]
+        .iter()
+        .map(|n| Node::init(&t.path().join(n)).unwrap())
+        .collect();
+    let (mk, a, ws) = (&nodes[0], &nodes[1], &nodes[2..]);
+    let now = DtnTime::now();
+    for n in &nodes {
+        n.set_market(&mk.node_id()).unwrap();
+    }
+    let carry = |from: &Node, to: &Node| {
+        let private = from.store.private_keys().unwrap();
+        for (k, _) in from.store.records().unwrap() {
+            if !private.contains(&k) {
+                let _ = to.receive(&from.store.get_raw(&k).unwrap().unwrap(), now);
+            }
+        }
+    };
+    let gguf = model("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let llm = worker::models::add(&ws[0].home, &gguf, None).unwrap();
+    worker::models::add(&mk.home, &gguf, None).unwrap();
+    let a_id = a.node_id().to_string();
+    service::with_engine(mk, now, false, |e| e.grant(&a_id, 100, "g")).unwrap();
+    carry(mk, a);
+    for w in ws {
+        let offer = Offer {
+            kinds: vec![JobKind::Generate],
+            models: vec![serde_bytes::ByteBuf::from(llm.hash.to_vec())],
+            capacity: 1,
+        };
+        worker::offer(w, &offer, now, false).unwrap();
+        carry(w, mk);
+    }
+    let fx = fixture("smollm2_reference.json");
+    let p = &fx["prompts"][1];
+    let user = p["messages"][0]["content"].as_str().unwrap();
+    let theirs: Vec<u32> = p["generated_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let task = Task {
+        job: JobKind::Generate,
+        model: llm.hash,
+        input: user.as_bytes().to_vec(),
+        limits: Limits {
+            max_tokens: theirs.len() as u32,
+            max_ms: 600_000,
+        },
+        reward: 5,
+        deadline: now.0 + 3_600_000,
+        redundancy: 3,
+        who: Eligibility::Anyone,
+    };
+    let id = wallet::submit_task(a, &task, now, false).unwrap();
+    carry(a, mk);
+    service::process(mk, now, false).unwrap();
+    for w in ws {
+        carry(mk, w);
+    }
+    // w1 runs the model; w2 answers with llama.cpp's tokens; w3 forges one token.
+    let r = worker::run_once(&ws[0], now, false).unwrap();
+    assert_eq!(r.ran.len(), 1);
+    let g = Generator::load(&gguf, &Device::Cpu).unwrap();
+    let answer = |tokens: Vec<u32>| {
+        let shown: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|t| !g.stop_ids.contains(t))
+            .collect();
+        let text = g.tokenizer.decode(&shown, true).unwrap();
+        let mut out = Vec::new();
+        ciborium::into_writer(&worker::Generation { text, tokens }, &mut out).unwrap();
+        out
+    };
+    let mut forged = theirs.clone();
+    forged[3] = g.encode(" purple").unwrap()[0];
+    for (w, out) in [(&ws[1], answer(theirs)), (&ws[2], answer(forged))] {
+        for key in w.store.of_kind(m::KIND_ASSIGNMENT).unwrap() {
+            let vb = w.store.get(&key).unwrap().unwrap();
+            if vb.bundle().primary.destination.node_id() != w.node_id() {
+                continue;
+            }
+            let asg = m::decode_assignment(vb.bundle().payload()).unwrap();
+            let tb = mycelium::bundle::VerifiedBundle::decode(&asg.task_bundle).unwrap();
+            let r = m::TaskResult {
+                task: tb.id().key(),
+                worker: w.node_id().to_string(),
+                output_hash: *blake3::hash(&out).as_bytes(),
+                output: out.clone(),
+                failed: None,
+                used: m::Used::default(),
+            };
+            let c = w
+                .compose(
+                    &[(Some(mk.node_id()), m::encode_result(&r), 3_600_000)],
+                    now,
+                    false,
+                )
+                .unwrap();
+            w.store
+                .commit_ledger(&[], &c.bundles, &c.private, now)
+                .unwrap();
+        }
+    }
+    for w in ws {
+        carry(w, mk);
+    }
+    let ev = service::process(mk, now, false).unwrap().events;
+    let ids: Vec<String> = ws.iter().map(|w| w.node_id().to_string()).collect();
+    let agreeing = ev
+        .iter()
+        .find_map(|e| match e {
+            Event::Accepted { task, agreeing, .. } if *task == id => Some(agreeing.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no verdict: {ev:?}"));
+    assert!(
+        agreeing.contains(&ids[0]) && agreeing.contains(&ids[1]),
+        "{ev:?}"
+    );
+    assert!(!agreeing.contains(&ids[2]));
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Disagreed { task, worker } if *task == id && *worker == ids[2])
+        ),
+        "{ev:?}"
+    );
+}

@@ -2,9 +2,10 @@
 //! - `digest`: the same output hash (the job is exact);
 //! - `embed`: the same number of vectors, of the same width, each pair with cosine
 //!   similarity ≥ [`EMBED_MIN_COSINE`] (a GPU and a CPU differ in the last bits);
-//! - `generate`: the same tokens (greedy decoding is deterministic on one implementation;
-//!   judging a near tie between two implementations needs the model, which the
-//!   marketplace does not run yet: see `worker::generate::Generator::check`).
+//! - `generate`: the same output here (greedy decoding is deterministic on one
+//!   implementation). A marketplace that holds the model also re-scores each answer
+//!   (`market::engine::GenerateCheck`, teacher-forced), and two answers that both pass
+//!   agree: a GPU and a CPU can part on a near tie.
 //!
 //! Owns: output agreement. Pure.
 

@@ -117,6 +117,9 @@ pub struct TaskState {
     /// The accepted output, for approximate agreement with later answers.
     #[serde(default)]
     pub accepted_output: Option<ByteBuf>,
+    /// The accepted output passed the marketplace's `generate` check.
+    #[serde(default)]
+    pub accepted_verified: bool,
     pub closed: bool,
     pub received: u64,
 }
@@ -133,7 +136,17 @@ pub struct Answer {
     /// The output itself, kept for jobs judged by approximate agreement (`embed`).
     #[serde(default)]
     pub output: Option<ByteBuf>,
+    /// A `generate` output the marketplace re-scored with the model and found to be a
+    /// greedy answer (see [`GenerateCheck`]): it agrees with every other such output.
+    #[serde(default)]
+    pub verified: bool,
 }
+
+/// The marketplace's own judge of a claimed `generate` output, when it holds the task's
+/// model: a teacher-forced re-scoring (`worker::generate::Generator::verify`).
+/// `Some(Ok(()))` passes, `Some(Err(why))` is refused, `None` cannot judge (the model is
+/// not held here), and then outputs must match exactly.
+pub type GenerateCheck<'a> = Box<dyn FnMut(&Task, &[u8]) -> Option<Result<(), String>> + 'a>;
 
 /// A worker as the marketplace knows it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,6 +200,8 @@ pub struct Engine<'a> {
     pub now: u64,
     pub events: Vec<Event>,
     touched: BTreeSet<String>,
+    /// Re-scores `generate` outputs when set.
+    pub check: Option<GenerateCheck<'a>>,
 }
 
 impl<'a> Engine<'a> {
@@ -197,6 +212,7 @@ impl<'a> Engine<'a> {
             now,
             events: Vec::new(),
             touched: BTreeSet::new(),
+            check: None,
         }
     }
 
@@ -333,6 +349,7 @@ impl<'a> Engine<'a> {
             answers: Vec::new(),
             accepted: None,
             accepted_output: None,
+            accepted_verified: false,
             closed: false,
             received: self.now,
         };
@@ -550,6 +567,7 @@ impl<'a> Engine<'a> {
                 failed: None,
                 judged: true,
                 output: None,
+                verified: false,
             });
             self.update_worker(signer, |w| w.record.late += 1)?;
             self.events.push(Event::Late {
@@ -559,8 +577,19 @@ impl<'a> Engine<'a> {
             self.put_task(&id, &st);
             return Ok(());
         }
-        let well_formed = r.check();
+        let mut well_formed = r.check();
         let failed = r.failed.clone();
+        // A `generate` answer is re-scored with the model when this marketplace holds it.
+        let mut verified = false;
+        if failed.is_none() && well_formed.is_ok() && st.task.job == JobKind::Generate {
+            if let Some(check) = self.check.as_mut() {
+                match check(&st.task, &r.output) {
+                    Some(Ok(())) => verified = true,
+                    Some(Err(why)) => well_formed = Err(why),
+                    None => {}
+                }
+            }
+        }
         let valid = failed.is_none() && well_formed.is_ok();
         let keep = valid && st.task.job == JobKind::Embed;
         st.answers.push(Answer {
@@ -571,6 +600,7 @@ impl<'a> Engine<'a> {
             failed: failed.clone(),
             judged: false,
             output: keep.then(|| ByteBuf::from(r.output.clone())),
+            verified,
         });
         self.events.push(Event::ResultRecorded {
             task: id,
@@ -583,7 +613,8 @@ impl<'a> Engine<'a> {
             }
             self.update_worker(signer, |w| w.record.failed += 1)?;
         } else if well_formed.is_err() {
-            // An output that does not match its own hash is wrong by construction.
+            // An output that does not match its own hash, or that the model refuses, is
+            // wrong by construction.
             if let Some(a) = st.answers.last_mut() {
                 a.judged = true;
             }
@@ -609,6 +640,11 @@ impl<'a> Engine<'a> {
         let job = st.task.job;
         let out_of =
             |a: &Answer| -> Vec<u8> { a.output.as_ref().map(|o| o.to_vec()).unwrap_or_default() };
+        // Two answers agree by output, or as two verified greedy generations.
+        let same = |a: (&[u8], &[u8], bool), b: &Answer| {
+            (a.2 && b.verified && job == JobKind::Generate)
+                || agree::agree(job, (a.0, a.1), (&b.hash, &out_of(b)))
+        };
         if st.accepted.is_none() {
             // The answer the most others agree with (ties: the earliest).
             let valid: Vec<usize> = (0..st.answers.len())
@@ -616,13 +652,11 @@ impl<'a> Engine<'a> {
                 .collect();
             let mut best: Option<(usize, usize)> = None;
             for &i in &valid {
-                let (ha, oa) = (st.answers[i].hash.to_vec(), out_of(&st.answers[i]));
+                let a = &st.answers[i];
+                let (ha, oa) = (a.hash.to_vec(), out_of(a));
                 let n = valid
                     .iter()
-                    .filter(|&&j| {
-                        let b = &st.answers[j];
-                        agree::agree(job, (&ha, &oa), (&b.hash, &out_of(b)))
-                    })
+                    .filter(|&&j| same((&ha, &oa, a.verified), &st.answers[j]))
                     .count();
                 if best.is_none_or(|(_, c)| n > c) {
                     best = Some((i, n));
@@ -633,10 +667,10 @@ impl<'a> Engine<'a> {
                     // The quorum is reached by the answer just recorded (the last one): its
                     // output goes in the verdict when it agrees, else the representative's.
                     let last = st.answers.len() - 1;
-                    let (ha, oa) = (st.answers[rep_i].hash.to_vec(), out_of(&st.answers[rep_i]));
+                    let ra = &st.answers[rep_i];
+                    let (ha, oa, va) = (ra.hash.to_vec(), out_of(ra), ra.verified);
                     let lb = &st.answers[last];
-                    let pick = if lb.valid && agree::agree(job, (&ha, &oa), (&lb.hash, &out_of(lb)))
-                    {
+                    let pick = if lb.valid && same((&ha, &oa, va), lb) {
                         last
                     } else {
                         rep_i
@@ -650,10 +684,12 @@ impl<'a> Engine<'a> {
                     st.accepted = Some(ByteBuf::from(hash.to_vec()));
                     st.accepted_output =
                         (job == JobKind::Embed).then(|| ByteBuf::from(out.clone()));
+                    let pv = st.answers[pick].verified;
+                    st.accepted_verified = pv;
                     let agreeing: Vec<String> = valid
                         .iter()
                         .map(|&j| &st.answers[j])
-                        .filter(|b| agree::agree(job, (&hash, &out), (&b.hash, &out_of(b))))
+                        .filter(|b| same((&hash, &out, pv), b))
                         .map(|b| b.worker.clone())
                         .collect();
                     let v = m::Verdict {
@@ -689,7 +725,7 @@ impl<'a> Engine<'a> {
                 st.answers[i].judged = true;
                 let worker = st.answers[i].worker.clone();
                 let b = &st.answers[i];
-                if agree::agree(job, (&acc, &acc_out), (&b.hash, &out_of(b))) {
+                if same((&acc, &acc_out, st.accepted_verified), b) {
                     let result = id32(&st.answers[i].result);
                     if self.reward(id, st, &worker, result)? {
                         self.update_worker(&worker, |w| w.record.accepted += 1)?;

@@ -113,9 +113,15 @@ pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceE
     if chunks.is_empty() {
         chunks.push(&[]);
     }
+    // Models this marketplace holds judge `generate` answers (loaded on first use).
+    let mut judges = crate::worker::Judges::new();
     for chunk in chunks {
         let kv = StoreKv(&node.store);
         let mut eng = Engine::new(Txn::new(&kv), &me.to_string(), now.0);
+        let judges = &mut judges;
+        eng.check = Some(Box::new(move |t, o| {
+            crate::worker::judge_generation(&node.home, judges, t, o)
+        }));
         for key in chunk {
             eng.tx.put(done_key(key), Vec::new());
             report.processed += 1;

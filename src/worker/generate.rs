@@ -453,6 +453,63 @@ impl Generator {
         }
         Ok(None)
     }
+
+    /// Judge a claimed greedy answer to the user message `user` made under a limit of
+    /// `max_tokens`: the text must be what the tokens decode to, the answer must end at a
+    /// stop token or at the limit (no truncated answers), and every token must pass the
+    /// teacher-forced [`Generator::check`] within `margin` logits. `Ok(Err(why))` is a
+    /// refused claim.
+    pub fn verify(
+        &mut self,
+        user: &str,
+        max_tokens: usize,
+        tokens: &[u32],
+        text: &str,
+        margin: f32,
+    ) -> Result<Result<(), String>, EngineError> {
+        if tokens.is_empty() || tokens.len() > max_tokens {
+            return Ok(Err(format!(
+                "{} tokens claimed under a limit of {max_tokens}",
+                tokens.len()
+            )));
+        }
+        let last = tokens[tokens.len() - 1];
+        let stopped = self.stop_ids.contains(&last);
+        if !stopped && tokens.len() < max_tokens {
+            return Ok(Err(
+                "the answer ends before a stop token or the limit".into()
+            ));
+        }
+        if tokens[..tokens.len() - 1]
+            .iter()
+            .any(|t| self.stop_ids.contains(t))
+        {
+            return Ok(Err("the answer goes on past a stop token".into()));
+        }
+        let vocab = self.tokenizer.get_vocab_size(true);
+        if tokens.iter().any(|&t| t as usize >= vocab) {
+            return Ok(Err("a token outside the vocabulary".into()));
+        }
+        let shown: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|i| !self.stop_ids.contains(i))
+            .collect();
+        let decoded = self
+            .tokenizer
+            .decode(&shown, true)
+            .map_err(|e| EngineError::Input(format!("decode: {e}")))?;
+        if decoded != text {
+            return Ok(Err("the text is not what the tokens say".into()));
+        }
+        let prompt = self.prompt(user);
+        Ok(match self.check(&prompt, tokens, margin)? {
+            None => Ok(()),
+            Some(i) => Err(format!(
+                "token {i} is not the model's choice (more than {margin} logits below it)"
+            )),
+        })
+    }
 }
 
 /// Index of the first largest value.

@@ -160,6 +160,51 @@ fn generation_outcome(task: &Task, g: generate::Generated, ms: u64) -> Outcome {
     Ok((out, Used { ms, tokens }))
 }
 
+/// Margin in logits within which a claimed token counts as the model's greedy choice
+/// when the marketplace re-scores a `generate` answer: two correct implementations (a GPU
+/// and a CPU, two Q4_1 kernels) differ by less on near ties, a forged token by far more.
+pub const GENERATE_MARGIN: f32 = 0.5;
+
+/// Models loaded to judge `generate` answers, by hash (`None`: not held here).
+pub type Judges = std::collections::HashMap<[u8; 32], Option<generate::Generator>>;
+
+/// Re-score a claimed `generate` output of `task` with the task's model, when `home`
+/// holds it ([`generate::Generator::verify`], margin [`GENERATE_MARGIN`]). `None` when
+/// it cannot judge: the model is not held, or the engine fails.
+pub fn judge_generation(
+    home: &std::path::Path,
+    judges: &mut Judges,
+    task: &Task,
+    output: &[u8],
+) -> Option<Result<(), String>> {
+    let g = judges
+        .entry(task.model)
+        .or_insert_with(|| {
+            let held = models::find(home, &task.model).ok().flatten()?;
+            generate::Generator::load(&held.gguf()?, &candle_core::Device::Cpu).ok()
+        })
+        .as_mut()?;
+    let claim = match decode_generation(output) {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    let Ok(user) = std::str::from_utf8(&task.input) else {
+        return Some(Err("the task's input is not UTF-8 text".into()));
+    };
+    let max = match task.limits.max_tokens {
+        0 => DEFAULT_MAX_TOKENS,
+        n => n.min(MAX_TOKENS),
+    };
+    g.verify(
+        user,
+        max as usize,
+        &claim.tokens,
+        &claim.text,
+        GENERATE_MARGIN,
+    )
+    .ok()
+}
+
 /// The texts of an `embed` input: one per non-empty line.
 pub fn embed_texts(input: &[u8]) -> Result<Vec<String>, String> {
     let s = std::str::from_utf8(input).map_err(|_| "the input is not UTF-8 text".to_string())?;
