@@ -230,6 +230,17 @@ impl Llama {
         rows: &[(usize, u32)],
         want: &[bool],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        // Run on a rayon worker, so the ~200 parallel products of a pass split cheaply
+        // among threads already awake rather than each waking the pool from outside.
+        rayon::scope(|_| self.pass(caches, rows, want))
+    }
+
+    fn pass(
+        &self,
+        caches: &mut [Cache],
+        rows: &[(usize, u32)],
+        want: &[bool],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.cfg;
         let n = rows.len();
         let (dim, hd, kvw) = (c.dim, c.head_dim, c.kv_heads * c.head_dim);
