@@ -14,6 +14,7 @@ use crate::worker;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -755,7 +756,23 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
     }
     loop {
         let started = std::time::Instant::now();
-        let r = worker::run_with(&node, DtnTime::now(), &opts)?;
+        let pb = if cli.json || !std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let pb = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "worker [{bar:30}] {pos}/{len} tasks {elapsed} {msg}",
+            ) {
+                pb.set_style(style.progress_chars("=> "));
+            }
+            pb
+        };
+        let r = worker::run_progress(&node, DtnTime::now(), &opts, &mut |done, total, what| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+            pb.set_message(what.to_string());
+        })?;
+        pb.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
         if cli.json {
             print_json(&json!({
@@ -779,10 +796,23 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                 println!("assignment {k} skipped: {w}");
             }
             if !r.ran.is_empty() {
+                let gen: u64 = r
+                    .ran
+                    .iter()
+                    .filter(|x| x.job == JobKind::Generate && x.failed.is_none())
+                    .map(|x| x.tokens)
+                    .sum();
+                let texts: u64 = r
+                    .ran
+                    .iter()
+                    .filter(|x| x.job == JobKind::Embed && x.failed.is_none())
+                    .map(|x| x.tokens)
+                    .sum();
                 println!(
-                    "{} tasks in {secs:.2} s ({:.1} tasks/s)",
+                    "{} tasks in {secs:.2} s ({:.1} tasks/s; {texts} texts embedded, {gen} tokens generated, {:.1} tokens/s)",
                     r.ran.len(),
-                    r.ran.len() as f64 / secs.max(1e-9)
+                    r.ran.len() as f64 / secs.max(1e-9),
+                    gen as f64 / secs.max(1e-9)
                 );
             }
         }

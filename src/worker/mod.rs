@@ -81,6 +81,8 @@ pub struct Ran {
     pub task: [u8; 32],
     pub job: JobKind,
     pub ms: u64,
+    /// Tokens generated, or texts embedded, or 0.
+    pub tokens: u64,
     /// `None` when the job succeeded; the failure's reason otherwise.
     pub failed: Option<String>,
 }
@@ -389,6 +391,17 @@ pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, Work
 
 /// Answer every assignment from our marketplace not answered yet.
 pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunReport, WorkerError> {
+    run_progress(node, now, opts, &mut |_, _, _| {})
+}
+
+/// As [`run_with`], telling `progress(done, total, what)` before and after each group of
+/// tasks (one job on one model) runs.
+pub fn run_progress(
+    node: &Node,
+    now: DtnTime,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<RunReport, WorkerError> {
     let market = node.market()?.ok_or(WorkerError::NoMarket)?;
     let me = node.node_id().to_string();
     let mut report = RunReport::default();
@@ -467,7 +480,15 @@ pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunRepor
         groups.entry((t.job, t.model)).or_default().push(i);
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; todo.len()];
+    let mut done = 0;
     for ((job, model), idx) in &groups {
+        let what = format!(
+            "{} × {} on {}",
+            idx.len(),
+            job.as_str(),
+            hex::encode(&model[..4])
+        );
+        progress(done, todo.len(), &what);
         let checked: Vec<(usize, Result<(), String>)> =
             idx.iter().map(|&i| (i, todo[i].2.check())).collect();
         let runnable: Vec<usize> = checked
@@ -487,6 +508,8 @@ pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunRepor
         {
             outcomes[*i] = Some(o);
         }
+        done += idx.len();
+        progress(done, todo.len(), &what);
     }
     let mut outs = Vec::new();
     for ((key, task_id, task), outcome) in todo.iter().zip(outcomes) {
@@ -507,6 +530,7 @@ pub fn run_with(node: &Node, now: DtnTime, opts: &RunOptions) -> Result<RunRepor
             task: *task_id,
             job: task.job,
             ms: used.ms,
+            tokens: used.tokens,
             failed,
         });
         let lifetime = task.deadline.saturating_sub(now.0).max(60_000);
