@@ -200,7 +200,11 @@ fn main() {
         ),
         (
             "generate 8 sequential",
-            find("generate greedy 64 new tokens: 8 prompts one after another", 8, None),
+            find(
+                "generate greedy 64 new tokens: 8 prompts one after another",
+                8,
+                None,
+            ),
             "llama.cpp, 8 sequential",
         ),
         (

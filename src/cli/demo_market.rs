@@ -97,6 +97,8 @@ pub fn setup(alice: &Node, market: &Node, workers: &[Arc<Node>], now: DtnTime) -
         };
         worker::offer(w, &offer, now, true)?;
     }
+    // M holds SmolLM2 too, to re-score the generations it is sent.
+    worker::models::add(&market.home, &gguf, Some("SmolLM2-135M-Instruct-Q4_1"))?;
     models.context("the demo needs at least two workers")
 }
 
@@ -245,6 +247,12 @@ pub fn work(
         bail!("only {accepted_all} of A's 3 tasks were accepted: {decided:?}");
     }
     let outvoted = count(&decided, |e| matches!(e, Event::Disagreed { .. }));
+    let rescored = count(&decided, |e| {
+        matches!(e, Event::Rescored { refused: None, .. })
+    });
+    if rescored != 2 {
+        bail!("M re-scored {rescored} of the 2 generations as passing: {decided:?}");
+    }
     let paid: u64 = decided
         .iter()
         .filter_map(|e| match e {
@@ -253,7 +261,7 @@ pub fn work(
         })
         .sum();
     say(format!(
-        "    the quorum (2 of 3) accepts the digest {agreeing} workers agree on; W3 is outvoted ({outvoted}), unpaid, and its record drops; W1's and W2's embeddings agree (cosine >= 0.999) and so do their generations; M signs payments to W1 and W2 and refunds A the unused {REWARD}"
+        "    the quorum (2 of 3) accepts the digest {agreeing} workers agree on; W3 is outvoted ({outvoted}), unpaid, and its record drops; W1's and W2's embeddings agree (cosine >= 0.999), and M re-scores both generations with its own SmolLM2 in one teacher-forced pass each (every token within 0.5 logits of greedy): both pass; M signs payments to W1 and W2 and refunds A the unused {REWARD}"
     ));
     Ok(json!({
         "task": hex::encode(task),
@@ -262,6 +270,7 @@ pub fn work(
         "answers": answers,
         "agreeing": agreeing,
         "outvoted": outvoted,
+        "generations_rescored": rescored,
         "paid_total": paid,
     }))
 }

@@ -379,6 +379,20 @@ pub fn event_text(e: &Event) -> String {
                 short(task)
             )
         }
+        Event::Rescored {
+            task,
+            worker,
+            refused,
+        } => match refused {
+            None => format!(
+                "task {}: {worker}'s generation re-scored with the model: every token the greedy choice or within the margin",
+                short(task)
+            ),
+            Some(why) => format!(
+                "task {}: {worker}'s generation refused by the model: {why}",
+                short(task)
+            ),
+        },
         Event::Late { task, worker } => format!("task {}: {worker} is late", short(task)),
         Event::TaskFailed { task, reason } => format!("task {} failed: {reason}", short(task)),
         Event::Paid {

@@ -61,6 +61,13 @@ pub enum Event {
         task: [u8; 32],
         worker: String,
     },
+    /// The marketplace re-scored a `generate` answer with the model.
+    Rescored {
+        task: [u8; 32],
+        worker: String,
+        /// `None` when it passed; why not otherwise.
+        refused: Option<String>,
+    },
     Late {
         task: [u8; 32],
         worker: String,
@@ -583,10 +590,16 @@ impl<'a> Engine<'a> {
         let mut verified = false;
         if failed.is_none() && well_formed.is_ok() && st.task.job == JobKind::Generate {
             if let Some(check) = self.check.as_mut() {
-                match check(&st.task, &r.output) {
-                    Some(Ok(())) => verified = true,
-                    Some(Err(why)) => well_formed = Err(why),
-                    None => {}
+                if let Some(judged) = check(&st.task, &r.output) {
+                    self.events.push(Event::Rescored {
+                        task: r.task,
+                        worker: signer.to_string(),
+                        refused: judged.clone().err(),
+                    });
+                    match judged {
+                        Ok(()) => verified = true,
+                        Err(why) => well_formed = Err(why),
+                    }
                 }
             }
         }
