@@ -558,12 +558,7 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     assert_eq!(r.ran.len(), 1);
     let g = Generator::load(&gguf, &Device::Cpu).unwrap();
     let answer = |tokens: Vec<u32>| {
-        let shown: Vec<u32> = tokens
-            .iter()
-            .copied()
-            .filter(|t| !g.stop_ids.contains(t))
-            .collect();
-        let text = g.tokenizer.decode(&shown, true).unwrap();
+        let text = g.text_of(&tokens).unwrap();
         let mut out = Vec::new();
         ciborium::into_writer(&worker::Generation { text, tokens }, &mut out).unwrap();
         out

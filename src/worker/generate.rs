@@ -214,12 +214,16 @@ impl Generator {
             .to_vec())
     }
 
-    /// Vocabulary size of the loaded model (CPU engine), for checks.
-    pub fn vocab(&self) -> Option<usize> {
-        match &self.engine {
-            Engine::Cpu(m) => Some(m.cfg.vocab),
-            Engine::Candle { .. } => None,
-        }
+    /// The text of generated token IDs (stop tokens left out).
+    pub fn text_of(&self, ids: &[u32]) -> Result<String, EngineError> {
+        let shown: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|i| !self.stop_ids.contains(i))
+            .collect();
+        self.tokenizer
+            .decode(&shown, true)
+            .map_err(|e| EngineError::Input(format!("decode: {e}")))
     }
 
     /// Answer one user message, up to `max_tokens` new tokens.
@@ -366,15 +370,7 @@ impl Generator {
         seqs.into_iter()
             .zip(outs)
             .map(|(prompt_ids, (ids, stopped))| {
-                let shown: Vec<u32> = ids
-                    .iter()
-                    .copied()
-                    .filter(|i| !self.stop_ids.contains(i))
-                    .collect();
-                let text = self
-                    .tokenizer
-                    .decode(&shown, true)
-                    .map_err(|e| EngineError::Input(format!("decode: {e}")))?;
+                let text = self.text_of(&ids)?;
                 Ok(Generated {
                     prompt_ids,
                     ids,
@@ -490,16 +486,7 @@ impl Generator {
         if tokens.iter().any(|&t| t as usize >= vocab) {
             return Ok(Err("a token outside the vocabulary".into()));
         }
-        let shown: Vec<u32> = tokens
-            .iter()
-            .copied()
-            .filter(|i| !self.stop_ids.contains(i))
-            .collect();
-        let decoded = self
-            .tokenizer
-            .decode(&shown, true)
-            .map_err(|e| EngineError::Input(format!("decode: {e}")))?;
-        if decoded != text {
+        if self.text_of(tokens)? != text {
             return Ok(Err("the text is not what the tokens say".into()));
         }
         let prompt = self.prompt(user);
