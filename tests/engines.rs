@@ -11,6 +11,8 @@ use mycelium::worker::generate::{Decode, Generator};
 use serde_json::Value;
 use std::path::PathBuf;
 
+mod common;
+
 fn models() -> PathBuf {
     match std::env::var_os("MYCELIUM_MODELS") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
@@ -300,14 +302,7 @@ fn a_worker_runs_embed_and_generate_tasks_with_models_it_holds() {
     for n in [&m, &a, &w] {
         n.set_market(&m.node_id()).unwrap();
     }
-    let carry = |from: &Node, to: &Node| {
-        let private = from.store.private_keys().unwrap();
-        for (k, _) in from.store.records().unwrap() {
-            if !private.contains(&k) {
-                let _ = to.receive(&from.store.get_raw(&k).unwrap().unwrap(), now);
-            }
-        }
-    };
+    let carry = |from: &Node, to: &Node| common::market::carry(from, to, now);
     let a_id = a.node_id().to_string();
     service::with_engine(&m, now, false, |e| e.grant(&a_id, 100, "g")).unwrap();
     carry(&m, &a);
@@ -487,7 +482,7 @@ fn a_model_travels_as_bundles_and_is_put_together_at_the_other_end() {
 /// refused, though all three outputs differ.
 #[test]
 fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_one() {
-    use mycelium::adu::market::{self as m, Eligibility, JobKind, Limits, Offer, Task};
+    use mycelium::adu::market::{Eligibility, JobKind, Limits, Offer, Task};
     use mycelium::market::{service, Event};
     use mycelium::node::Node;
     use mycelium::time::DtnTime;
@@ -502,14 +497,7 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     for n in &nodes {
         n.set_market(&mk.node_id()).unwrap();
     }
-    let carry = |from: &Node, to: &Node| {
-        let private = from.store.private_keys().unwrap();
-        for (k, _) in from.store.records().unwrap() {
-            if !private.contains(&k) {
-                let _ = to.receive(&from.store.get_raw(&k).unwrap().unwrap(), now);
-            }
-        }
-    };
+    let carry = |from: &Node, to: &Node| common::market::carry(from, to, now);
     let gguf = model("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     let llm = worker::models::add(&ws[0].home, &gguf, None).unwrap();
     worker::models::add(&mk.home, &gguf, None).unwrap();
@@ -566,32 +554,7 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     let mut forged = theirs.clone();
     forged[3] = g.encode(" purple").unwrap()[0];
     for (w, out) in [(&ws[1], answer(theirs)), (&ws[2], answer(forged))] {
-        for key in w.store.of_kind(m::KIND_ASSIGNMENT).unwrap() {
-            let vb = w.store.get(&key).unwrap().unwrap();
-            if vb.bundle().primary.destination.node_id() != w.node_id() {
-                continue;
-            }
-            let asg = m::decode_assignment(vb.bundle().payload()).unwrap();
-            let tb = mycelium::bundle::VerifiedBundle::decode(&asg.task_bundle).unwrap();
-            let r = m::TaskResult {
-                task: tb.id().key(),
-                worker: w.node_id().to_string(),
-                output_hash: *blake3::hash(&out).as_bytes(),
-                output: out.clone(),
-                failed: None,
-                used: m::Used::default(),
-            };
-            let c = w
-                .compose(
-                    &[(Some(mk.node_id()), m::encode_result(&r), 3_600_000)],
-                    now,
-                    false,
-                )
-                .unwrap();
-            w.store
-                .commit_ledger(&[], &c.bundles, &c.private, now)
-                .unwrap();
-        }
+        common::market::answer_with(w, mk, &out, now);
     }
     for w in ws {
         carry(w, mk);

@@ -11,6 +11,9 @@ use mycelium::wallet::{self, Status, WalletError};
 use mycelium::worker;
 use tempfile::TempDir;
 
+mod common;
+use common::market::{answer_with, carry};
+
 struct World {
     _dir: TempDir,
     m: Node,
@@ -37,18 +40,6 @@ fn world(workers: usize) -> World {
         a,
         w,
         now: DtnTime::now(),
-    }
-}
-
-/// Everything `from` would hand on (not its private insides) arrives at `to`.
-fn carry(from: &Node, to: &Node, now: DtnTime) {
-    let private = from.store.private_keys().unwrap();
-    for (key, _) in from.store.records().unwrap() {
-        if private.contains(&key) {
-            continue;
-        }
-        let raw = from.store.get_raw(&key).unwrap().unwrap();
-        let _ = to.receive(&raw, now);
     }
 }
 
@@ -89,36 +80,6 @@ fn offer_all(w: &World) {
     }
 }
 
-/// A worker that answers its assignments with a wrong output of its choosing.
-fn cheat(x: &Node, market: &Node, output: &[u8], now: DtnTime) {
-    for key in x.store.of_kind(m::KIND_ASSIGNMENT).unwrap() {
-        let vb = x.store.get(&key).unwrap().unwrap();
-        if vb.bundle().primary.destination.node_id() != x.node_id() {
-            continue;
-        }
-        let a = m::decode_assignment(vb.bundle().payload()).unwrap();
-        let t = mycelium::bundle::VerifiedBundle::decode(&a.task_bundle).unwrap();
-        let r = m::TaskResult {
-            task: t.id().key(),
-            worker: x.node_id().to_string(),
-            output: output.to_vec(),
-            output_hash: *blake3::hash(output).as_bytes(),
-            failed: None,
-            used: m::Used::default(),
-        };
-        let c = x
-            .compose(
-                &[(Some(market.node_id()), m::encode_result(&r), 3_600_000)],
-                now,
-                false,
-            )
-            .unwrap();
-        x.store
-            .commit_ledger(&[], &c.bundles, &c.private, now)
-            .unwrap();
-    }
-}
-
 fn wallet_of(n: &Node) -> wallet::Wallet {
     wallet::view(n).unwrap()
 }
@@ -140,7 +101,7 @@ fn round(w: &World, cheats: &[usize], bad: &[u8]) -> Vec<Event> {
     for (i, x) in w.w.iter().enumerate() {
         carry(&w.m, x, w.now);
         if cheats.contains(&i) {
-            cheat(x, &w.m, bad, w.now);
+            answer_with(x, &w.m, bad, w.now);
         } else {
             worker::run_once(x, w.now, false).unwrap();
         }
@@ -151,7 +112,7 @@ fn round(w: &World, cheats: &[usize], bad: &[u8]) -> Vec<Event> {
 }
 
 #[test]
-fn quorum_pays_agreeing_workers_outvotes_a_wrong_output_and_drops_a_repeat_cheat() {
+fn quorum_pays_agreeing_workers_outvotes_a_wrong_output_and_drops_a_repeat_answer_with() {
     let w = world(3);
     grant(&w, &w.a, 100);
     carry(&w.m, &w.a, w.now);
@@ -326,8 +287,8 @@ fn a_majority_that_cannot_form_fails_the_task_and_refunds_it() {
         carry(&w.m, x, w.now);
         match i {
             0 => worker::run_once(x, w.now, false).map(|_| ()).unwrap(),
-            1 => cheat(x, &w.m, b"one", w.now),
-            _ => cheat(x, &w.m, b"two", w.now),
+            1 => answer_with(x, &w.m, b"one", w.now),
+            _ => answer_with(x, &w.m, b"two", w.now),
         }
         carry(x, &w.m, w.now);
     }
@@ -901,7 +862,7 @@ fn embeddings_agree_by_cosine_so_a_gpu_and_a_cpu_are_both_paid() {
     let wrong = vec![vec![0.8, 0.6, 0.0], vec![0.0, 0.6, 0.8]];
     for (x, out) in w.w.iter().zip([cpu, gpu, wrong]) {
         carry(&w.m, x, w.now);
-        cheat(x, &w.m, &enc(out), w.now);
+        answer_with(x, &w.m, &enc(out), w.now);
         carry(x, &w.m, w.now);
     }
     let ev = process(&w, w.now);

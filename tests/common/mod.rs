@@ -1,3 +1,4 @@
+pub mod market;
 pub mod vectors;
 
 use std::path::Path;
