@@ -1,7 +1,9 @@
 //! Inference throughput on this machine's CPU, beside the reference implementations
 //! measured in the same run: all-MiniLM-L6-v2 sentences/s (batch 1 and 32, inputs of
 //! exactly 16 and 128 tokens) against PyTorch, and SmolLM2-135M-Instruct Q4_1 tokens/s
-//! (64 new tokens, greedy; one prompt, and 8 prompts) against llama.cpp. Each figure is
+//! (64 new tokens, greedy; one prompt, 8 prompts one after another, 8 prompts batched)
+//! against llama.cpp, and the time of the marketplace's teacher-forced check of a
+//! 64-token answer. Each figure is
 //! the median of several timed runs after warm-up. The reference half runs
 //! `scripts/reference/bench_reference.py --json` with `$REF_PYTHON` (default
 //! `/work/venv-ref/bin/python`, else `python3`); see `scripts/reference/README.md`.
@@ -110,6 +112,20 @@ fn main() {
     let v = NEW_TOKENS as f64 / s;
     println!("  generate SmolLM2 batch 1 ({NEW_TOKENS} new tokens)         {v:9.1} tokens/s");
     ours.push(("generate batch 1".into(), v));
+    // The marketplace's check of a claimed answer: one teacher-forced pass.
+    let claimed = gen
+        .complete(&one, NEW_TOKENS, Decode::Greedy)
+        .expect("generate")
+        .ids;
+    let c = median(1, 5, || {
+        let r = gen.check(&one, &claimed, 0.5).expect("check");
+        assert_eq!(r, None, "our own answer must pass");
+    });
+    println!(
+        "  check SmolLM2 {NEW_TOKENS}-token answer, one pass           {:9.1} ms ({:.1}x faster than generating it)",
+        c * 1e3,
+        s / c
+    );
     let all: Vec<String> = PROMPTS8.iter().map(|p| gen.prompt(p)).collect();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let s = median(0, 3, || {
