@@ -2,10 +2,12 @@
 //! kind: `config.json`, `model.safetensors`, `tokenizer.json`) through candle. Texts are
 //! tokenized in batches (padded to the longest, truncated to the model's `max_seq_length`,
 //! 256 by default), run through the encoder, mean-pooled over the attention mask and L2
-//! normalised, as sentence-transformers does.
+//! normalised, as sentence-transformers does. On a CPU with AVX-512 the encoder is our own
+//! ([`super::bert`]); on other CPUs and devices, candle's `BertModel`.
 //!
 //! Owns: the embedding computation. Reads model files; no other I/O.
 
+use super::bert::CpuBert;
 use super::EngineError;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -16,8 +18,14 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 /// Longest input in tokens when the model does not say (`sentence_bert_config.json`).
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
+/// The encoder: ours on an AVX-512 CPU, candle's elsewhere.
+enum Encoder {
+    Cpu(CpuBert),
+    Candle(BertModel),
+}
+
 pub struct Embedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     device: Device,
     /// Width of one embedding.
@@ -59,8 +67,12 @@ impl Embedder {
         // model file is written once, by `model add` or the fetch script.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| EngineError::Model(format!("{}: {e}", weights.display())))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| EngineError::Model(format!("BERT weights: {e}")))?;
+        let model = if device.is_cpu() && super::bert::fast_cpu() {
+            CpuBert::load(vb, &config).map(Encoder::Cpu)
+        } else {
+            BertModel::load(vb, &config).map(Encoder::Candle)
+        }
+        .map_err(|e| EngineError::Model(format!("BERT weights: {e}")))?;
         Ok(Embedder {
             model,
             tokenizer,
@@ -99,6 +111,25 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EngineError::Input(format!("tokenizer: {e}")))?;
+        let model = match &self.model {
+            Encoder::Candle(model) => model,
+            Encoder::Cpu(bert) => {
+                // Only the unmasked tokens, with their positions.
+                let seqs: Vec<Vec<(u32, usize)>> = encs
+                    .iter()
+                    .map(|e| {
+                        e.get_ids()
+                            .iter()
+                            .zip(e.get_attention_mask())
+                            .enumerate()
+                            .filter(|(_, (_, m))| **m != 0)
+                            .map(|(p, (i, _))| (*i, p))
+                            .collect()
+                    })
+                    .collect();
+                return Ok(bert.embed(&seqs)?);
+            }
+        };
         let n = encs.len();
         let t = encs.first().map_or(0, |e| e.get_ids().len());
         let mut ids = Vec::with_capacity(n * t);
@@ -111,7 +142,7 @@ impl Embedder {
         let ids = Tensor::from_vec(ids, (n, t), dev)?;
         let mask = Tensor::from_vec(mask, (n, t), dev)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         let pooled = mean_pool_normalise(&hidden, &mask)?;
         Ok(pooled.to_vec2::<f32>()?)
     }

@@ -15,6 +15,7 @@
 //!
 //! Owns: turning assignments into results.
 
+pub mod bert;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod devices;
