@@ -80,7 +80,7 @@ fn main() {
     let models = fetched_dir();
     let cpu = Device::Cpu;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("# Mycelium engines (candle, CPU, {threads} threads)");
+    println!("# Mycelium engines (CPU, {threads} threads)");
     let mut ours: Vec<(String, f64)> = Vec::new();
     let emb = Embedder::load(&models.join("all-minilm-l6-v2"), &cpu)
         .expect("MiniLM: run scripts/fetch-models.sh");
