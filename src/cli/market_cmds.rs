@@ -810,18 +810,14 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                 println!("assignment {k} skipped: {w}");
             }
             if !r.ran.is_empty() {
-                let gen: u64 = r
-                    .ran
-                    .iter()
-                    .filter(|x| x.job == JobKind::Generate && x.failed.is_none())
-                    .map(|x| x.tokens)
-                    .sum();
-                let texts: u64 = r
-                    .ran
-                    .iter()
-                    .filter(|x| x.job == JobKind::Embed && x.failed.is_none())
-                    .map(|x| x.tokens)
-                    .sum();
+                let done = |job: JobKind| -> u64 {
+                    r.ran
+                        .iter()
+                        .filter(|x| x.job == job && x.failed.is_none())
+                        .map(|x| x.tokens)
+                        .sum()
+                };
+                let (gen, texts) = (done(JobKind::Generate), done(JobKind::Embed));
                 println!(
                     "{} tasks in {secs:.2} s ({:.1} tasks/s; {texts} texts embedded, {gen} tokens generated, {:.1} tokens/s)",
                     r.ran.len(),
