@@ -15,6 +15,7 @@
 //! - [`store`]: the RocksDB store in the node's home: bundles, indexes, metadata; durable
 //!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
 //! - [`node`]: a node's home directory, wiring identity and store together.
+//! - [`guild`]: this node's guild charters and its consent to them (memberships).
 //! - [`cli`]: the `mycelium` command tree (clap); `anyhow` lives only here and in `main`.
 
 pub mod adu;
@@ -30,6 +31,8 @@ pub mod time;
 
 #[cfg(feature = "store")]
 pub mod cli;
+#[cfg(feature = "store")]
+pub mod guild;
 #[cfg(feature = "store")]
 pub mod node;
 #[cfg(feature = "store")]

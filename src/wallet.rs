@@ -1,7 +1,8 @@
 //! A node's wallet, computed from the signed bundles in its store: payments in and out
 //! (a payment counts only when its bundle is signed by its payer), task escrows, and the
 //! marketplace's settlements (counted only when signed by the marketplace this node
-//! settles with). A payment is *confirmed* when the marketplace made it or settled it,
+//! settles with, and only for the exact payment or escrow they judge: same ID, parties,
+//! amount, nonce, and judged as signed by its payer). A payment is *confirmed* when the marketplace made it or settled it,
 //! *rejected* when the marketplace refused it (with its reason), and *pending* until the
 //! word comes back. Balance = confirmed in − confirmed out; spendable = balance − pending
 //! out. `send` refuses to spend more than that, and sends the signed payment both to the
@@ -75,17 +76,29 @@ pub struct Wallet {
     pub spendable: i128,
 }
 
+/// The marketplace's settlements, by subject ID.
+type Settlements = HashMap<[u8; 32], Vec<Settlement>>;
+
+/// What the settlements of `id` that `binds` accepts say. Settlements about anything else
+/// (another signer's copy of the payment, another amount, nonce or party) are ignored;
+/// an acceptance outweighs a refusal, so nobody can turn a confirmed payment into a
+/// refused one by getting a refusal of something else issued under its ID.
 fn status_of(
-    settlements: &HashMap<[u8; 32], Settlement>,
+    settlements: &Settlements,
     id: &[u8; 32],
-    by_market: bool,
+    binds: impl Fn(&Settlement) -> bool,
 ) -> Status {
-    if by_market {
+    let bound: Vec<&Settlement> = settlements
+        .get(id)
+        .into_iter()
+        .flatten()
+        .filter(|s| binds(s))
+        .collect();
+    if bound.iter().any(|s| s.accepted) {
         return Status::Confirmed;
     }
-    match settlements.get(id) {
+    match bound.first() {
         None => Status::Pending,
-        Some(s) if s.accepted => Status::Confirmed,
         Some(s) => Status::Rejected(s.reason.clone().unwrap_or_else(|| "no reason given".into())),
     }
 }
@@ -134,7 +147,7 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
     let me = node.node_id().to_string();
     let market = node.market()?.map(|e| e.to_string());
     let store = &node.store;
-    let mut settlements = HashMap::new();
+    let mut settlements = Settlements::new();
     if let Some(mk) = &market {
         for key in store.of_kind(m::KIND_SETTLEMENT)? {
             let Some(vb) = store.get(&key)? else { continue };
@@ -142,7 +155,7 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
                 continue;
             }
             if let Ok(s) = m::decode_settlement(vb.bundle().payload()) {
-                settlements.insert(s.subject, s);
+                settlements.entry(s.subject).or_default().push(s);
             }
         }
     }
@@ -164,14 +177,19 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
         if !seen.insert(id) {
             continue;
         }
-        let by_market = market.as_deref() == Some(p.payer.as_str());
+        // The marketplace's own payments are confirmed by its signature.
+        let status = if market.as_deref() == Some(p.payer.as_str()) {
+            Status::Confirmed
+        } else {
+            status_of(&settlements, &id, |s| s.judges_payment(&id, &p))
+        };
         w.entries.push(Entry {
             id,
             direction: Direction::In,
             counterparty: p.payer.clone(),
             amount: p.amount,
             what: Subject::Payment,
-            status: status_of(&settlements, &id, by_market),
+            status,
             memo: p.memo.clone(),
             created_ms: vb.bundle().primary.created.time.0,
         });
@@ -185,7 +203,7 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
             continue;
         };
         let id = m::payment_id(payload);
-        if k.len() != OUT_PAY.len() + 32 || !seen.insert(id) {
+        if k.len() != OUT_PAY.len() + 32 || !seen.insert(id) || p.payer != me {
             continue;
         }
         w.entries.push(Entry {
@@ -194,19 +212,20 @@ pub fn view(node: &Node) -> Result<Wallet, WalletError> {
             counterparty: p.payee.clone(),
             amount: p.amount,
             what: Subject::Payment,
-            status: status_of(&settlements, &id, false),
+            status: status_of(&settlements, &id, |s| s.judges_payment(&id, &p)),
             memo: p.memo.clone(),
             created_ms,
         });
     }
     for (id, t, created_ms) in submitted(node)? {
+        let amount = t.escrow().unwrap_or(0);
         w.entries.push(Entry {
             id,
             direction: Direction::Out,
             counterparty: market.clone().unwrap_or_default(),
-            amount: t.escrow().unwrap_or(0),
+            amount,
             what: Subject::Escrow,
-            status: status_of(&settlements, &id, false),
+            status: status_of(&settlements, &id, |s| s.judges_escrow(&id, &me, amount)),
             memo: format!("escrow for {} task", t.job.as_str()),
             created_ms,
         });

@@ -701,76 +701,263 @@ fn a_task_past_its_deadline_is_refused_and_a_late_answer_is_not_paid() {
     assert_eq!(rep(&w, &w.w[0]).late, 1);
 }
 
+/// `from` signs `payload` for the marketplace and keeps it to travel.
+fn sign_for_market(w: &World, from: &Node, payload: Vec<u8>) {
+    let c = from
+        .compose(&[(Some(w.m.node_id()), payload, 3_600_000)], w.now, false)
+        .unwrap();
+    from.store
+        .commit_ledger(&[], &c.bundles, &c.private, w.now)
+        .unwrap();
+}
+
+fn assigned_to(ev: &[Event], tid: [u8; 32]) -> Vec<String> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Assigned { task, worker } if *task == tid => Some(worker.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn member(n: &Node, share: u32) -> m::Member {
+    m::Member {
+        node: n.node_id().to_string(),
+        share,
+    }
+}
+
 #[test]
-fn a_guild_task_is_only_for_members_and_its_pay_is_split_by_shares() {
+fn a_guild_task_is_only_for_members_who_joined_and_its_pay_is_split_among_them() {
     let w = world(3);
     grant(&w, &w.a, 100);
     carry(&w.m, &w.a, w.now);
     offer_all(&w);
     let (f, mate, outsider) = (&w.w[0], &w.w[1], &w.w[2]);
-    let charter = m::Guild {
-        name: "north".into(),
-        members: vec![
-            m::Member {
-                node: f.node_id().to_string(),
-                share: 3,
-            },
-            m::Member {
-                node: mate.node_id().to_string(),
-                share: 1,
-            },
-        ],
-    };
-    let c = f
-        .compose(
-            &[(Some(w.m.node_id()), m::encode_guild(&charter), 3_600_000)],
-            w.now,
-            false,
-        )
-        .unwrap();
-    f.store
-        .commit_ledger(&[], &c.bundles, &c.private, w.now)
-        .unwrap();
+    let gid = mycelium::guild::create(
+        f,
+        "north",
+        vec![member(f, 3), member(mate, 1)],
+        w.now,
+        false,
+    )
+    .unwrap();
     carry(f, &w.m, w.now);
-    let gid = m::Guild::id(&f.node_id().to_string(), "north");
     assert!(process(&w, w.now).contains(&Event::GuildRecorded { guild: gid.clone() }));
     // The founder cannot rewrite the agreed shares afterwards.
-    let mut grab = charter.clone();
-    grab.members[1].share = 0;
-    grab.members.truncate(1);
-    let c = f
-        .compose(
-            &[(Some(w.m.node_id()), m::encode_guild(&grab), 3_600_000)],
-            w.now,
-            false,
-        )
-        .unwrap();
-    f.store
-        .commit_ledger(&[], &c.bundles, &c.private, w.now)
-        .unwrap();
+    let grab = m::Guild {
+        name: "north".into(),
+        members: vec![member(f, 1)],
+    };
+    sign_for_market(&w, f, m::encode_guild(&grab));
     carry(f, &w.m, w.now);
     assert!(process(&w, w.now).iter().any(
         |e| matches!(e, Event::Refused { reason, .. } if reason.contains("already recorded"))
     ));
+    // Before the mate joins, the founder alone is the guild: it takes the task and is
+    // paid all of it.
     let mut t = digest_task(b"guild work", 8, 1, w.now.0 + 3_600_000);
-    t.who = Eligibility::Guild(gid);
+    t.who = Eligibility::Guild(gid.clone());
     let tid = wallet::submit_task(&w.a, &t, w.now, false).unwrap();
     let ev = round(&w, &[], b"");
-    let assigned: Vec<String> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Assigned { task, worker } if *task == tid => Some(worker.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(assigned.len(), 1);
-    assert_ne!(assigned[0], outsider.node_id().to_string());
+    assert_eq!(assigned_to(&ev, tid), vec![f.node_id().to_string()]);
     for x in &w.w {
         carry(&w.m, x, w.now);
     }
-    assert_eq!(wallet_of(f).balance, 6);
-    assert_eq!(wallet_of(mate).balance, 2);
+    assert_eq!(wallet_of(f).balance, 8);
+    assert_eq!(wallet_of(mate).balance, 0);
+    // The mate got its copy of the charter and sees the shares it is asked to accept.
+    carry(f, mate, w.now);
+    let seen = mycelium::guild::charters(mate).unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].guild.members[0].share, 3);
+    assert!(!seen[0].joined);
+    mycelium::guild::join(mate, &gid, None, w.now, false).unwrap();
+    carry(mate, &w.m, w.now);
+    assert!(process(&w, w.now).contains(&Event::MembershipRecorded {
+        guild: gid.clone(),
+        member: mate.node_id().to_string()
+    }));
+    // Now a task goes to a member, and the pay is split by the agreed shares.
+    let mut t = digest_task(b"more guild work", 8, 2, w.now.0 + 3_600_000);
+    t.who = Eligibility::Guild(gid);
+    let tid = wallet::submit_task(&w.a, &t, w.now, false).unwrap();
+    let ev = round(&w, &[], b"");
+    let mut got = assigned_to(&ev, tid);
+    got.sort();
+    let mut want = vec![f.node_id().to_string(), mate.node_id().to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    for x in &w.w {
+        carry(&w.m, x, w.now);
+    }
+    // Two accepted results of 8, each split 6 / 2.
+    assert_eq!(wallet_of(f).balance, 8 + 12);
+    assert_eq!(wallet_of(mate).balance, 4);
     assert_eq!(wallet_of(outsider).balance, 0);
+}
+
+/// The probe's attack: a submitter founds a guild naming a worker at share 1 and itself at
+/// 1,000,000 and submits a guild task, so the worker's reward comes back to it.
+#[test]
+fn a_guild_nobody_joined_cannot_divert_a_workers_pay() {
+    let w = world(1);
+    let victim = &w.w[0];
+    grant(&w, &w.a, 100);
+    carry(&w.m, &w.a, w.now);
+    offer_all(&w);
+    let gid = mycelium::guild::create(
+        &w.a,
+        "skim",
+        vec![member(victim, 1), member(&w.a, 1_000_000)],
+        w.now,
+        false,
+    )
+    .unwrap();
+    carry(&w.a, &w.m, w.now);
+    process(&w, w.now);
+    let mut t = digest_task(b"work for a cut", 10, 1, w.now.0 + 3_600_000);
+    t.who = Eligibility::Guild(gid.clone());
+    let tid = wallet::submit_task(&w.a, &t, w.now, false).unwrap();
+    let ev = round(&w, &[], b"");
+    assert!(
+        assigned_to(&ev, tid).is_empty(),
+        "assigned to a worker that never joined: {ev:?}"
+    );
+    // A membership of someone else's making, or for another charter, counts for nothing.
+    let forged = m::Membership {
+        guild: gid.clone(),
+        charter: [7; 32],
+    };
+    sign_for_market(&w, victim, m::encode_membership(&forged));
+    carry(victim, &w.m, w.now);
+    let ev = process(&w, w.now);
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Refused { reason, .. } if reason.contains("another charter"))
+        ),
+        "{ev:?}"
+    );
+    sign_for_market(
+        &w,
+        &w.a,
+        m::encode_membership(&m::Membership {
+            guild: gid,
+            charter: [0; 32],
+        }),
+    );
+    carry(&w.a, &w.m, w.now);
+    process(&w, w.now);
+    let ev = round(&w, &[], b"");
+    assert!(assigned_to(&ev, tid).is_empty(), "{ev:?}");
+    assert_eq!(wallet_of(victim).balance, 0);
+    assert_eq!(rep(&w, victim).accepted, 0);
+}
+
+/// A worker sees whom the pay goes to before it runs a guild task, and declines one for a
+/// guild it did not join, or whose stated split gives it nothing, with a signed failure.
+#[test]
+fn a_worker_declines_a_guild_task_whose_pay_it_did_not_agree_to() {
+    let w = world(1);
+    let x = &w.w[0];
+    let gid = m::Guild::id(&w.a.node_id().to_string(), "g");
+    // The marketplace hands `x` a guild task stating `pay`.
+    let assign = |input: &[u8], pay: Vec<m::Share>| {
+        let mut t = digest_task(input, 10, 1, w.now.0 + 3_600_000);
+        t.who = Eligibility::Guild(gid.clone());
+        let task =
+            w.a.compose(
+                &[(Some(w.m.node_id()), m::encode_task(&t), 3_600_000)],
+                w.now,
+                false,
+            )
+            .unwrap();
+        let a = m::Assignment {
+            task_bundle: task.bundles[0].raw().to_vec(),
+            pay: Some(pay),
+        };
+        let c =
+            w.m.compose(
+                &[(Some(x.node_id()), m::encode_assignment(&a), 3_600_000)],
+                w.now,
+                false,
+            )
+            .unwrap();
+        x.receive(c.bundles[0].raw(), w.now).unwrap();
+        worker::run_once(x, w.now, false).unwrap()
+    };
+    let share = |n: &Node, amount| m::Share {
+        node: n.node_id().to_string(),
+        amount,
+    };
+    let r = assign(b"1", vec![share(x, 10)]);
+    let why = r.ran[0].failed.clone().unwrap();
+    assert!(why.contains("has not joined"), "{why}");
+    // It joins A's guild "g"; a split that gives it nothing is still declined.
+    let gid2 = mycelium::guild::create(&w.a, "g", vec![member(x, 1)], w.now, false).unwrap();
+    assert_eq!(gid2, gid);
+    carry(&w.a, x, w.now);
+    mycelium::guild::join(x, &gid, None, w.now, false).unwrap();
+    let r = assign(b"2", vec![share(&w.a, 10)]);
+    let why = r.ran[0].failed.clone().unwrap();
+    assert!(why.contains("gives this node nothing"), "{why}");
+    let r = assign(b"3", vec![share(&w.a, 4), share(x, 5)]);
+    let why = r.ran[0].failed.clone().unwrap();
+    assert!(why.contains("not the task's reward"), "{why}");
+    // Terms it agreed to: it runs, and shows whom the pay goes to.
+    let r = assign(b"4", vec![share(&w.a, 5), share(x, 5)]);
+    assert_eq!(r.ran[0].failed, None);
+    assert_eq!(r.ran[0].pay.as_ref().unwrap().len(), 2);
+}
+
+/// The probe's attack: the payee re-signs the payer's confirmed payment under its own key;
+/// the ledger's refusals of those copies carry the real payment ID; handed to the payer,
+/// they must not turn its confirmed payment into a refused one.
+#[test]
+fn refusals_of_a_re_signed_copy_do_not_touch_the_payers_confirmed_payment() {
+    let w = world(1);
+    let payee = &w.w[0];
+    grant(&w, &w.a, 100);
+    carry(&w.m, &w.a, w.now);
+    let id = wallet::send(&w.a, &payee.node_id(), 30, "rent", w.now, false).unwrap();
+    carry(&w.a, &w.m, w.now);
+    process(&w, w.now);
+    carry(&w.m, &w.a, w.now);
+    carry(&w.m, payee, w.now);
+    let confirmed = wallet_of(&w.a);
+    assert_eq!((confirmed.balance, confirmed.spendable), (70, 70));
+    // The payee signs copies of the payment's exact bytes.
+    let payload = payee
+        .store
+        .of_kind(m::KIND_PAYMENT)
+        .unwrap()
+        .into_iter()
+        .filter_map(|k| payee.store.get(&k).unwrap())
+        .map(|vb| vb.bundle().payload().to_vec())
+        .find(|p| m::payment_id(p) == id)
+        .unwrap();
+    for _ in 0..3 {
+        sign_for_market(&w, payee, payload.clone());
+    }
+    carry(payee, &w.m, w.now);
+    let ev = process(&w, w.now);
+    assert!(ev.iter().any(|e| matches!(e, Event::PaymentRejected { payment, reason } if *payment == id && reason.contains("not the payer"))));
+    // The payee hands the signed refusals to the payer.
+    carry(&w.m, payee, w.now);
+    carry(payee, &w.a, w.now);
+    let after = wallet_of(&w.a);
+    assert_eq!(
+        (after.balance, after.spendable),
+        (70, 70),
+        "{:#?}",
+        after.entries
+    );
+    assert!(after
+        .entries
+        .iter()
+        .any(|e| e.id == id && e.status == Status::Confirmed));
+    // The payee's own wallet still counts the real payment, once.
+    assert_eq!(wallet_of(payee).balance, 30);
 }
 
 #[test]

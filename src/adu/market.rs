@@ -1,5 +1,5 @@
 //! The marketplace's application data units: `task`, `result`, `payment`, `settlement`,
-//! `offer`, `assignment`, `verdict`, `reputation` and `guild`. Schemas (CDDL) are in
+//! `offer`, `assignment`, `verdict`, `reputation`, `guild` and `membership`. Schemas (CDDL) are in
 //! `bundles/README.md` §12; every body rejects unknown fields.
 //!
 //! Amounts are integer credits (`u64`, at most [`MAX_AMOUNT`]): a negative or fractional
@@ -20,6 +20,7 @@ pub const KIND_ASSIGNMENT: &str = "assignment";
 pub const KIND_VERDICT: &str = "verdict";
 pub const KIND_REPUTATION: &str = "reputation";
 pub const KIND_GUILD: &str = "guild";
+pub const KIND_MEMBERSHIP: &str = "membership";
 
 /// The largest amount a payment, reward or balance may hold: 2^53 − 1 credits, so every
 /// amount is also exact in JSON numbers.
@@ -252,6 +253,12 @@ pub enum Subject {
 
 /// The ledger's word on a payment or an escrow, signed by the marketplace (the settlement
 /// authority) and sent to both parties. A rejection says why.
+///
+/// It is bound to exactly the bundle it judged: the subject ID, payer, payee, amount, the
+/// payment's nonce and the node that signed what was judged. A wallet counts it only for a
+/// payment (or escrow) that matches every one of them and was signed by its payer
+/// ([`Settlement::judges`]), so a refusal of someone's re-signed copy of a payment (same
+/// payment ID, another signer) says nothing about the real one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settlement {
@@ -265,6 +272,34 @@ pub struct Settlement {
     pub reason: Option<String>,
     /// Position in the ledger (accepted entries only; 0 for rejections).
     pub seq: u64,
+    /// The node whose signed bundle (payment or task) was judged.
+    pub signer: String,
+    /// The payment's nonce (`None` for an escrow).
+    pub nonce: Option<serde_bytes::ByteBuf>,
+}
+
+impl Settlement {
+    /// Whether this settlement judges payment `p` (ID `id`) as signed by its payer.
+    pub fn judges_payment(&self, id: &[u8; 32], p: &Payment) -> bool {
+        self.what == Subject::Payment
+            && self.subject == *id
+            && self.payer == p.payer
+            && self.payee == p.payee
+            && self.amount == p.amount
+            && self.signer == p.payer
+            && self.nonce.as_ref().map(|n| n.as_slice()) == Some(p.nonce.as_slice())
+    }
+
+    /// Whether this settlement judges the escrow of task `id`, submitted and signed by
+    /// `submitter`, of `amount` credits.
+    pub fn judges_escrow(&self, id: &[u8; 32], submitter: &str, amount: u64) -> bool {
+        self.what == Subject::Escrow
+            && self.subject == *id
+            && self.payer == submitter
+            && self.signer == submitter
+            && self.amount == amount
+            && self.nonce.is_none()
+    }
 }
 
 /// A worker tells the marketplace what it can run.
@@ -302,12 +337,25 @@ impl Offer {
     }
 }
 
-/// The marketplace hands a task to a worker: the submitter's signed task bundle, whole.
+/// The marketplace hands a task to a worker: the submitter's signed task bundle, whole,
+/// and, for a guild task, whom the reward for this worker's accepted result is paid to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Assignment {
     #[serde(with = "serde_bytes")]
     pub task_bundle: Vec<u8>,
+    /// The split of `reward` for this worker's result (guild tasks only; absent: all of it
+    /// to the worker). The marketplace pays exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay: Option<Vec<Share>>,
+}
+
+/// One part of a reward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    pub node: String,
+    pub amount: u64,
 }
 
 /// The marketplace's decision on a task, sent to its submitter.
@@ -425,6 +473,42 @@ impl Guild {
     }
 }
 
+/// A member's consent to a guild charter, signed by the member and sent to the
+/// marketplace: it names the guild and the blake3 hash of the charter's payload, so it
+/// agrees to exactly those members and shares. No pay is split to or away from a listed
+/// member until its consent is recorded (the founder consents by signing the charter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    pub guild: String,
+    /// blake3 of the charter's payload (the `guild` envelope bytes).
+    #[serde(with = "serde_bytes")]
+    pub charter: [u8; 32],
+}
+
+impl Membership {
+    pub fn check(&self) -> Result<(), String> {
+        guild_id_ok(&self.guild)
+    }
+}
+
+/// A guild ID is `guild:` and 32 lowercase hex digits.
+pub fn guild_id_ok(s: &str) -> Result<(), String> {
+    match s.strip_prefix("guild:") {
+        Some(h) if h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{s:?} is not a guild ID (guild: and 32 hex digits)"
+        )),
+    }
+}
+
+/// The hash a membership names: blake3 of the charter's payload.
+pub fn charter_hash(payload: &[u8]) -> [u8; 32] {
+    *blake3::hash(payload).as_bytes()
+}
+
 /// A node ID must be a self-certifying `dtn://<key>/`.
 pub fn node_id_ok(s: &str) -> Result<(), String> {
     let e = crate::bundle::Eid::parse(s).map_err(|e| e.to_string())?;
@@ -471,6 +555,12 @@ codec!(
     decode_reputation
 );
 codec!(Guild, KIND_GUILD, encode_guild, decode_guild);
+codec!(
+    Membership,
+    KIND_MEMBERSHIP,
+    encode_membership,
+    decode_membership
+);
 
 #[cfg(test)]
 mod tests {

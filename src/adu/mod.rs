@@ -110,6 +110,7 @@ pub enum MarketAdu {
     Verdict(market::Verdict),
     Reputation(market::Reputation),
     Guild(market::Guild),
+    Membership(market::Membership),
 }
 
 impl MarketAdu {
@@ -125,6 +126,7 @@ impl MarketAdu {
             MarketAdu::Verdict(_) => KIND_VERDICT,
             MarketAdu::Reputation(_) => KIND_REPUTATION,
             MarketAdu::Guild(_) => KIND_GUILD,
+            MarketAdu::Membership(_) => KIND_MEMBERSHIP,
         }
     }
 }
@@ -246,6 +248,7 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
                 KIND_VERDICT => MarketAdu::Verdict(body(&env)?),
                 KIND_REPUTATION => MarketAdu::Reputation(body(&env)?),
                 KIND_GUILD => MarketAdu::Guild(body(&env)?),
+                KIND_MEMBERSHIP => MarketAdu::Membership(body(&env)?),
                 _ => {
                     return Ok(Adu::Unknown {
                         version: env.v,

@@ -1,5 +1,5 @@
 //! The marketplace commands: `task submit|list|result`, `market use|serve|process|grant|
-//! reputation`, `wallet [send]`, `worker [offer]`, `guild create`, and how marketplace
+//! reputation`, `wallet [send]`, `worker [offer]`, `guild create|join|list`, and how marketplace
 //! payloads are shown by `show` and `inbox`.
 
 use super::net::{parse_node, ServeArgs};
@@ -420,6 +420,9 @@ pub fn event_text(e: &Event) -> String {
         }
         Event::OfferRecorded { worker } => format!("offer from {worker}"),
         Event::GuildRecorded { guild } => format!("guild {guild} recorded"),
+        Event::MembershipRecorded { guild, member } => {
+            format!("{member} joined guild {guild}")
+        }
         Event::Refused { what, reason } => format!("{what} refused: {reason}"),
     }
 }
@@ -791,19 +794,31 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
         if cli.json {
             print_json(&json!({
                 "ran": r.ran.iter().map(|x| json!({"task": hex::encode(x.task), "kind": x.job.as_str(),
-                    "ms": x.ms, "failed": x.failed})).collect::<Vec<_>>(),
+                    "ms": x.ms, "failed": x.failed, "pay": x.pay.as_ref().map(|p| p.iter()
+                    .map(|s| json!({"node": s.node, "amount": s.amount})).collect::<Vec<_>>())})).collect::<Vec<_>>(),
                 "skipped": r.skipped.iter().map(|(k, w)| json!({"assignment": k, "why": w})).collect::<Vec<_>>(),
             }));
         } else {
+            let me = node.node_id().to_string();
             for x in &r.ran {
+                let pay = x.pay.as_ref().map_or(String::new(), |p| {
+                    let parts: Vec<String> = p
+                        .iter()
+                        .map(|s| {
+                            let who = if s.node == me { "this node" } else { &s.node };
+                            format!("{} to {who}", s.amount)
+                        })
+                        .collect();
+                    format!(" (guild pay: {})", parts.join(", "))
+                });
                 match &x.failed {
                     None => println!(
-                        "ran {} task {} in {} ms",
+                        "ran {} task {} in {} ms{pay}",
                         x.job.as_str(),
                         short(&x.task),
                         x.ms
                     ),
-                    Some(w) => println!("task {} failed: {w}", short(&x.task)),
+                    Some(w) => println!("task {} failed: {w}{pay}", short(&x.task)),
                 }
             }
             for (k, w) in &r.skipped {
@@ -878,7 +893,8 @@ fn devices(cli: &Cli) -> Result<()> {
 
 #[derive(Subcommand, Debug)]
 pub enum GuildCommand {
-    /// Found a guild: sign its charter (members and shares) for the marketplace
+    /// Found a guild: sign its charter (members and shares) for the marketplace, with a
+    /// copy to each member; a member gets a share only after it joins
     Create {
         #[arg(long)]
         name: String,
@@ -888,60 +904,100 @@ pub enum GuildCommand {
         #[arg(long)]
         no_seal: bool,
     },
+    /// Consent to a guild's charter (its members and shares, shown): only then does the
+    /// marketplace give this node the guild's tasks or split pay to or away from it
+    Join {
+        /// The guild ID (guild:...)
+        guild: String,
+        /// The charter's hash, when its founder signed more than one
+        #[arg(long)]
+        charter: Option<String>,
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// Charters in the store that list this node, and whether it joined them
+    List,
+}
+
+fn charter_json(c: &crate::guild::Charter) -> Value {
+    json!({"guild": c.id, "name": c.guild.name, "founder": c.founder,
+        "charter": hex::encode(c.hash), "joined": c.joined,
+        "members": c.guild.members.iter().map(|x| json!({"node": x.node, "share": x.share}))
+            .collect::<Vec<_>>()})
+}
+
+fn print_charter(c: &crate::guild::Charter) {
+    let total: u64 = c.guild.members.iter().map(|x| u64::from(x.share)).sum();
+    println!(
+        "{} {:?} founded by {}{}",
+        c.id,
+        c.guild.name,
+        c.founder,
+        if c.joined { " (joined)" } else { "" }
+    );
+    for x in &c.guild.members {
+        println!("  {} share {} of {total}", x.node, x.share);
+    }
 }
 
 pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
-    let GuildCommand::Create {
-        name,
-        members,
-        no_seal,
-    } = c;
     let node = Node::open(&home(cli))?;
-    let market = node
-        .market()?
-        .context("no marketplace set: `mycelium market use NODE` first")?;
-    let me = node.node_id().to_string();
-    let mut list = Vec::new();
-    for mem in members {
-        let (n, share) = match mem.rsplit_once('=') {
-            Some((n, s)) => (
-                n,
-                s.parse::<u32>()
-                    .with_context(|| format!("share in {mem:?}"))?,
-            ),
-            None => (mem.as_str(), 1),
-        };
-        list.push(m::Member {
-            node: parse_node(n)?.to_string(),
-            share,
-        });
-    }
-    if !list.iter().any(|x| x.node == me) {
-        list.insert(
-            0,
-            m::Member {
-                node: me.clone(),
-                share: 1,
-            },
-        );
-    }
-    let g = m::Guild {
-        name: name.clone(),
-        members: list,
-    };
-    g.check(&me).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let now = DtnTime::now();
-    let c = node.compose(
-        &[(Some(market), m::encode_guild(&g), 365 * 24 * 3600 * 1000)],
-        now,
-        !*no_seal,
-    )?;
-    node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
-    let id = m::Guild::id(&me, name);
-    if cli.json {
-        print_json(&json!({"guild": id, "members": g.members.len()}));
-    } else {
-        println!("{id}");
+    match c {
+        GuildCommand::Create {
+            name,
+            members,
+            no_seal,
+        } => {
+            let mut list = Vec::new();
+            for mem in members {
+                let (n, share) = match mem.rsplit_once('=') {
+                    Some((n, s)) => (
+                        n,
+                        s.parse::<u32>()
+                            .with_context(|| format!("share in {mem:?}"))?,
+                    ),
+                    None => (mem.as_str(), 1),
+                };
+                list.push(m::Member {
+                    node: parse_node(n)?.to_string(),
+                    share,
+                });
+            }
+            let n = list.len();
+            let id = crate::guild::create(&node, name, list, DtnTime::now(), !*no_seal)?;
+            if cli.json {
+                print_json(&json!({"guild": id, "members": n.max(1)}));
+            } else {
+                println!("{id}");
+                eprintln!("each member gets a share only after it runs `mycelium guild join {id}`");
+            }
+        }
+        GuildCommand::Join {
+            guild,
+            charter,
+            no_seal,
+        } => {
+            let hash = charter.as_deref().map(parse_hash).transpose()?;
+            let c = crate::guild::join(&node, guild, hash, DtnTime::now(), !*no_seal)?;
+            if cli.json {
+                print_json(&charter_json(&c));
+            } else {
+                print_charter(&c);
+                println!("joined: the consent goes to the marketplace with the next contact");
+            }
+        }
+        GuildCommand::List => {
+            let all = crate::guild::charters(&node)?;
+            if cli.json {
+                print_json(&json!(all.iter().map(charter_json).collect::<Vec<_>>()));
+            } else if all.is_empty() {
+                println!("no charters list this node");
+            } else {
+                for c in &all {
+                    print_charter(c);
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -979,6 +1035,8 @@ pub fn adu_json(a: &MarketAdu) -> Value {
             "disagreed": r.disagreed, "late": r.late, "eligible": r.eligible})
         }
         MarketAdu::Guild(g) => json!({"kind": "guild", "name": g.name, "members": g.members.len()}),
+        MarketAdu::Membership(mb) => json!({"kind": "membership", "guild": mb.guild,
+            "charter": hex::encode(mb.charter)}),
     }
 }
 
@@ -1016,5 +1074,6 @@ pub fn adu_text(a: &MarketAdu) -> String {
             r.worker, r.accepted, r.disagreed, r.late
         ),
         MarketAdu::Guild(g) => format!("[guild charter {:?}: {} members]", g.name, g.members.len()),
+        MarketAdu::Membership(mb) => format!("[membership of guild {}]", mb.guild),
     }
 }

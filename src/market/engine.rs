@@ -11,13 +11,20 @@
 //! - A result counts when it is signed by the worker it names, for a task that exists,
 //!   that worker holds it, and it is on time. When a strict majority of `redundancy`
 //!   (the quorum) agrees on one output hash, that output is accepted: each agreeing
-//!   worker is paid `reward` from the escrow (on a guild task, split among the guild by
-//!   its shares), every disagreeing worker's record takes a disagreement, and the
+//!   worker is paid `reward` from the escrow (on a guild task, split by shares among the
+//!   guild's members who consented to its charter, as the worker's assignment said),
+//!   every disagreeing worker's record takes a disagreement, and the
 //!   submitter gets a verdict with the output. What is left of the escrow goes back to the
 //!   submitter when every slot has answered or the deadline passes.
 //! - Every change to a worker's record is published (signed, for everyone).
 //!
-//! Keys: `task/<id>`, `open/<id>`, `worker/<node>`, `guild/<id>`.
+//! - A guild member counts (takes guild tasks, gets a share) only once its signed
+//!   `membership` naming the guild and the hash of the recorded charter is here; the
+//!   founder consents by signing the charter. No pay is split to or away from a node that
+//!   did not consent.
+//!
+//! Keys: `task/<id>`, `open/<id>`, `worker/<node>`, `guild/<id>`,
+//! `member/<guild id>\0<node>` (the charter hash it consented to), `mcount/<node>`.
 //!
 //! Owns: task life cycle, matching, quorum, reputation, guild payouts. Pure: no I/O.
 
@@ -102,6 +109,10 @@ pub enum Event {
     GuildRecorded {
         guild: String,
     },
+    MembershipRecorded {
+        guild: String,
+        member: String,
+    },
     Refused {
         what: String,
         reason: String,
@@ -129,6 +140,10 @@ pub struct TaskState {
     pub accepted_verified: bool,
     pub closed: bool,
     pub received: u64,
+    /// For a guild task: the split of `reward` each assigned worker was told in its
+    /// assignment, paid exactly so for its accepted result.
+    #[serde(default)]
+    pub pay: Vec<(String, Vec<m::Share>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,7 +185,13 @@ pub struct WorkerState {
 pub struct GuildState {
     pub founder: String,
     pub charter: m::Guild,
+    /// blake3 of the charter's payload: what a member's consent names.
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
 }
+
+/// Most guilds one node may consent to (memberships recorded for it).
+pub const MAX_MEMBERSHIPS: u64 = 64;
 
 /// Whether a record still earns tasks: a worker is dropped once it has at least two
 /// disagreements or late answers and they outnumber half its accepted results.
@@ -190,6 +211,12 @@ fn worker_key(node: &str) -> Vec<u8> {
 }
 fn guild_key(id: &str) -> Vec<u8> {
     [b"guild/", id.as_bytes()].concat()
+}
+fn member_key(guild: &str, node: &str) -> Vec<u8> {
+    [b"member/", guild.as_bytes(), b"\0", node.as_bytes()].concat()
+}
+fn mcount_key(node: &str) -> Vec<u8> {
+    [b"mcount/", node.as_bytes()].concat()
 }
 
 fn id32(b: &[u8]) -> [u8; 32] {
@@ -233,6 +260,55 @@ impl<'a> Engine<'a> {
 
     pub fn guild(&self, id: &str) -> Result<Option<GuildState>, MarketError> {
         self.tx.get_cbor(&guild_key(id))
+    }
+
+    /// The members of guild `id` who consented to its recorded charter (the founder by
+    /// signing it, the others by a membership naming its hash), with their shares, in
+    /// charter order. Empty for an unknown guild.
+    pub fn consenting(&self, id: &str) -> Result<Vec<m::Member>, MarketError> {
+        let Some(gs) = self.guild(id)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for mem in &gs.charter.members {
+            let agreed = mem.node == gs.founder
+                || self
+                    .tx
+                    .get(&member_key(id, &mem.node))?
+                    .is_some_and(|h| h == gs.hash);
+            if agreed {
+                out.push(mem.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whom the reward for `worker`'s accepted result on a task for guild `g` goes to:
+    /// split by share among the consenting members; `None` when `worker` is not one.
+    fn guild_pay(
+        &self,
+        g: &str,
+        worker: &str,
+        reward: u64,
+    ) -> Result<Option<Vec<m::Share>>, MarketError> {
+        let Some(gs) = self.guild(g)? else {
+            return Ok(None);
+        };
+        let members = self.consenting(g)?;
+        if !members.iter().any(|x| x.node == worker) {
+            return Ok(None);
+        }
+        let agreed = m::Guild {
+            name: gs.charter.name,
+            members,
+        };
+        Ok(Some(
+            agreed
+                .split(reward)
+                .into_iter()
+                .map(|(node, amount)| m::Share { node, amount })
+                .collect(),
+        ))
     }
 
     /// Every worker the marketplace knows, by node ID.
@@ -288,6 +364,8 @@ impl<'a> Engine<'a> {
             accepted: r.is_none(),
             reason: r,
             seq,
+            signer: submitter.to_string(),
+            nonce: None,
         };
         if m::node_id_ok(submitter).is_ok() {
             self.tx.send(
@@ -359,6 +437,7 @@ impl<'a> Engine<'a> {
             accepted_verified: false,
             closed: false,
             received: self.now,
+            pay: Vec::new(),
         };
         self.put_task(id, &st);
         self.tx.put(open_key(id), Vec::new());
@@ -387,8 +466,13 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// A guild charter signed by `founder`.
-    pub fn on_guild(&mut self, founder: &str, g: &m::Guild) -> Result<(), MarketError> {
+    /// A guild charter signed by `founder`; `hash` is blake3 of its payload.
+    pub fn on_guild(
+        &mut self,
+        founder: &str,
+        g: &m::Guild,
+        hash: [u8; 32],
+    ) -> Result<(), MarketError> {
         let id = m::Guild::id(founder, &g.name);
         if self.guild(&id)?.is_some() {
             // Members and shares are fixed once agreed: a new charter is a new guild.
@@ -412,9 +496,55 @@ impl<'a> Engine<'a> {
             &GuildState {
                 founder: founder.to_string(),
                 charter: g.clone(),
+                hash,
             },
         );
         self.events.push(Event::GuildRecorded { guild: id });
+        Ok(())
+    }
+
+    /// `member`'s signed consent to a guild charter. Recorded whether or not the charter
+    /// is here yet (it counts only if it names the recorded charter's hash and `member`
+    /// is listed in it), at most [`MAX_MEMBERSHIPS`] guilds per node; a later consent to
+    /// the same guild replaces the earlier one.
+    pub fn on_membership(&mut self, member: &str, mb: &m::Membership) -> Result<(), MarketError> {
+        let refuse = |e: &mut Self, reason: String| {
+            e.events.push(Event::Refused {
+                what: format!("membership of {member} in {}", mb.guild),
+                reason,
+            });
+            Ok(())
+        };
+        if let Err(why) = mb.check() {
+            return refuse(self, why);
+        }
+        if let Some(gs) = self.guild(&mb.guild)? {
+            if !gs.charter.members.iter().any(|x| x.node == member) {
+                return refuse(self, "the guild's charter does not list this node".into());
+            }
+            if gs.hash != mb.charter {
+                return refuse(
+                    self,
+                    "it consents to another charter than the one recorded for this guild".into(),
+                );
+            }
+        }
+        let key = member_key(&mb.guild, member);
+        if self.tx.get(&key)?.is_none() {
+            let n = self.tx.get_u64(&mcount_key(member))?;
+            if n >= MAX_MEMBERSHIPS {
+                return refuse(
+                    self,
+                    format!("this node already consented to {MAX_MEMBERSHIPS} guilds"),
+                );
+            }
+            self.tx.put_u64(mcount_key(member), n + 1);
+        }
+        self.tx.put(key, mb.charter.to_vec());
+        self.events.push(Event::MembershipRecorded {
+            guild: mb.guild.clone(),
+            member: member.to_string(),
+        });
         Ok(())
     }
 
@@ -501,8 +631,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Pay `worker` for its accepted result (split by shares on a guild task); whether
-    /// anything was paid.
+    /// Pay `worker` for its accepted result (on a guild task, exactly the split its
+    /// assignment stated); whether the worker itself was paid.
     fn reward(
         &mut self,
         id: &[u8; 32],
@@ -513,14 +643,21 @@ impl<'a> Engine<'a> {
         let reward = st.task.reward;
         let short = &hex::encode(id)[..12];
         if let Eligibility::Guild(g) = &st.task.who {
-            if let Some(gs) = self.guild(g)? {
-                let memo = format!("share of {worker}'s result for task {short}, guild {g}");
-                let mut paid = false;
-                for (member, amount) in gs.charter.split(reward) {
-                    paid |= self.pay_from_escrow(id, st, &member, amount, result, &memo)?;
-                }
-                return Ok(paid);
+            // A guild task is only ever assigned with a stated split.
+            let Some(split) = st.pay.iter().find(|p| p.0 == worker).map(|p| p.1.clone()) else {
+                self.events.push(Event::Refused {
+                    what: format!("pay for {worker}'s result on task {short}"),
+                    reason: "no split was stated in its assignment".into(),
+                });
+                return Ok(false);
+            };
+            let memo = format!("share of {worker}'s result for task {short}, guild {g}");
+            let mut paid_worker = false;
+            for s in split {
+                let paid = self.pay_from_escrow(id, st, &s.node, s.amount, result, &memo)?;
+                paid_worker |= paid && s.node == worker;
             }
+            return Ok(paid_worker);
         }
         self.pay_from_escrow(id, st, worker, reward, result, &format!("task {short}"))
     }
@@ -847,9 +984,10 @@ impl<'a> Engine<'a> {
         Ok(match &st.task.who {
             Eligibility::Anyone => true,
             Eligibility::Worker(x) => x == w,
+            // A consenting member whose own part of the reward is not nothing.
             Eligibility::Guild(g) => self
-                .guild(g)?
-                .is_some_and(|gs| gs.charter.members.iter().any(|m| m.node == w)),
+                .guild_pay(g, w, st.task.reward)?
+                .is_some_and(|s| s.iter().any(|x| x.node == w)),
         })
     }
 
@@ -892,14 +1030,27 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let lifetime = st.task.deadline.saturating_sub(self.now).max(60_000);
-            let payload = m::encode_assignment(&m::Assignment {
-                task_bundle: st.bundle.clone(),
-            });
             for i in picked {
                 let name = workers[i].0.clone();
+                // A guild task states whom this worker's reward goes to, and is paid so.
+                let pay = match &st.task.who {
+                    Eligibility::Guild(g) => {
+                        let split = self.guild_pay(g, &name, st.task.reward)?;
+                        st.pay.retain(|p| p.0 != name);
+                        if let Some(s) = &split {
+                            st.pay.push((name.clone(), s.clone()));
+                        }
+                        split
+                    }
+                    _ => None,
+                };
+                let payload = m::encode_assignment(&m::Assignment {
+                    task_bundle: st.bundle.clone(),
+                    pay,
+                });
                 workers[i].1.open += 1;
                 st.assigned.push(name.clone());
-                self.tx.send(Some(&name), payload.clone(), lifetime);
+                self.tx.send(Some(&name), payload, lifetime);
                 let ws = workers[i].1.clone();
                 self.put_worker(&name, &ws);
                 self.events.push(Event::Assigned {

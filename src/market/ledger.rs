@@ -251,8 +251,15 @@ pub fn payment_entry(tx: &Txn, id: &[u8; 32]) -> Result<Option<PaymentEntry>, Ma
     tx.get_cbor(&pay_key(id))
 }
 
-/// The ledger's word on payment `id`: accepted when there is no `reason`.
-fn settlement(id: &[u8; 32], p: &Payment, reason: Option<String>, seq: u64) -> Settlement {
+/// The ledger's word on payment `id` as signed by `signer`: accepted when there is no
+/// `reason`. Bound to the payment's parties, amount and nonce and to its signer.
+fn settlement(
+    id: &[u8; 32],
+    p: &Payment,
+    signer: &str,
+    reason: Option<String>,
+    seq: u64,
+) -> Settlement {
     Settlement {
         subject: *id,
         what: Subject::Payment,
@@ -262,6 +269,8 @@ fn settlement(id: &[u8; 32], p: &Payment, reason: Option<String>, seq: u64) -> S
         accepted: reason.is_none(),
         reason,
         seq,
+        signer: signer.to_string(),
+        nonce: Some(serde_bytes::ByteBuf::from(p.nonce.to_vec())),
     }
 }
 
@@ -279,7 +288,7 @@ pub fn settle_payment(
         // Not recorded: a copy of someone's payment re-signed by another node must not
         // settle (or block) the real one, whose ID it shares.
         let reason = format!("signed by {signer}, who is not the payer {}", p.payer);
-        let s = settlement(id, p, Some(reason.clone()), 0);
+        let s = settlement(id, p, signer, Some(reason.clone()), 0);
         if signer != market {
             tx.send(Some(signer), m::encode_settlement(&s), NOTICE_LIFETIME_MS);
         }
@@ -309,7 +318,7 @@ pub fn settle_payment(
         at: now,
     };
     tx.put_cbor(pay_key(id), &entry);
-    let s = settlement(id, p, reason.clone(), seq);
+    let s = settlement(id, p, signer, reason.clone(), seq);
     let payload = m::encode_settlement(&s);
     // The notice goes to the payer (the signer) and to the payee (checked for a valid
     // key, unless the payment was accepted and so already checked). A refusal is final:

@@ -1,5 +1,6 @@
 //! The marketplace over a node's store: takes the bundles addressed to the marketplace
-//! that it has not processed yet (tasks, results, payments, offers, guild charters), runs
+//! that it has not processed yet (tasks, results, payments, offers, guild charters and
+//! memberships), runs
 //! them through the rules in batches, signs (and, where the recipient's key is known,
 //! seals) what the rules send, and commits ledger changes, "processed" marks and the new
 //! bundles in one synced write per batch. A crash between batches loses nothing: an
@@ -144,7 +145,8 @@ pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceE
                         eng.on_payment(&m::payment_id(payload), &signer, &p)?
                     }
                     MarketAdu::Offer(o) => eng.on_offer(&signer, &o)?,
-                    MarketAdu::Guild(g) => eng.on_guild(&signer, &g)?,
+                    MarketAdu::Guild(g) => eng.on_guild(&signer, &g, m::charter_hash(payload))?,
+                    MarketAdu::Membership(mb) => eng.on_membership(&signer, &mb)?,
                     _ => {}
                 },
                 Err(adu::AduError::BadBody { kind, reason }) => eng.events.push(Event::Refused {

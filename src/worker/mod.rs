@@ -12,6 +12,9 @@
 //! ([`generate`], a GGUF llama: input the user's message, output CBOR
 //! `{"text": tstr, "tokens": [* uint]}`, greedy, `max_tokens` from the task's limits).
 //! A worker runs only models it holds ([`models`]) whose files match the task's hash.
+//! A guild task runs only for a guild this node joined ([`crate::guild`]) and only when
+//! its assignment says whom the pay goes to and gives this node a part; otherwise the
+//! worker declines it with a signed failure saying why.
 //!
 //! Owns: turning assignments into results.
 
@@ -86,6 +89,8 @@ pub struct Ran {
     pub tokens: u64,
     /// `None` when the job succeeded; the failure's reason otherwise.
     pub failed: Option<String>,
+    /// For a guild task: whom the marketplace pays the reward to, as its assignment said.
+    pub pay: Option<Vec<m::Share>>,
 }
 
 /// What [`run_once`] did.
@@ -376,6 +381,10 @@ fn run_group(
     }
 }
 
+/// An assignment to answer: its key, the task's ID, the task, and for a guild task the
+/// split of the reward it states.
+type Todo = ([u8; 32], [u8; 32], Task, Option<Vec<m::Share>>);
+
 /// Answer every assignment from our marketplace not answered yet (sealed results, CPU,
 /// batches of 32).
 pub fn run_once(node: &Node, now: DtnTime, seal: bool) -> Result<RunReport, WorkerError> {
@@ -412,8 +421,10 @@ pub fn run_progress(
         Err(e) => report.skipped.push(("models".into(), e.to_string())),
     }
     let mut kv = Vec::new();
-    // (assignment key, task id, task), checked and not yet answered.
-    let mut todo: Vec<([u8; 32], [u8; 32], Task)> = Vec::new();
+    // Checked and not yet answered.
+    let mut todo: Vec<Todo> = Vec::new();
+    // Guild tasks this node declines, with why (by index into `todo`).
+    let mut declined: Vec<(usize, String)> = Vec::new();
     for key in node.store.of_kind(m::KIND_ASSIGNMENT)? {
         if node.store.ledger_get(&done_key(&key))?.is_some() {
             continue;
@@ -437,10 +448,13 @@ pub fn run_progress(
             );
             continue;
         }
-        let task_vb = match m::decode_assignment(vb.bundle().payload())
+        let (task_vb, pay) = match m::decode_assignment(vb.bundle().payload())
             .map_err(|e| e.to_string())
-            .and_then(|a| VerifiedBundle::decode(&a.task_bundle).map_err(|e| e.to_string()))
-        {
+            .and_then(|a| {
+                VerifiedBundle::decode(&a.task_bundle)
+                    .map(|t| (t, a.pay))
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(t) => t,
             Err(e) => {
                 skip(format!("carries no valid task bundle: {e}"), &mut kv);
@@ -472,16 +486,27 @@ pub fn run_progress(
             skip("past its deadline".into(), &mut kv);
             continue;
         }
-        todo.push((key, task_id, task));
+        if let m::Eligibility::Guild(g) = &task.who {
+            if let Err(why) = guild_terms(node, &me, g, task.reward, pay.as_deref()) {
+                declined.push((todo.len(), format!("declined: {why}")));
+            }
+        }
+        todo.push((key, task_id, task, pay));
     }
     // Group by job and model: each model loads once.
     let mut groups: std::collections::BTreeMap<(JobKind, [u8; 32]), Vec<usize>> =
         Default::default();
-    for (i, (_, _, t)) in todo.iter().enumerate() {
-        groups.entry((t.job, t.model)).or_default().push(i);
-    }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; todo.len()];
+    for (i, why) in declined {
+        outcomes[i] = Some(Err(why));
+    }
+    for (i, (_, _, t, _)) in todo.iter().enumerate() {
+        if outcomes[i].is_none() {
+            groups.entry((t.job, t.model)).or_default().push(i);
+        }
+    }
     let mut done = 0;
+    let total: usize = groups.values().map(Vec::len).sum();
     for ((job, model), idx) in &groups {
         let what = format!(
             "{} × {} on {}",
@@ -489,7 +514,7 @@ pub fn run_progress(
             job.as_str(),
             hex::encode(&model[..4])
         );
-        progress(done, todo.len(), &what);
+        progress(done, total, &what);
         let checked: Vec<(usize, Result<(), String>)> =
             idx.iter().map(|&i| (i, todo[i].2.check())).collect();
         let runnable: Vec<usize> = checked
@@ -510,10 +535,10 @@ pub fn run_progress(
             outcomes[*i] = Some(o);
         }
         done += idx.len();
-        progress(done, todo.len(), &what);
+        progress(done, total, &what);
     }
     let mut outs = Vec::new();
-    for ((key, task_id, task), outcome) in todo.iter().zip(outcomes) {
+    for ((key, task_id, task, pay), outcome) in todo.iter().zip(outcomes) {
         let outcome = outcome.unwrap_or_else(|| Err("not run".into()));
         let (output, used, failed) = match outcome {
             Ok((o, u)) => (o, u, None),
@@ -533,6 +558,7 @@ pub fn run_progress(
             ms: used.ms,
             tokens: used.tokens,
             failed,
+            pay: pay.clone(),
         });
         let lifetime = task.deadline.saturating_sub(now.0).max(60_000);
         outs.push((Some(market.clone()), m::encode_result(&r), lifetime));
@@ -542,6 +568,40 @@ pub fn run_progress(
     let c = node.compose(&outs, now, opts.seal)?;
     node.store.commit_ledger(&kv, &c.bundles, &c.private, now)?;
     Ok(report)
+}
+
+/// Whether this node (`me`) runs a task for guild `g` paying `reward` on the terms its
+/// assignment states (`pay`): it joined the guild, the split is stated, adds up to the
+/// reward, and gives this node a part.
+fn guild_terms(
+    node: &Node,
+    me: &str,
+    g: &str,
+    reward: u64,
+    pay: Option<&[m::Share]>,
+) -> Result<(), String> {
+    if crate::guild::joined(node, g)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Err(format!("this node has not joined guild {g}"));
+    }
+    let Some(pay) = pay else {
+        return Err("the assignment does not say whom the pay goes to".into());
+    };
+    let total = pay
+        .iter()
+        .try_fold(0u64, |t, s| t.checked_add(s.amount))
+        .unwrap_or(u64::MAX);
+    if total != reward {
+        return Err(format!(
+            "the stated split pays {total} credits, not the task's reward of {reward}"
+        ));
+    }
+    if !pay.iter().any(|s| s.node == me && s.amount > 0) {
+        return Err("the stated split gives this node nothing".into());
+    }
+    Ok(())
 }
 
 /// The marketplace a worker uses, parsed for callers that hold only text.

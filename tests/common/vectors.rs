@@ -88,6 +88,17 @@ pub fn settlement_body(payment: [u8; 32]) -> m::Settlement {
             node(&alice())
         )),
         seq: 0,
+        signer: node(&alice()),
+        nonce: Some(serde_bytes::ByteBuf::from(payment_body([0; 32]).nonce.to_vec())),
+    }
+}
+
+/// The `membership` vector's body: alice consents to the `guild` vector's charter, whose
+/// payload hashes to `charter`.
+pub fn membership_body(charter: [u8; 32]) -> m::Membership {
+    m::Membership {
+        guild: m::Guild::id(&node(&carol()), &guild_body().name),
+        charter,
     }
 }
 
@@ -146,9 +157,15 @@ pub fn all() -> Vec<(&'static str, &'static str, VerifiedBundle)> {
         .payload(m::encode_settlement(&settlement_body(payment_id)))
         .sign(&bob())
         .unwrap();
-    let guild = BundleBuilder::new(market, ts(14), WEEK_MS)
+    let guild = BundleBuilder::new(market.clone(), ts(14), WEEK_MS)
         .payload(m::encode_guild(&guild_body()))
         .sign(&carol())
+        .unwrap();
+    let membership = BundleBuilder::new(market, ts(15), WEEK_MS)
+        .payload(m::encode_membership(&membership_body(m::charter_hash(
+            guild.bundle().payload(),
+        ))))
+        .sign(&a)
         .unwrap();
     let v = vec![
         (
@@ -223,6 +240,11 @@ pub fn all() -> Vec<(&'static str, &'static str, VerifiedBundle)> {
             "a guild charter founded by seed [3;32]: itself with share 2, seed [1;32] with share 1",
             guild,
         ),
+        (
+            "membership",
+            "seed [1;32] consents to the guild vector's charter (its payload's blake3)",
+            membership,
+        ),
     ];
     for (name, _, vb) in &v {
         assert_eq!(
@@ -260,6 +282,12 @@ fn expected_adu(name: &str, v: &[(&'static str, &'static str, VerifiedBundle)]) 
             ))))
         }
         "guild" => market(MarketAdu::Guild(guild_body())),
+        "membership" => {
+            let g = v.iter().find(|x| x.0 == "guild").unwrap();
+            market(MarketAdu::Membership(membership_body(m::charter_hash(
+                g.2.bundle().payload(),
+            ))))
+        }
         other => panic!("no expected ADU for vector {other}"),
     }
 }
