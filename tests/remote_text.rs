@@ -135,9 +135,9 @@ fn messages_and_stick_files_cannot_drive_the_terminal_or_forge_a_message() {
     );
 
     // An error that names a file from outside (here a bundle file on a stick).
-    let bad = t
-        .path()
-        .join(format!("b\u{1b}]52;c;cm0gLXJmIH4K\u{7}\n{FAKE_NAME}.bundle"));
+    let bad = t.path().join(format!(
+        "b\u{1b}]52;c;cm0gLXJmIH4K\u{7}\n{FAKE_NAME}.bundle"
+    ));
     std::fs::write(&bad, b"junk").unwrap();
     let out = my(&b).args(["bundle", "load"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());
