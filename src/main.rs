@@ -12,7 +12,12 @@ fn main() {
     }
     let cli = mycelium::cli::Cli::parse();
     if let Err(e) = mycelium::cli::run(cli) {
-        eprintln!("error: {e:#}");
+        // Errors quote outside text (a refusal's reason, a peer's words): escaped, and any
+        // line breaks in them indented under the first line.
+        eprintln!(
+            "error: {}",
+            mycelium::cli::safe::block(&format!("{e:#}"), "  ")
+        );
         std::process::exit(1);
     }
 }

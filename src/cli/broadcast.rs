@@ -1,5 +1,6 @@
 //! `broadcast publish`, `broadcast ingest [--watch]` and `trust`.
 
+use super::safe::say;
 use super::sneakernet::{parse_bytes, progress};
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
@@ -144,7 +145,7 @@ fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
     );
     println!("  loss estimate        {:>7.1}%", r.loss_estimate() * 100.0);
     for p in &r.problems {
-        println!("  ! {}: {}", p.file, p.reason);
+        say!("  ! {}: {}", p.file, p.reason);
     }
 }
 

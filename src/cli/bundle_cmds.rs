@@ -1,6 +1,7 @@
 //! `bundle dump`, `bundle load` and `verify`: single bundle files.
 
 use super::messages::bundle_json;
+use super::safe::say;
 use super::{home, print_json, Cli};
 use crate::bundle::{DecodeLimits, VerifiedBundle};
 use crate::node::Node;
@@ -111,7 +112,8 @@ pub fn verify(cli: &Cli, file: &Path) -> Result<()> {
         v["size"] = json!(bytes.len());
         print_json(&v);
     } else {
-        println!(
+        // The file may be named by whoever filled the stick it is on.
+        say!(
             "{}: valid BPv7 bundle, {} bytes, signed by its source {}",
             file.display(),
             bytes.len(),

@@ -89,7 +89,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     };
     let say = |s: String| {
         if !cli.json {
-            println!("{s}");
+            println!("{}", super::safe::line(&s));
         }
     };
     let now = DtnTime::now();
@@ -277,7 +277,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         say(format!(
             "     from {}: {}",
             item.record.source,
-            adu_text(&item.adu)
+            adu_text(&item.adu, "       ")
         ));
     }
     say("   the photo is byte-identical to A's.".into());

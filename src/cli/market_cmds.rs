@@ -3,6 +3,7 @@
 //! payloads are shown by `show` and `inbox`.
 
 use super::net::{parse_node, ServeArgs};
+use super::safe::{self, esay, say};
 use super::{home, print_json, Cli};
 use crate::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
 use crate::adu::MarketAdu;
@@ -220,7 +221,7 @@ fn task_list(cli: &Cli) -> Result<()> {
         println!("no tasks submitted from this node");
     }
     for (k, t, _) in &tasks {
-        println!(
+        say!(
             "{}  {:<8}  reward {} × {}  escrow {}  {}",
             short(k),
             t.job.as_str(),
@@ -298,11 +299,12 @@ fn task_result(cli: &Cli, id: &str) -> Result<()> {
                             println!("[{}, … {} numbers]", head.join(", "), x.len());
                         }
                     }
-                    Err(e) => println!("{e}"),
+                    Err(e) => say!("{e}"),
                 },
                 JobKind::Generate => match worker::decode_generation(&v.output) {
-                    Ok(g) => println!("{}", g.text),
-                    Err(e) => println!("{e}"),
+                    // The workers' text, shown as lines (`--json` has it exact).
+                    Ok(g) => println!("{}", safe::block(&g.text, "")),
+                    Err(e) => say!("{e}"),
                 },
                 JobKind::Digest => println!("{}", hex::encode(&v.output)),
             }
@@ -436,7 +438,7 @@ fn print_events(cli: &Cli, processed: usize, sent: usize, events: &[Event]) {
         }));
     } else {
         for e in events {
-            println!("{}", event_text(e));
+            say!("{}", event_text(e));
         }
         println!("{processed} bundles processed, {sent} sent");
     }
@@ -465,10 +467,10 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
                     move |n: &Node| match service::process(n, DtnTime::now(), seal) {
                         Ok(r) => {
                             for e in &r.events {
-                                eprintln!("market: {}", event_text(e));
+                                esay!("market: {}", event_text(e));
                             }
                         }
-                        Err(e) => eprintln!("market: {e}"),
+                        Err(e) => esay!("market: {e}"),
                     },
                 );
             super::net::serve_with(cli, serve, Some(duty))
@@ -495,7 +497,7 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
                 print_json(&json!({"payment": hex::encode(id), "to": to, "amount": amount}));
             } else {
                 for e in &events {
-                    println!("{}", event_text(e));
+                    say!("{}", event_text(e));
                 }
             }
             Ok(())
@@ -553,7 +555,7 @@ fn reputation(cli: &Cli) -> Result<()> {
         "worker", "accepted", "disagreed", "late", "failed"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<62}  {:>8}  {:>9}  {:>4}  {:>6}  {}",
             r.worker,
             r.accepted,
@@ -646,7 +648,7 @@ pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
         w.balance, w.spendable, w.pending_in, w.pending_out
     );
     for e in &w.entries {
-        println!(
+        say!(
             "  {} {:>3} {:>8}  {:<9} {}  {}",
             short(&e.id),
             if e.direction == Direction::In {
@@ -818,11 +820,11 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                         short(&x.task),
                         x.ms
                     ),
-                    Some(w) => println!("task {} failed: {w}{pay}", short(&x.task)),
+                    Some(w) => say!("task {} failed: {w}{pay}", short(&x.task)),
                 }
             }
             for (k, w) in &r.skipped {
-                println!("assignment {k} skipped: {w}");
+                say!("assignment {k} skipped: {w}");
             }
             if !r.ran.is_empty() {
                 let done = |job: JobKind| -> u64 {
@@ -928,7 +930,7 @@ fn charter_json(c: &crate::guild::Charter) -> Value {
 
 fn print_charter(c: &crate::guild::Charter) {
     let total: u64 = c.guild.members.iter().map(|x| u64::from(x.share)).sum();
-    println!(
+    say!(
         "{} {:?} founded by {}{}",
         c.id,
         c.guild.name,
@@ -936,7 +938,7 @@ fn print_charter(c: &crate::guild::Charter) {
         if c.joined { " (joined)" } else { "" }
     );
     for x in &c.guild.members {
-        println!("  {} share {} of {total}", x.node, x.share);
+        say!("  {} share {} of {total}", x.node, x.share);
     }
 }
 
@@ -1040,6 +1042,7 @@ pub fn adu_json(a: &MarketAdu) -> Value {
     }
 }
 
+/// One line about a marketplace ADU, raw: `messages::adu_text` escapes it.
 pub fn adu_text(a: &MarketAdu) -> String {
     match a {
         MarketAdu::Task(t) => format!(

@@ -1,6 +1,6 @@
 //! `send`, `list`, `show` and `inbox`, plus the shared JSON/text description of a bundle.
 
-use super::{home, print_json, Cli};
+use super::{home, print_json, safe, Cli};
 use crate::adu::{self, Adu, FileMessage, Message};
 use crate::bundle::{block_types, Bundle, Eid};
 use crate::node::Node;
@@ -196,8 +196,18 @@ pub fn adu_json(adu: &Result<Adu, String>) -> Value {
     }
 }
 
-/// One line of text for an ADU.
-pub fn adu_text(adu: &Result<Adu, String>) -> String {
+/// Text for a person about an ADU, safe to print (see [`safe`]): a text message as a block
+/// of lines, each after the first starting with `indent`; anything else as one line.
+pub fn adu_text(adu: &Result<Adu, String>, indent: &str) -> String {
+    match adu {
+        Ok(Adu::Message(Message::Text(t))) => safe::block(t, indent),
+        other => safe::line(&adu_line(other)).into_owned(),
+    }
+}
+
+/// One line about an ADU other than a text message, raw (names, memos and reasons in it
+/// come from outside).
+fn adu_line(adu: &Result<Adu, String>) -> String {
     match adu {
         Ok(Adu::Message(Message::Text(t))) => t.clone(),
         Ok(Adu::Message(Message::File(f))) => {
@@ -294,7 +304,10 @@ pub fn show(cli: &Cli, id: &str) -> Result<()> {
         println!("signature   valid (Ed25519 by the source)");
         println!(
             "payload     {}",
-            adu_text(&adu::decode(b.payload()).map_err(|e| e.to_string()))
+            adu_text(
+                &adu::decode(b.payload()).map_err(|e| e.to_string()),
+                "            "
+            )
         );
     }
     Ok(())
@@ -327,7 +340,7 @@ pub fn inbox(cli: &Cli) -> Result<()> {
             short(&i.record.source),
             DtnTime(i.record.created_ms).to_rfc3339()
         );
-        println!("    {}", adu_text(&i.adu));
+        println!("    {}", adu_text(&i.adu, "    "));
     }
     Ok(())
 }

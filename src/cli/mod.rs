@@ -1,6 +1,8 @@
 //! The `mycelium` command tree (clap) and its dispatch. Each command group has its own
 //! file; all of them print human text, or JSON with `--json`. Errors are `anyhow` here
-//! (the binary's edge) and become a message on stderr and exit code 1.
+//! (the binary's edge) and become a message on stderr and exit code 1. Text that came from
+//! outside (other nodes, sticks, feeds, peers) is printed for a person only through
+//! [`safe`], which escapes what a terminal would act on.
 
 mod broadcast;
 mod bundle_cmds;
@@ -11,6 +13,7 @@ mod messages;
 mod model_cmds;
 mod net;
 mod node_cmds;
+pub mod safe;
 mod sneakernet;
 
 use anyhow::Result;

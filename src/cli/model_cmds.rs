@@ -1,6 +1,7 @@
 //! `model add` and `model list`: the models this node holds, by hash, and their travel as
 //! bundles.
 
+use super::safe::{esay, say};
 use super::{home, print_json, Cli};
 use crate::node::Node;
 use crate::time::DtnTime;
@@ -45,7 +46,7 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                     "format": format!("{:?}", held.format).to_lowercase(), "bundles": bundles}));
             } else {
                 println!("{}", hex::encode(held.hash));
-                eprintln!(
+                esay!(
                     "{} ({:?}, {} files, {} bytes) held in {}; {bundles} bundles stored for travel",
                     held.name,
                     held.format,
@@ -72,7 +73,7 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                 println!("no models (mycelium model add PATH)");
             }
             for h in &held {
-                println!(
+                say!(
                     "{}  {:<5}  {:>11} bytes  {}",
                     hex::encode(h.hash),
                     format!("{:?}", h.format).to_lowercase(),
@@ -81,7 +82,7 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                 );
             }
             for w in &waiting {
-                println!(
+                say!(
                     "{}  arriving: {} of {} chunks  {}",
                     hex::encode(w.hash),
                     w.have,

@@ -1,5 +1,6 @@
 //! `serve`, `sync`, `gateway`, `peers` and `peer add`: the QUIC side of a node.
 
+use super::safe::{esay, say};
 use super::sneakernet::parse_bytes;
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
@@ -231,7 +232,7 @@ pub fn serve_with(cli: &Cli, a: &ServeArgs, duty: Option<Duty>) -> Result<()> {
             let qcfg = cfg.clone();
             tokio::spawn(async move {
                 if let Err(e) = discovery::run(n, local, group, disc_every, qcfg).await {
-                    eprintln!("discovery stopped: {e}");
+                    esay!("discovery stopped: {e}");
                 }
             });
         }
@@ -272,7 +273,7 @@ pub fn log_session(peer: Option<Eid>, r: Result<SessionReport, QuicError>) {
         .unwrap_or_else(|| "unknown peer".into());
     match r {
         Ok(r) => eprintln!("[sync] {who}: {}", report_line(&r)),
-        Err(e) => eprintln!("[sync] {who}: cut off: {e}"),
+        Err(e) => esay!("[sync] {who}: cut off: {e}"),
     }
 }
 
@@ -329,7 +330,7 @@ pub fn gateway(cli: &Cli, a: &GatewayArgs) -> Result<()> {
                     if a.once {
                         bail!("sync with upstream {addr} failed: {e}");
                     }
-                    eprintln!(
+                    esay!(
                         "sync with upstream {addr} failed: {e}; retrying in {}",
                         humantime::format_duration(every)
                     );
@@ -373,7 +374,7 @@ pub fn peers(cli: &Cli) -> Result<()> {
         );
     }
     for (id, p) in &peers {
-        println!(
+        say!(
             "{id}  {}  {}{} sessions, last ok {}, in {} / out {} bundles{}",
             p.addr.as_deref().unwrap_or("-"),
             if p.allowed { "allowed, " } else { "" },

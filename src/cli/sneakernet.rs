@@ -1,5 +1,6 @@
 //! `export DIR` and `import DIR`: bundles to and from a USB stick or any folder.
 
+use super::safe::say;
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
 use crate::fec::Policy;
@@ -148,7 +149,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         println!("  skipped: no room     {:>8}", r.skipped.over_budget);
         println!("  time                 {secs:>8.2}s");
         for w in &r.warnings {
-            println!("  warning: {w}");
+            say!("  warning: {w}");
         }
     }
     if let Some(e) = r.error {
@@ -223,7 +224,7 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     }
     println!("  time                 {secs:>8.2}s");
     for x in r.refused.iter().chain(&r.rejected) {
-        println!("  ! {}: {}", x.file, x.reason);
+        say!("  ! {}: {}", x.file, x.reason);
     }
     Ok(())
 }
