@@ -121,7 +121,14 @@ fn a_manifest_re_signed_by_another_key_never_hides_the_real_one() {
     let now = DtnTime::now();
     let hash = publish_gguf(&a, &t.path().join("src"), "tiny.gguf", b"GGUF tiny", now);
     let real = a.store.of_kind(am::KIND_MODEL).unwrap()[0];
-    let payload = a.store.get(&real).unwrap().unwrap().bundle().payload().to_vec();
+    let payload = a
+        .store
+        .get(&real)
+        .unwrap()
+        .unwrap()
+        .bundle()
+        .payload()
+        .to_vec();
     // C signs the very same manifest (same model hash), its bundle chosen to sort first.
     let forged: VerifiedBundle = (0..512u64)
         .find_map(|i| {
@@ -146,7 +153,10 @@ fn a_manifest_re_signed_by_another_key_never_hides_the_real_one() {
     drop(b);
     // Both manifests wait, each for its own signer's chunks.
     let v = model_list(&bh);
-    assert_eq!(each(&v, "arriving", "hash"), vec![hash.clone(), hash.clone()]);
+    assert_eq!(
+        each(&v, "arriving", "hash"),
+        vec![hash.clone(), hash.clone()]
+    );
     let mut signers = each(&v, "arriving", "signer");
     signers.sort();
     let mut want = vec![a.node_id().to_string(), c.node_id().to_string()];
@@ -177,7 +187,11 @@ fn one_manifest_with_a_wrong_chunk_fails_alone_and_is_not_rebuilt_every_run() {
     drop(b);
     for run in 0..2 {
         let v = model_list(&bh);
-        assert_eq!(each(&v, "held", "hash"), vec![good.clone()], "run {run}: {v}");
+        assert_eq!(
+            each(&v, "held", "hash"),
+            vec![good.clone()],
+            "run {run}: {v}"
+        );
         assert_eq!(
             each(&v, "failed", "hash"),
             vec![hex::encode(bad.hash())],
@@ -186,7 +200,9 @@ fn one_manifest_with_a_wrong_chunk_fails_alone_and_is_not_rebuilt_every_run() {
         let why = each(&v, "failed", "reason").join("");
         assert!(why.contains("bad.gguf does not match"), "{why}");
         assert!(leftovers(&bh).is_empty(), "{:?}", leftovers(&bh));
-        assert!(!models::models_dir(&bh).join(hex::encode(bad.hash())).exists());
+        assert!(!models::models_dir(&bh)
+            .join(hex::encode(bad.hash()))
+            .exists());
     }
     // The failure is remembered (one note for the one bad manifest), not redone each run.
     let b = Node::open(&bh).unwrap();
@@ -209,11 +225,17 @@ fn a_manifest_whose_files_do_not_fit_its_format_writes_nothing() {
     drop(b);
     for run in 0..2 {
         let v = model_list(&bh);
-        assert_eq!(each(&v, "held", "hash"), vec![good.clone()], "run {run}: {v}");
+        assert_eq!(
+            each(&v, "held", "hash"),
+            vec![good.clone()],
+            "run {run}: {v}"
+        );
         assert_eq!(each(&v, "failed", "hash"), vec![hex::encode(bert.hash())]);
         let why = each(&v, "failed", "reason").join("");
         assert!(why.contains("missing config.json"), "{why}");
-        assert!(!models::models_dir(&bh).join(hex::encode(bert.hash())).exists());
+        assert!(!models::models_dir(&bh)
+            .join(hex::encode(bert.hash()))
+            .exists());
         assert!(leftovers(&bh).is_empty(), "{:?}", leftovers(&bh));
     }
 }

@@ -110,8 +110,10 @@ pub fn check_names(names: &[&str]) -> Result<(), String> {
     }
     let mut seen = std::collections::HashSet::new();
     for n in names {
-        let plain =
-            !n.is_empty() && n.len() <= 128 && !n.starts_with('.') && !n.contains(['/', '\\', '\0']);
+        let plain = !n.is_empty()
+            && n.len() <= 128
+            && !n.starts_with('.')
+            && !n.contains(['/', '\\', '\0']);
         if !plain {
             return Err(format!("bad file name {n:?}"));
         }
@@ -233,13 +235,26 @@ mod tests {
                 })
                 .collect(),
         };
-        let bert = ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"];
+        let bert = [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.txt",
+        ];
         m("bert", &bert).check().unwrap();
         let e = m("bert", &bert[1..]).check().unwrap_err();
         assert!(e.contains("missing config.json"), "{e}");
-        assert!(m("bert", &["config.json", "model.safetensors", "tokenizer.json", "x.gguf"])
-            .check()
-            .is_err());
+        assert!(m(
+            "bert",
+            &[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "x.gguf"
+            ]
+        )
+        .check()
+        .is_err());
         m("gguf", &["x.gguf"]).check().unwrap();
         m("gguf", &["x.gguf", "README"]).check().unwrap();
         assert!(m("gguf", &["x.gguf", "y.gguf"]).check().is_err());

@@ -514,17 +514,14 @@ pub fn run_progress(
             }
         }
         let tasks: Vec<&Task> = runnable.iter().map(|&i| &todo[i].2).collect();
-        for (i, o) in runnable
-            .iter()
-            .zip(run_group(
-                &node.home,
-                *job,
-                model,
-                &tasks,
-                opts,
-                &report.models_failed,
-            ))
-        {
+        for (i, o) in runnable.iter().zip(run_group(
+            &node.home,
+            *job,
+            model,
+            &tasks,
+            opts,
+            &report.models_failed,
+        )) {
             outcomes[*i] = Some(o);
         }
         done += idx.len();

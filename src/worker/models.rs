@@ -540,7 +540,10 @@ pub fn assemble(node: &Node) -> Result<Assembly, ModelError> {
             fail(Some(hash), &m.name, e);
             continue;
         }
-        if seen.insert((signer.clone(), *blake3::hash(vb.bundle().payload()).as_bytes())) {
+        if seen.insert((
+            signer.clone(),
+            *blake3::hash(vb.bundle().payload()).as_bytes(),
+        )) {
             manifests.push((key, signer, m));
         }
     }
@@ -570,8 +573,7 @@ pub fn assemble(node: &Node) -> Result<Assembly, ModelError> {
                 .enumerate()
                 .flat_map(|(fi, f)| {
                     let (signer, chunks) = (&signer, &chunks);
-                    (0..f.chunks())
-                        .map(move |i| chunks.get(&(signer.clone(), hash, fi as u32, i)))
+                    (0..f.chunks()).map(move |i| chunks.get(&(signer.clone(), hash, fi as u32, i)))
                 })
                 .collect();
             let have = used.iter().flatten().count();
@@ -637,8 +639,8 @@ pub fn assemble(node: &Node) -> Result<Assembly, ModelError> {
     // Notes of manifests gone or no longer failing are dropped: at most one per manifest
     // bundle still stored.
     for (k, _) in node.store.ledger_scan(FAILED_PREFIX)? {
-        let keep = <[u8; 32]>::try_from(&k[FAILED_PREFIX.len()..])
-            .is_ok_and(|m| remembered.contains(&m));
+        let keep =
+            <[u8; 32]>::try_from(&k[FAILED_PREFIX.len()..]).is_ok_and(|m| remembered.contains(&m));
         if !keep {
             kv.push((k, None));
         }
