@@ -448,10 +448,10 @@ fn a_model_travels_as_bundles_and_is_put_together_at_the_other_end() {
                 .unwrap();
         }
     }
-    let (added, waiting) = models::assemble(&b).unwrap();
-    assert!(added.is_empty());
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].have + 1, waiting[0].need);
+    let a1 = models::assemble(&b).unwrap();
+    assert!(a1.added.is_empty() && a1.failed.is_empty());
+    assert_eq!(a1.waiting.len(), 1);
+    assert_eq!(a1.waiting[0].have + 1, a1.waiting[0].need);
     // Someone else's chunk under the same coordinates does not count.
     let c = Node::init(&t.path().join("c")).unwrap();
     let missing = a.store.get(&blob_keys[3]).unwrap().unwrap();
@@ -465,13 +465,13 @@ fn a_model_travels_as_bundles_and_is_put_together_at_the_other_end() {
         )
         .unwrap();
     b.receive(forged.bundles[0].raw(), now).unwrap();
-    assert!(models::assemble(&b).unwrap().0.is_empty());
+    assert!(models::assemble(&b).unwrap().added.is_empty());
     // The last chunk arrives: the model is put together, checked, and held by hash.
     b.receive(missing.raw(), now).unwrap();
-    let (added, waiting) = models::assemble(&b).unwrap();
-    assert!(waiting.is_empty());
-    assert_eq!(added.len(), 1);
-    assert_eq!(added[0].hash, held.hash);
+    let a2 = models::assemble(&b).unwrap();
+    assert!(a2.waiting.is_empty() && a2.failed.is_empty());
+    assert_eq!(a2.added.len(), 1);
+    assert_eq!(a2.added[0].hash, held.hash);
     let found = models::find(&b.home, &held.hash).unwrap().unwrap();
     let emb = Embedder::load(&found.dir, &Device::Cpu).unwrap();
     assert_eq!(emb.dim, 384);

@@ -3,9 +3,12 @@
 //! ride a feed or a stick like any bundle (and be sharded on the way). The model's hash,
 //! what a task names, is blake3 over its files in name order, each as name ‖ 0 ‖
 //! blake3(contents) ([`model_hash`]); a manifest is checked against it and every file
-//! against its own hash when the chunks are put together.
+//! against its own hash when the chunks are put together. A manifest's file names are
+//! plain names listed once ([`check_names`]) and its files fit its format
+//! ([`check_format`]): this is checked before anything is written.
 //!
-//! Owns: model manifest and chunk shapes. Pure: no I/O.
+//! Owns: model manifest and chunk shapes, and the file rules of each model format. Pure:
+//! no I/O.
 
 use serde::{Deserialize, Serialize};
 
@@ -81,32 +84,87 @@ impl ModelManifest {
         model_hash(&files)
     }
 
-    /// Structural rules: names are plain file names, listed once, sizes bounded.
+    /// Structural rules: names are plain file names, listed once, sizes bounded, and the
+    /// files are what the format needs ([`check_format`]).
     pub fn check(&self) -> Result<(), String> {
-        if self.files.is_empty() || self.files.len() > MAX_FILES {
-            return Err(format!("a model has 1 to {MAX_FILES} files"));
-        }
-        if !matches!(self.format.as_str(), "bert" | "gguf") {
-            return Err(format!("unknown model format {:?}", self.format));
-        }
-        let mut seen = std::collections::HashSet::new();
+        let names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+        check_names(&names)?;
         for f in &self.files {
-            let plain = !f.name.is_empty()
-                && f.name.len() <= 128
-                && !f.name.starts_with('.')
-                && !f.name.contains(['/', '\\', '\0']);
-            if !plain {
-                return Err(format!("bad file name {:?}", f.name));
-            }
-            if !seen.insert(&f.name) {
-                return Err(format!("file {:?} listed twice", f.name));
-            }
             if f.size > MAX_FILE_BYTES {
                 return Err(format!("file {:?} is too large", f.name));
             }
         }
-        Ok(())
+        check_format(&self.format, &names)
     }
+}
+
+/// The files a BERT model needs.
+pub const BERT_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+/// A model's file names: 1 to [`MAX_FILES`], each a plain file name (1 to 128 bytes, no
+/// path separator, no NUL, not starting with `.`, so neither `.` nor `..`), no two alike
+/// even ignoring ASCII case (one would overwrite the other on a case-blind disk).
+pub fn check_names(names: &[&str]) -> Result<(), String> {
+    if names.is_empty() || names.len() > MAX_FILES {
+        return Err(format!("a model has 1 to {MAX_FILES} files"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for n in names {
+        let plain = !n.is_empty()
+            && n.len() <= 128
+            && !n.starts_with('.')
+            && !n.contains(['/', '\\', '\0']);
+        if !plain {
+            return Err(format!("bad file name {n:?}"));
+        }
+        if !seen.insert(n.to_ascii_lowercase()) {
+            return Err(format!("file {n:?} listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// That `names` are the files of a `format` model: a `"gguf"` model has exactly one
+/// `.gguf` file; a `"bert"` one has all of [`BERT_FILES`] and no `.gguf` file.
+pub fn check_format(format: &str, names: &[&str]) -> Result<(), String> {
+    let ggufs = names.iter().filter(|n| n.ends_with(".gguf")).count();
+    match format {
+        "gguf" if ggufs != 1 => Err(format!(
+            "a gguf model has exactly one .gguf file, this one {ggufs}"
+        )),
+        "bert" if ggufs != 0 => Err("a bert model has no .gguf file".into()),
+        "bert" => {
+            let missing: Vec<&str> = BERT_FILES
+                .iter()
+                .filter(|b| !names.contains(b))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a bert model needs {}; missing {}",
+                    BERT_FILES.join(", "),
+                    missing.join(", ")
+                ))
+            }
+        }
+        "gguf" => Ok(()),
+        other => Err(format!("unknown model format {other:?}")),
+    }
+}
+
+/// The format a model's files make ([`check_format`]).
+pub fn format_of(names: &[&str]) -> Result<&'static str, String> {
+    ["gguf", "bert"]
+        .into_iter()
+        .find(|f| check_format(f, names).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "not a model: expected one .gguf file, or {} and no .gguf file",
+                BERT_FILES.join(", ")
+            )
+        })
 }
 
 pub fn encode_manifest(m: &ModelManifest) -> Vec<u8> {
@@ -135,8 +193,8 @@ mod tests {
         };
         let a = ModelManifest {
             name: "m".into(),
-            format: "bert".into(),
-            files: vec![f("b", 2), f("a", 1)],
+            format: "gguf".into(),
+            files: vec![f("b.gguf", 2), f("a", 1)],
         };
         let mut b = a.clone();
         b.files.reverse();
@@ -147,6 +205,12 @@ mod tests {
         assert!(bad.check().is_err());
         bad.files[0].name = "a".into();
         assert!(bad.check().is_err(), "listed twice");
+        bad.files[0].name = "A".into();
+        assert!(bad.check().is_err(), "listed twice, ignoring case");
+        for n in ["", ".", "..", ".hidden", "a\\b", "a\0b"] {
+            bad.files[0].name = n.into();
+            assert!(bad.check().is_err(), "{n:?}");
+        }
         assert_eq!(decode_manifest(&encode_manifest(&a)).unwrap(), a);
         assert_eq!(f("x", 0).chunks(), 1);
         let big = ModelFile {
@@ -155,5 +219,49 @@ mod tests {
             hash: [0; 32],
         };
         assert_eq!(big.chunks(), 3);
+    }
+
+    #[test]
+    fn a_manifest_file_list_must_fit_its_format() {
+        let m = |format: &str, names: &[&str]| ModelManifest {
+            name: "m".into(),
+            format: format.into(),
+            files: names
+                .iter()
+                .map(|n| ModelFile {
+                    name: (*n).into(),
+                    size: 1,
+                    hash: [1; 32],
+                })
+                .collect(),
+        };
+        let bert = [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.txt",
+        ];
+        m("bert", &bert).check().unwrap();
+        let e = m("bert", &bert[1..]).check().unwrap_err();
+        assert!(e.contains("missing config.json"), "{e}");
+        assert!(m(
+            "bert",
+            &[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "x.gguf"
+            ]
+        )
+        .check()
+        .is_err());
+        m("gguf", &["x.gguf"]).check().unwrap();
+        m("gguf", &["x.gguf", "README"]).check().unwrap();
+        assert!(m("gguf", &["x.gguf", "y.gguf"]).check().is_err());
+        assert!(m("gguf", &bert).check().is_err());
+        assert!(m("onnx", &["x.gguf"]).check().is_err());
+        assert_eq!(format_of(&bert), Ok("bert"));
+        assert_eq!(format_of(&["x.gguf"]), Ok("gguf"));
+        assert!(format_of(&["x.gguf", "y.gguf"]).is_err());
     }
 }

@@ -814,7 +814,7 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                     format!(" (guild pay: {})", parts.join(", "))
                 });
                 match &x.failed {
-                    None => println!(
+                    None => say!(
                         "ran {} task {} in {} ms{pay}",
                         x.job.as_str(),
                         short(&x.task),
@@ -825,6 +825,15 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
             }
             for (k, w) in &r.skipped {
                 say!("assignment {k} skipped: {w}");
+            }
+            for f in &r.models_failed {
+                say!(
+                    "model {} ({}) from {} failed to assemble: {}",
+                    f.hash.map_or_else(|| "?".into(), hex::encode),
+                    f.name,
+                    f.signer,
+                    f.reason
+                );
             }
             if !r.ran.is_empty() {
                 let done = |job: JobKind| -> u64 {

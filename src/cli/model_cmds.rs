@@ -57,19 +57,28 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
             }
         }
         ModelCommand::List => {
-            let (_, waiting) = models::assemble(&node)?;
+            // One bad manifest is shown as failed; it never keeps the others from being
+            // put together, nor makes this command fail.
+            let a = models::assemble(&node)?;
             let held = models::list(&node.home)?;
+            let what = |f: &models::Failed| match f.hash {
+                Some(h) => hex::encode(h),
+                None => format!("manifest {}", hex::encode(f.manifest)),
+            };
             if cli.json {
                 print_json(&json!({
                     "held": held.iter().map(|h| json!({"hash": hex::encode(h.hash), "name": h.name,
                         "format": format!("{:?}", h.format).to_lowercase(),
                         "bytes": h.files.iter().map(|f| f.1).sum::<u64>()})).collect::<Vec<_>>(),
-                    "arriving": waiting.iter().map(|w| json!({"hash": hex::encode(w.hash), "name": w.name,
-                        "chunks": w.have, "of": w.need})).collect::<Vec<_>>(),
+                    "arriving": a.waiting.iter().map(|w| json!({"hash": hex::encode(w.hash), "name": w.name,
+                        "signer": w.signer, "chunks": w.have, "of": w.need})).collect::<Vec<_>>(),
+                    "failed": a.failed.iter().map(|f| json!({"hash": f.hash.map(hex::encode),
+                        "manifest": hex::encode(f.manifest), "name": f.name, "signer": f.signer,
+                        "reason": f.reason})).collect::<Vec<_>>(),
                 }));
                 return Ok(());
             }
-            if held.is_empty() && waiting.is_empty() {
+            if held.is_empty() && a.waiting.is_empty() && a.failed.is_empty() {
                 println!("no models (mycelium model add PATH)");
             }
             for h in &held {
@@ -81,13 +90,23 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                     h.name
                 );
             }
-            for w in &waiting {
+            for w in &a.waiting {
                 say!(
-                    "{}  arriving: {} of {} chunks  {}",
+                    "{}  arriving: {} of {} chunks  {}  (signed by {})",
                     hex::encode(w.hash),
                     w.have,
                     w.need,
-                    w.name
+                    w.name,
+                    w.signer
+                );
+            }
+            for f in &a.failed {
+                say!(
+                    "{}  failed: {}  {}  (signed by {})",
+                    what(f),
+                    f.reason,
+                    f.name,
+                    f.signer
                 );
             }
         }

@@ -101,6 +101,8 @@ pub struct RunReport {
     pub skipped: Vec<(String, String)>,
     /// Models put together from bundles before running.
     pub models_added: usize,
+    /// Model manifests that could not be put together, with why (each fails alone).
+    pub models_failed: Vec<models::Failed>,
 }
 
 fn done_key(key: &[u8; 32]) -> Vec<u8> {
@@ -251,6 +253,7 @@ fn run_group(
     model: &[u8; 32],
     tasks: &[&Task],
     opts: &RunOptions,
+    failed: &[models::Failed],
 ) -> Vec<Outcome> {
     if job == JobKind::Digest {
         return tasks.iter().map(|t| run_job(t)).collect();
@@ -259,10 +262,15 @@ fn run_group(
     let held = match models::find(home, model) {
         Ok(Some(h)) => h,
         Ok(None) => {
+            let why = failed
+                .iter()
+                .find(|f| f.hash == Some(*model))
+                .map(|f| format!(" (its bundles arrived but failed: {})", f.reason))
+                .unwrap_or_default();
             return fail_all(format!(
-                "this node does not hold model {}",
+                "this node does not hold model {}{why}",
                 hex::encode(model)
-            ))
+            ));
         }
         Err(e) => return fail_all(e.to_string()),
     };
@@ -417,7 +425,10 @@ pub fn run_progress(
     let mut report = RunReport::default();
     // Models that arrived as bundles since the last run become usable now.
     match models::assemble(node) {
-        Ok((added, _)) => report.models_added = added.len(),
+        Ok(a) => {
+            report.models_added = a.added.len();
+            report.models_failed = a.failed;
+        }
         Err(e) => report.skipped.push(("models".into(), e.to_string())),
     }
     let mut kv = Vec::new();
@@ -528,10 +539,14 @@ pub fn run_progress(
             }
         }
         let tasks: Vec<&Task> = runnable.iter().map(|&i| &todo[i].2).collect();
-        for (i, o) in runnable
-            .iter()
-            .zip(run_group(&node.home, *job, model, &tasks, opts))
-        {
+        for (i, o) in runnable.iter().zip(run_group(
+            &node.home,
+            *job,
+            model,
+            &tasks,
+            opts,
+            &report.models_failed,
+        )) {
             outcomes[*i] = Some(o);
         }
         done += idx.len();
