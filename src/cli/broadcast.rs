@@ -1,7 +1,6 @@
 //! `broadcast publish`, `broadcast ingest [--watch]` and `trust`.
 
-use super::safe::say;
-use super::sneakernet::{parse_bytes, progress};
+use super::sneakernet::{parse_bytes, print_problems, progress};
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
 use crate::node::Node;
@@ -119,6 +118,8 @@ fn summary(r: &IngestReport, partial: usize) -> serde_json::Value {
         "segments_completed": r.segments_completed, "segments_partial": partial,
         "new": r.new, "duplicate": r.duplicate, "untrusted_bundles": r.untrusted_bundles,
         "loss_estimate": r.loss_estimate(),
+        "partial_evicted": r.partial_evicted, "sealed_evicted": r.sealed_evicted,
+        "problems_total": r.problems.total(),
         "problems": r.problems.iter().map(|p| json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
         "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
         "peak_memory_kib": super::peak_rss_kib(),
@@ -144,9 +145,12 @@ fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
         r.new, r.duplicate, r.untrusted_bundles
     );
     println!("  loss estimate        {:>7.1}%", r.loss_estimate() * 100.0);
-    for p in &r.problems {
-        say!("  ! {}: {}", p.file, p.reason);
-    }
+    print_problems(
+        r.problems
+            .iter()
+            .map(|p| (p.file.as_str(), p.reason.as_str())),
+        r.problems.total(),
+    );
 }
 
 fn ingest(cli: &Cli, a: &IngestArgs) -> Result<()> {

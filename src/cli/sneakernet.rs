@@ -92,6 +92,21 @@ fn human(n: u64) -> String {
     indicatif::BinaryBytes(n).to_string()
 }
 
+/// Problems listed on a terminal; `--json` lists more, and every count is exact.
+const SHOWN: usize = 20;
+
+/// Print the first [`SHOWN`] problems as `  ! file: reason`, then how many more there were.
+pub fn print_problems<'a>(list: impl Iterator<Item = (&'a str, &'a str)>, total: usize) {
+    let mut shown = 0;
+    for (file, reason) in list.take(SHOWN) {
+        say!("  ! {file}: {reason}");
+        shown += 1;
+    }
+    if total > shown {
+        println!("  ! … and {} more (--json lists up to 1000)", total - shown);
+    }
+}
+
 pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.parity) {
         bail!("--parity must be between 0 and 1 (0.25 = 25% extra shards)");
@@ -179,7 +194,7 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let partial = node.store.partial_summary()?;
     if cli.json {
-        let rej = |v: &Vec<folder::Rejection>| {
+        let rej = |v: &[folder::Rejection]| {
             v.iter()
                 .map(|x| json!({"file": x.file, "reason": x.reason}))
                 .collect::<Vec<_>>()
@@ -188,7 +203,10 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
             "files": r.files, "bytes": r.bytes, "shards": r.shards,
             "duplicate_shards": r.duplicate_shards,
             "new": r.new, "duplicate": r.duplicate, "rebuilt_from_parity": r.rebuilt_from_parity,
-            "incomplete": r.incomplete, "partial_objects_held": partial.objects,
+            "incomplete": r.incomplete, "incomplete_dropped": r.incomplete_dropped,
+            "partial_objects_held": partial.objects, "partial_bytes_held": partial.bytes,
+            "partial_evicted": r.partial_evicted, "sealed_evicted": r.sealed_evicted,
+            "refused_total": r.refused.total(), "rejected_total": r.rejected.total(),
             "refused": rej(&r.refused), "rejected": rej(&r.rejected),
             "have_summaries": r.summaries, "cleaned_files": r.cleaned, "seconds": secs,
             "delivered_here": r.delivered, "purged_by_receipts": r.purged,
@@ -214,17 +232,29 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     }
     println!("  rebuilt from parity  {:>8}", r.rebuilt_from_parity);
     println!(
-        "  incomplete, waiting  {:>8} (store holds {} partial objects)",
-        r.incomplete, partial.objects
+        "  incomplete, waiting  {:>8} (the store holds {} incomplete objects, {})",
+        r.incomplete,
+        partial.objects,
+        human(partial.bytes)
     );
-    println!("  refused bundles      {:>8}", r.refused.len());
-    println!("  rejected files/parts {:>8}", r.rejected.len());
+    if r.incomplete_dropped + r.partial_evicted as usize + r.sealed_evicted as usize > 0 {
+        println!(
+            "  over the store's bounds: {} incomplete from this stick dropped, {} incomplete evicted, {} relayed sealed evicted",
+            r.incomplete_dropped, r.partial_evicted, r.sealed_evicted
+        );
+    }
+    println!("  refused bundles      {:>8}", r.refused.total());
+    println!("  rejected files/parts {:>8}", r.rejected.total());
     if a.clean {
         println!("  files cleaned        {:>8}", r.cleaned);
     }
     println!("  time                 {secs:>8.2}s");
-    for x in r.refused.iter().chain(&r.rejected) {
-        say!("  ! {}: {}", x.file, x.reason);
-    }
+    print_problems(
+        r.refused
+            .iter()
+            .chain(r.rejected.iter())
+            .map(|x| (x.file.as_str(), x.reason.as_str())),
+        r.refused.total() + r.rejected.total(),
+    );
     Ok(())
 }

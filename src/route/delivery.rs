@@ -47,6 +47,23 @@ pub struct Change {
     /// Keys of stored bundles that must never be offered, reconciled or exported: the
     /// opened insides of sealed bundles.
     pub private: Vec<[u8; 32]>,
+    /// Sealed bundles taken from a contact to relay, with the contact they came from: the
+    /// store counts them against its bound on relayed sealed bundles and may evict them
+    /// (recorded only for bundles this change newly stores).
+    pub relayed: Vec<([u8; 32], ContactTag)>,
+}
+
+/// Who brought a bundle, as far as the store's fairness needs to know: a hash of a sync
+/// peer's node ID or of a feed's publisher, or a random tag per stick (sticks name nobody).
+pub type ContactTag = [u8; 16];
+
+/// The contact tag of a named source (a peer's or publisher's node ID).
+pub fn contact_tag(name: &str) -> ContactTag {
+    let mut h = blake3::Hasher::new_derive_key("mycelium contact tag v1");
+    h.update(name.as_bytes());
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    t
 }
 
 /// What delivery needs from a store. `commit` must apply a [`Change`] atomically.
@@ -112,6 +129,18 @@ pub fn accept<S: RouteStore>(
     vb: VerifiedBundle,
     now: DtnTime,
 ) -> Result<Arrival, DeliveryError<S::Error>> {
+    accept_from(store, me, vb, now, None)
+}
+
+/// [`accept`] for a bundle a contact brought (`from`): a sealed one is held for relaying
+/// under that contact's tag, within the store's bound on relayed sealed bundles.
+pub fn accept_from<S: RouteStore>(
+    store: &S,
+    me: &Identity,
+    vb: VerifiedBundle,
+    now: DtnTime,
+    from: Option<ContactTag>,
+) -> Result<Arrival, DeliveryError<S::Error>> {
     let key = vb.id().key();
     let b = vb.bundle();
     let expires = b.expires_at(now);
@@ -139,6 +168,9 @@ pub fn accept<S: RouteStore>(
         // Whether it opens here or not, the outer is stored and carried like any other:
         // a recipient that kept it back would show who it is.
         let opened = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id());
+        if let Some(tag) = from {
+            change.relayed.push((key, tag));
+        }
         change.put.push(vb);
         let (mut delivered, mut purged) = (false, false);
         if let Ok(Some(inner)) = opened {

@@ -3,7 +3,8 @@
 //! creation-timestamp sequence counter). Every write is one synced `WriteBatch`, so a put
 //! that returned is durable and indexes never disagree with the bundles.
 //!
-//! Owns: on-disk layout. Accepts only [`VerifiedBundle`]s. Takes times as values.
+//! Owns: on-disk layout, and the bounds on what outside input may make it hold
+//! ([`Limits`], `bounds`). Accepts only [`VerifiedBundle`]s. Takes times as values.
 
 use crate::adu;
 use crate::bundle::{BundleError, BundleId, CreationTimestamp, Eid, VerifiedBundle};
@@ -17,10 +18,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+mod bounds;
 mod ledger;
 mod objects;
 mod routing;
-pub use objects::{ObjectStatus, PartialSummary, Rebuilt};
+pub use bounds::{Limits, Tally};
+pub use objects::{Committed, ObjectStatus, PartialShard, PartialSummary, Rebuilt};
 pub use routing::PeerRecord;
 
 /// Column families.
@@ -39,9 +42,11 @@ pub mod cf {
     pub const META: &str = "meta";
     /// object id ‖ leaf index (u64 BE) → verified shard record, for incomplete objects
     pub const PARTIAL: &str = "partial_shards";
-    /// object id → first seen (u64 BE, DTN ms), for expiring incomplete objects
+    /// object id → first seen (u64 BE, DTN ms) ‖ bytes held (u64 BE) ‖ shards held (u64
+    /// BE) ‖ bytes the object needs (u64 BE), for expiring and bounding incomplete objects
+    /// (older stores wrote the first field alone)
     pub const PARTIAL_SEEN: &str = "partial_seen";
-    /// object id → CBOR [`super::ObjectStatus`]: objects already rebuilt (or refused)
+    /// object id → CBOR [`super::ObjectStatus`]: objects already rebuilt and stored
     pub const OBJECTS: &str = "objects";
     /// peer node ID text → that peer's latest signed have-summary
     pub const PEERS: &str = "peers";
@@ -65,7 +70,11 @@ pub mod cf {
     /// prefixed text keys → marketplace, worker and wallet state (`store::ledger`,
     /// rules in `market`)
     pub const LEDGER: &str = "ledger";
-    pub const ALL: [&str; 18] = [
+    /// bundle key → contact tag (16) ‖ arrived (u64 BE, DTN ms) ‖ size (u64 BE): sealed
+    /// bundles taken from a contact to relay, the ones the sealed bound counts and evicts
+    pub const SEALED_FROM: &str = "sealed_from";
+    pub const ALL: [&str; 19] = [
+        SEALED_FROM,
         LEDGER,
         CONTACTS,
         PRIVATE,
@@ -139,6 +148,9 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     write_lock: Mutex<()>,
+    limits: Limits,
+    /// What the bounds count, cached (see `bounds`): taken only under `write_lock`.
+    held: Mutex<bounds::Held>,
 }
 
 impl Store {
@@ -185,6 +197,8 @@ impl Store {
             db,
             path: path.to_path_buf(),
             write_lock: Mutex::new(()),
+            limits: Limits::default(),
+            held: Mutex::new(bounds::Held::default()),
         };
         match store.meta_u64(META_SCHEMA)? {
             None => store.put_meta_u64(META_SCHEMA, SCHEMA_VERSION)?,
@@ -510,6 +524,7 @@ impl Store {
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);
         batch.delete_cf(self.cf(cf::COPIES), key);
+        batch.delete_cf(self.cf(cf::SEALED_FROM), key);
         // The private mark outlives the bundle while a tombstone for its key exists, so the
         // key never enters a reconciliation (purge_tombstones and purge_expired clear it).
         Ok(())

@@ -1,20 +1,26 @@
 //! Erasure-coded objects in the store: verified shards of incomplete objects (kept until
-//! rebuilt or expired), the status of objects already rebuilt, and peers' have-summaries.
+//! rebuilt, expired or evicted by the bound in `bounds`), the status of objects already
+//! rebuilt and stored (while their bundles are), and peers' have-summaries.
 
-use super::{cf, PutOutcome, Store, StoreError};
+use super::bounds::{legacy_seen, PartialMeta};
+use super::{cf, PutOutcome, Store, StoreError, Tally};
 use crate::bundle::VerifiedBundle;
 use crate::fec::ObjectId;
+use crate::route::delivery::ContactTag;
 use crate::time::DtnTime;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 /// What became of an object whose shards were complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ObjectStatus {
     /// Rebuilt, verified and stored as the bundles with these keys.
     Stored(Vec<[u8; 32]>),
-    /// Rebuilt but refused (the reason); further shards of it are ignored.
+    /// Written by older versions for an object that was refused. A refusal is no longer
+    /// remembered (junk is free to make, and a refusal for the contact's quota must not
+    /// block a later arrival): read as no status, and purged.
     Refused(String),
 }
 
@@ -29,6 +35,26 @@ pub struct Rebuilt {
     pub had_partial: bool,
 }
 
+/// What [`Store::commit_rebuilt`] did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Per object, the outcome of each of its bundles (empty for refused objects).
+    pub outcomes: Vec<Vec<PutOutcome>>,
+    /// Relayed sealed bundles evicted to keep the store within its bound.
+    pub sealed_evicted: Tally,
+}
+
+/// One verified shard (or feed symbol) of an incomplete object, to keep.
+pub struct PartialShard {
+    pub object: ObjectId,
+    /// Its place in the object (leaf index, symbol id): one record per place.
+    pub leaf: u64,
+    pub record: Vec<u8>,
+    /// Bytes of records the object needs to complete (how far along it is decides what
+    /// the bound evicts first).
+    pub need: u64,
+}
+
 /// Incomplete objects held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartialSummary {
@@ -36,6 +62,10 @@ pub struct PartialSummary {
     pub shards: usize,
     pub bytes: u64,
 }
+
+const META_OBJECTS_PURGED: &[u8] = b"objects_purged_at";
+/// Statuses of objects whose bundles are gone are purged at most this often.
+const OBJECTS_PURGE_EVERY_MS: u64 = 3600 * 1000;
 
 fn shard_key(object: &ObjectId, leaf: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
@@ -45,18 +75,74 @@ fn shard_key(object: &ObjectId, leaf: u64) -> [u8; 40] {
 }
 
 impl Store {
+    /// What became of an object: `Stored` while one of its bundles is still stored (or it
+    /// held none for this node), else nothing: an object whose bundles expired, were
+    /// evicted or were refused may be taken again.
     pub fn object_status(&self, object: &ObjectId) -> Result<Option<ObjectStatus>, StoreError> {
         let v = self
             .db
             .get_cf(self.cf(cf::OBJECTS), object)
             .map_err(|e| self.db_err(e))?;
-        v.map(|b| {
+        let Some(b) = v else { return Ok(None) };
+        let status: ObjectStatus =
             ciborium::from_reader(b.as_slice()).map_err(|e| StoreError::Corrupt {
                 key: hex::encode(object),
                 reason: e.to_string(),
-            })
-        })
-        .transpose()
+            })?;
+        match &status {
+            ObjectStatus::Refused(_) => Ok(None),
+            ObjectStatus::Stored(keys) => {
+                if keys.is_empty() || self.any_stored(keys)? {
+                    Ok(Some(status))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn any_stored(&self, keys: &[[u8; 32]]) -> Result<bool, StoreError> {
+        for k in keys {
+            if self
+                .db
+                .get_pinned_cf(self.cf(cf::RECORDS), k)
+                .map_err(|e| self.db_err(e))?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Drop the statuses of objects none of whose bundles is stored any more (and those
+    /// older versions wrote for refused objects), at most once an hour; returns how many.
+    pub fn purge_stale_objects(&self, now: DtnTime) -> Result<usize, StoreError> {
+        let last = self.meta_u64(META_OBJECTS_PURGED)?.unwrap_or(0);
+        if last != 0 && now.0 >= last && now.0 - last < OBJECTS_PURGE_EVERY_MS {
+            return Ok(0);
+        }
+        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::OBJECTS), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let stale = match ciborium::from_reader::<ObjectStatus, _>(&v[..]) {
+                Ok(ObjectStatus::Stored(keys)) => !self.any_stored(&keys)?,
+                // refused (older versions), or unreadable: a status only saves work
+                _ => true,
+            };
+            if stale {
+                batch.delete_cf(self.cf(cf::OBJECTS), &k);
+                n += 1;
+            }
+        }
+        batch.put_cf(self.cf(cf::META), META_OBJECTS_PURGED, now.0.to_be_bytes());
+        self.write_synced(batch)?;
+        Ok(n)
     }
 
     /// Shard records held for an incomplete object.
@@ -152,101 +238,160 @@ impl Store {
             .is_some())
     }
 
-    /// Keep verified shard records of incomplete objects. With `sync` the write is durable
-    /// before this returns; without, it reaches disk with the next synced write.
+    /// Keep verified shard records of incomplete objects, then evict what is over the
+    /// bound (see `bounds`). With `sync` the writes are durable before this returns;
+    /// without, they reach disk with the next synced write. Returns how many incomplete
+    /// objects (of any origin) the bound evicted.
     pub fn save_partial(
         &self,
-        shards: &[(ObjectId, u64, Vec<u8>)],
+        shards: &[PartialShard],
         now: DtnTime,
         sync: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if shards.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
-        let mut seen = HashSet::new();
-        for (obj, leaf, rec) in shards {
-            if seen.insert(*obj)
-                && self
+        let mut metas: HashMap<ObjectId, PartialMeta> = HashMap::new();
+        // Length of each record written by this call, so a repeat counts once.
+        let mut written: HashMap<[u8; 40], usize> = HashMap::new();
+        let mut added = Tally::default();
+        for s in shards {
+            let m = match metas.entry(s.object) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(slot) => {
+                    let held = self
+                        .db
+                        .get_cf(self.cf(cf::PARTIAL_SEEN), s.object)
+                        .map_err(|e| self.db_err(e))?;
+                    let m = match held {
+                        Some(v) => self.partial_meta(&s.object, &v)?,
+                        None => {
+                            added.count += 1;
+                            PartialMeta {
+                                seen: now.0,
+                                bytes: 0,
+                                shards: 0,
+                                need: 0,
+                            }
+                        }
+                    };
+                    slot.insert(m)
+                }
+            };
+            m.need = m.need.max(s.need);
+            let key = shard_key(&s.object, s.leaf);
+            let before = match written.get(&key) {
+                Some(len) => Some(*len),
+                None => self
                     .db
-                    .get_pinned_cf(self.cf(cf::PARTIAL_SEEN), obj)
+                    .get_pinned_cf(self.cf(cf::PARTIAL), key)
                     .map_err(|e| self.db_err(e))?
-                    .is_none()
-            {
-                batch.put_cf(self.cf(cf::PARTIAL_SEEN), obj, now.0.to_be_bytes());
+                    .map(|v| v.len()),
+            };
+            let len = s.record.len();
+            match before {
+                None => {
+                    m.shards += 1;
+                    m.bytes += len as u64;
+                    added.bytes += len as u64;
+                }
+                Some(b) => {
+                    m.bytes = (m.bytes + len as u64).saturating_sub(b as u64);
+                    added.bytes += (len as u64).saturating_sub(b as u64);
+                }
             }
-            batch.put_cf(self.cf(cf::PARTIAL), shard_key(obj, *leaf), rec);
+            written.insert(key, len);
+            batch.put_cf(self.cf(cf::PARTIAL), key, &s.record);
+        }
+        for (obj, m) in &metas {
+            batch.put_cf(self.cf(cf::PARTIAL_SEEN), obj, m.encode());
         }
         let mut w = WriteOptions::default();
         w.set_sync(sync);
-        self.db.write_opt(batch, &w).map_err(|e| self.db_err(e))
+        self.db.write_opt(batch, &w).map_err(|e| self.db_err(e))?;
+        self.bound_partial(added, sync)
+    }
+
+    /// Whether shards of an incomplete object are held.
+    pub fn partial_held(&self, object: &ObjectId) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf::PARTIAL_SEEN), object)
+            .map_err(|e| self.db_err(e))?
+            .is_some())
+    }
+
+    /// Stage dropping every shard of an incomplete object. The caller holds the write lock.
+    pub(super) fn stage_drop_partial(&self, batch: &mut WriteBatch, obj: &ObjectId) {
+        batch.delete_range_cf(
+            self.cf(cf::PARTIAL),
+            shard_key(obj, 0),
+            shard_key(obj, u64::MAX),
+        );
+        batch.delete_cf(self.cf(cf::PARTIAL), shard_key(obj, u64::MAX));
+        batch.delete_cf(self.cf(cf::PARTIAL_SEEN), obj);
     }
 
     /// Commit rebuilt objects in one synced batch, together with `extra` metadata writes
-    /// (`(column family, key, value)`): store the bundles (deduplicated), record each
-    /// object's status, and drop their partial shards. Returns, per object, the outcome of
-    /// each of its bundles (empty for refused objects).
+    /// (`(column family, key, value)`): store the bundles (deduplicated), record the status
+    /// of each object stored, and drop their partial shards. A refused object leaves
+    /// nothing behind: a later copy is looked at afresh. Sealed bundles newly stored are
+    /// held for relaying under the contact `from` (when given) and count against the
+    /// sealed bound, which is enforced before this returns.
     pub fn commit_rebuilt(
         &self,
         items: &[Rebuilt],
         extra: &[(&str, Vec<u8>, Vec<u8>)],
         now: DtnTime,
-    ) -> Result<Vec<Vec<PutOutcome>>, StoreError> {
+        from: Option<&ContactTag>,
+    ) -> Result<Committed, StoreError> {
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
-        let mut out = Vec::with_capacity(items.len());
+        let mut out = Committed::default();
+        let mut relayed = Tally::default();
         for (cf_name, k, v) in extra {
             batch.put_cf(self.cf(cf_name), k, v);
         }
         for it in items {
-            let (status, outcome) = match &it.result {
-                Ok(vbs) => {
-                    let mut outs = Vec::with_capacity(vbs.len());
-                    for vb in vbs {
-                        outs.push(self.stage_put(&mut batch, vb, now, &mut staged)?);
+            let mut outs = Vec::new();
+            if let Ok(vbs) = &it.result {
+                for vb in vbs {
+                    let o = self.stage_put(&mut batch, vb, now, &mut staged)?;
+                    if let (PutOutcome::New, Some(tag), true) = (o, from, vb.is_sealed()) {
+                        let size = vb.raw().len() as u64;
+                        self.stage_relayed(&mut batch, &vb.id().key(), tag, now, size);
+                        relayed.count += 1;
+                        relayed.bytes += size;
                     }
-                    (
-                        ObjectStatus::Stored(vbs.iter().map(|v| v.id().key()).collect()),
-                        outs,
-                    )
+                    outs.push(o);
                 }
-                Err(reason) => (ObjectStatus::Refused(reason.clone()), Vec::new()),
-            };
-            let mut v = Vec::new();
-            let _ = ciborium::into_writer(&status, &mut v);
-            batch.put_cf(self.cf(cf::OBJECTS), it.object, v);
-            if it.had_partial {
-                batch.delete_range_cf(
-                    self.cf(cf::PARTIAL),
-                    shard_key(&it.object, 0),
-                    shard_key(&it.object, u64::MAX),
-                );
-                batch.delete_cf(self.cf(cf::PARTIAL), shard_key(&it.object, u64::MAX));
-                batch.delete_cf(self.cf(cf::PARTIAL_SEEN), it.object);
+                let status = ObjectStatus::Stored(vbs.iter().map(|v| v.id().key()).collect());
+                let mut v = Vec::new();
+                let _ = ciborium::into_writer(&status, &mut v);
+                batch.put_cf(self.cf(cf::OBJECTS), it.object, v);
             }
-            out.push(outcome);
+            if it.had_partial {
+                self.stage_drop_partial(&mut batch, &it.object);
+            }
+            out.outcomes.push(outs);
         }
         self.write_synced(batch)?;
+        if relayed.count > 0 {
+            out.sealed_evicted = self.bound_sealed(relayed)?;
+        }
         Ok(out)
     }
 
-    /// How many incomplete objects and shards are held.
+    /// How many incomplete objects and shards are held, and their bytes.
     pub fn partial_summary(&self) -> Result<PartialSummary, StoreError> {
         let mut s = PartialSummary::default();
-        let mut last: Option<Vec<u8>> = None;
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf::PARTIAL), IteratorMode::Start)
-        {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            s.shards += 1;
-            s.bytes += v.len() as u64;
-            if last.as_deref() != Some(&k[..32.min(k.len())]) {
-                s.objects += 1;
-                last = Some(k[..32.min(k.len())].to_vec());
-            }
+        for (_, m) in self.partial_metas()? {
+            s.objects += 1;
+            s.shards += m.shards as usize;
+            s.bytes += m.bytes;
         }
         Ok(s)
     }
@@ -261,21 +406,12 @@ impl Store {
             .iterator_cf(self.cf(cf::PARTIAL_SEEN), IteratorMode::Start)
         {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            let seen = <[u8; 8]>::try_from(&v[..])
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
             let Ok(obj) = <[u8; 32]>::try_from(&k[..]) else {
                 batch.delete_cf(self.cf(cf::PARTIAL_SEEN), &k);
                 continue;
             };
-            if seen <= cutoff.0 {
-                batch.delete_range_cf(
-                    self.cf(cf::PARTIAL),
-                    shard_key(&obj, 0),
-                    shard_key(&obj, u64::MAX),
-                );
-                batch.delete_cf(self.cf(cf::PARTIAL), shard_key(&obj, u64::MAX));
-                batch.delete_cf(self.cf(cf::PARTIAL_SEEN), obj);
+            if legacy_seen(&v) <= cutoff.0 {
+                self.stage_drop_partial(&mut batch, &obj);
                 n += 1;
             }
         }

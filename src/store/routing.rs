@@ -2,7 +2,7 @@
 //! the [`RouteStore`] implementation behind delivery and receipts, the inventory a sync
 //! session reconciles, per-peer sync records, and the gateway's daily byte budget.
 
-use super::{cf, decode_record, key32, Store, StoreError};
+use super::{cf, decode_record, key32, Store, StoreError, Tally};
 use crate::bundle::{CreationTimestamp, Eid};
 use crate::route::delivery::{Change, RouteStore, Tombstone};
 use crate::route::priority;
@@ -10,7 +10,7 @@ use crate::sync::session::Item;
 use crate::time::DtnTime;
 use rocksdb::{IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What this node remembers about syncing with one peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,8 +377,19 @@ impl RouteStore for Store {
         let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
+        let mut new_sizes = HashMap::new();
         for vb in &change.put {
-            self.stage_put(&mut batch, vb, now, &mut staged)?;
+            if self.stage_put(&mut batch, vb, now, &mut staged)? == super::PutOutcome::New {
+                new_sizes.insert(vb.id().key(), vb.raw().len() as u64);
+            }
+        }
+        let mut relayed = Tally::default();
+        for (key, tag) in &change.relayed {
+            if let Some(size) = new_sizes.get(key) {
+                self.stage_relayed(&mut batch, key, tag, now, *size);
+                relayed.count += 1;
+                relayed.bytes += size;
+            }
         }
         for (key, t) in &change.tombstones {
             let mut bytes = Vec::new();
@@ -398,7 +409,11 @@ impl RouteStore for Store {
         for key in &change.private {
             batch.put_cf(self.cf(cf::PRIVATE), key, []);
         }
-        self.write_synced(batch)
+        self.write_synced(batch)?;
+        if relayed.count > 0 {
+            self.bound_sealed(relayed)?;
+        }
+        Ok(())
     }
 
     fn contact(&self, node: &str) -> Result<Option<[u8; 32]>, StoreError> {

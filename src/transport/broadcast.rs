@@ -29,9 +29,11 @@ use crate::fec::pack::{push_frame, Frame, PackReader};
 use crate::fec::ObjectId;
 use crate::identity;
 use crate::node::Node;
+use crate::route::delivery::{contact_tag, ContactTag};
 use crate::route::{self, Candidate};
-use crate::store::{cf, PutOutcome, Rebuilt, StoreError};
+use crate::store::{cf, PartialShard, PutOutcome, Rebuilt, StoreError};
 use crate::time::DtnTime;
+use crate::transport::Capped;
 use indicatif::ProgressBar;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -300,7 +302,12 @@ pub struct IngestReport {
     pub new: usize,
     pub duplicate: usize,
     pub untrusted_bundles: usize,
-    pub problems: Vec<Problem>,
+    /// Incomplete segments of any origin evicted to stay within the store's bound.
+    pub partial_evicted: u64,
+    /// Relayed sealed bundles evicted to stay within the store's sealed bound.
+    pub sealed_evicted: u64,
+    /// The first [`Capped::KEEP`] problems, all counted.
+    pub problems: Capped<Problem>,
     pub stored: Vec<[u8; 32]>,
     /// Per feed: (files seen, highest sequence + 1) for each pass, for a loss estimate.
     pub seen: BTreeMap<(String, u32), (u32, u32)>,
@@ -521,9 +528,12 @@ pub fn ingest_with(
         node.store
             .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
     }
+    node.store.purge_stale_objects(opts.now)?;
     let mut problems = Vec::new();
     let files = feed_files(dir, &mut problems)?;
-    report.problems.extend(problems);
+    for p in problems {
+        report.problems.push(p);
+    }
     let mut trusted_cache: HashMap<String, bool> = HashMap::new();
     // Symbols held per incomplete segment, counted once from the store, then kept up to date.
     let mut held: HashMap<ObjectId, usize> = HashMap::new();
@@ -588,9 +598,11 @@ pub fn ingest_with(
             .or_insert((0, 0));
         seen.0 += 1;
         seen.1 = seen.1.max(header.seq + 1);
+        // Sealed bundles in this feed are held for relaying on its publisher's account.
+        let contact = contact_tag(&publisher.to_string());
         let listed: HashSet<[u8; 32]> = header.hashes.iter().copied().collect();
         let mut found = 0usize;
-        let mut batch: Vec<(ObjectId, u64, Vec<u8>)> = Vec::new();
+        let mut batch: Vec<PartialShard> = Vec::new();
         let mut touched: HashMap<ObjectId, ([u8; 32], SegmentParams)> = HashMap::new();
         loop {
             let frame = match reader.next_frame() {
@@ -620,7 +632,12 @@ pub fn ingest_with(
                             let obj = segment_key(&publisher, &rec.segment);
                             report.symbols += 1;
                             touched.insert(obj, (rec.segment, rec.params));
-                            batch.push((obj, u64::from(rec.symbol), bytes.clone()));
+                            batch.push(PartialShard {
+                                object: obj,
+                                leaf: u64::from(rec.symbol),
+                                need: bytes.len() as u64 * u64::from(rec.params.source_symbols()),
+                                record: bytes.clone(),
+                            });
                         }
                         Err(e) => problem(&mut report, format!("record at byte {offset}: {e}")),
                     }
@@ -639,18 +656,18 @@ pub fn ingest_with(
                 done.insert(*obj);
             }
         }
-        batch.retain(|(o, _, _)| !done.contains(o));
+        batch.retain(|p| !done.contains(&p.object));
         for obj in touched.keys().filter(|o| !done.contains(*o)) {
             if !held.contains_key(obj) {
                 held.insert(*obj, node.store.partial_count(obj)?);
             }
         }
-        for (obj, _, _) in &batch {
-            // a repeated symbol overwrites its key: the count may run a little high, which
-            // only means a decode is tried and finds it needs more
-            *held.entry(*obj).or_insert(0) += 1;
+        for p in &batch {
+            // a repeated symbol overwrites its key (and the bound may evict a segment): the
+            // count may run high, which only means a decode is tried and finds it needs more
+            *held.entry(p.object).or_insert(0) += 1;
         }
-        node.store.save_partial(&batch, opts.now, false)?;
+        report.partial_evicted += node.store.save_partial(&batch, opts.now, false)?;
         let mut rebuilt = Vec::new();
         let mut rebuilt_bytes = 0usize;
         for (obj, (segment, params)) in touched {
@@ -683,7 +700,7 @@ pub fn ingest_with(
             // Many segments may complete with one file: store them in slices so memory
             // stays bounded by the slice, not by the feed.
             if rebuilt_bytes >= COMMIT_BYTES {
-                commit(node, &mut rebuilt, &[], opts.now, &mut report)?;
+                commit(node, &mut rebuilt, &[], opts.now, &contact, &mut report)?;
                 rebuilt_bytes = 0;
             }
         }
@@ -706,7 +723,14 @@ pub fn ingest_with(
             report.files_incomplete += 1;
             Vec::new()
         };
-        commit(node, &mut rebuilt, &consumed, opts.now, &mut report)?;
+        commit(
+            node,
+            &mut rebuilt,
+            &consumed,
+            opts.now,
+            &contact,
+            &mut report,
+        )?;
         if finished {
             seen_files.mark(path);
         }
@@ -728,21 +752,31 @@ fn commit(
     rebuilt: &mut Vec<Rebuilt>,
     extra: &[(&str, Vec<u8>, Vec<u8>)],
     now: DtnTime,
+    contact: &ContactTag,
     report: &mut IngestReport,
 ) -> Result<(), BroadcastError> {
-    let outcomes = node.store.commit_rebuilt(rebuilt, extra, now)?;
-    for (it, outs) in rebuilt.iter().zip(outcomes) {
-        if let Ok(vbs) = &it.result {
-            report.segments_completed += 1;
-            for (vb, o) in vbs.iter().zip(outs) {
-                match o {
-                    PutOutcome::New => {
-                        report.new += 1;
-                        report.stored.push(vb.id().key());
+    let committed = node
+        .store
+        .commit_rebuilt(rebuilt, extra, now, Some(contact))?;
+    report.sealed_evicted += committed.sealed_evicted.count;
+    for (it, outs) in rebuilt.iter().zip(committed.outcomes) {
+        match &it.result {
+            Ok(vbs) => {
+                report.segments_completed += 1;
+                for (vb, o) in vbs.iter().zip(outs) {
+                    match o {
+                        PutOutcome::New => {
+                            report.new += 1;
+                            report.stored.push(vb.id().key());
+                        }
+                        PutOutcome::Duplicate => report.duplicate += 1,
                     }
-                    PutOutcome::Duplicate => report.duplicate += 1,
                 }
             }
+            Err(reason) => report.problems.push(Problem {
+                file: format!("segment {}", hex::encode(&it.object[..8])),
+                reason: reason.clone(),
+            }),
         }
     }
     rebuilt.clear();

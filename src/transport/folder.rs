@@ -17,13 +17,14 @@
 //! contents, follows no symlinks, reads only regular files, streams them, and verifies every
 //! shard before keeping it. Nothing on the drive changes unless `--clean` is given.
 
-use super::{sync_dir, TMP_PREFIX};
+use super::{sync_dir, Capped, TMP_PREFIX};
 use crate::bundle::{Eid, VerifiedBundle};
 use crate::fec::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
 use crate::fec::{self, ObjectId, Params, Policy, Shard};
 use crate::node::Node;
+use crate::route::delivery::ContactTag;
 use crate::route::{self, Candidate, Skipped};
-use crate::store::{ObjectStatus, PutOutcome, Rebuilt, StoreError};
+use crate::store::{ObjectStatus, PartialShard, PutOutcome, Rebuilt, StoreError};
 use crate::sync::have::HaveSummary;
 use crate::time::DtnTime;
 use indicatif::ProgressBar;
@@ -202,7 +203,7 @@ pub fn export(
     report.skipped = skipped;
     pb.set_length(plan.iter().map(|c| c.cost).sum());
 
-    let session = hex::encode(rand_bytes());
+    let session = hex::encode(rand_bytes::<6>());
     let mut group: Vec<&Candidate> = Vec::new();
     let mut group_cost = 0;
     let mut gi = 0usize;
@@ -283,9 +284,9 @@ pub fn export(
     Ok(report)
 }
 
-fn rand_bytes() -> [u8; 6] {
+fn rand_bytes<const N: usize>() -> [u8; N] {
     use rand_core::RngCore;
-    let mut b = [0u8; 6];
+    let mut b = [0u8; N];
     rand_core::OsRng.fill_bytes(&mut b);
     b
 }
@@ -445,10 +446,22 @@ pub struct ImportReport {
     pub new: usize,
     pub duplicate: usize,
     pub rebuilt_from_parity: usize,
-    /// Objects still waiting for more shards (kept in the store).
+    /// Objects this stick brought shards of that are still incomplete: waiting in the
+    /// store for the rest.
     pub incomplete: usize,
-    pub refused: Vec<Rejection>,
-    pub rejected: Vec<Rejection>,
+    /// Objects this stick left incomplete that the store's bound on incomplete objects did
+    /// not keep (see `store::Limits`).
+    pub incomplete_dropped: usize,
+    /// Incomplete objects of any origin evicted during this import to stay within that
+    /// bound.
+    pub partial_evicted: u64,
+    /// Relayed sealed bundles evicted to stay within the store's sealed bound.
+    pub sealed_evicted: u64,
+    /// Objects rebuilt but refused (the first [`Capped::KEEP`] listed, all counted).
+    pub refused: Capped<Rejection>,
+    /// Damaged or unreadable files and parts (at most 50 listed per
+    /// file, all counted).
+    pub rejected: Capped<Rejection>,
     pub summaries: usize,
     pub cleaned: usize,
     /// Keys of bundles newly stored.
@@ -498,8 +511,13 @@ struct Importer<'a> {
     queue: Vec<(Rebuilt, bool)>,
     queue_bytes: usize,
     report: ImportReport,
-    /// Sealed bundles taken from this stick so far (flood defence: a quota per contact).
+    /// Sealed bundles new to this store taken from this stick so far (flood defence: a
+    /// quota per contact).
     sealed: u64,
+    /// Objects this stick brought shards of and that are not (yet) rebuilt.
+    incomplete: HashSet<ObjectId>,
+    /// This stick, for the store's fairness between contacts (random: sticks name nobody).
+    contact: ContactTag,
 }
 
 impl Importer<'_> {
@@ -533,6 +551,7 @@ impl Importer<'_> {
             }
             self.pending_bytes += p.bytes;
             self.pending.insert(obj, p);
+            self.incomplete.insert(obj);
         }
         let Some(p) = self.pending.get_mut(&obj) else {
             return Ok(());
@@ -563,6 +582,7 @@ impl Importer<'_> {
         };
         self.pending_bytes -= p.bytes;
         self.done.insert(obj);
+        self.incomplete.remove(&obj);
         let refs: Vec<&Shard> = p.shards.values().collect();
         self.queue_bytes += p.params.object_len as usize;
         let (result, parity) = match fec::rebuild(&p.params, &refs) {
@@ -578,12 +598,19 @@ impl Importer<'_> {
                         }
                     })
                     .and_then(|v| {
-                        if v.iter().any(|vb| vb.is_sealed()) {
+                        // Only what this store does not hold yet counts against the quota
+                        // (a store error counts it too: the quota errs on the safe side).
+                        let store = &self.node.store;
+                        if v.iter().any(|vb| {
+                            vb.is_sealed() && !store.contains(&vb.id()).unwrap_or(false)
+                        }) {
                             self.sealed += 1;
-                            if self.sealed > crate::seal::QUOTA_PER_CONTACT {
+                            let quota = store.limits().sealed_per_contact;
+                            if self.sealed > quota {
+                                // Refused for this contact, not for what it is: nothing of
+                                // it is kept, so another contact may bring it.
                                 return Err(format!(
-                                    "more than {} sealed bundles on one stick: over the quota",
-                                    crate::seal::QUOTA_PER_CONTACT
+                                    "over this stick's quota of {quota} sealed bundles: not kept (another contact may bring it)"
                                 ));
                             }
                         }
@@ -619,8 +646,12 @@ impl Importer<'_> {
         self.queue_bytes = 0;
         let (items, parity): (Vec<Rebuilt>, Vec<bool>) =
             std::mem::take(&mut self.queue).into_iter().unzip();
-        let outcomes = self.node.store.commit_rebuilt(&items, &[], self.now)?;
-        for ((it, par), out) in items.iter().zip(parity).zip(outcomes) {
+        let committed =
+            self.node
+                .store
+                .commit_rebuilt(&items, &[], self.now, Some(&self.contact))?;
+        self.report.sealed_evicted += committed.sealed_evicted.count;
+        for ((it, par), out) in items.iter().zip(parity).zip(committed.outcomes) {
             match (&it.result, out.first().copied()) {
                 (Ok(vbs), Some(PutOutcome::New)) => {
                     let Some(vb) = vbs.first() else { continue };
@@ -640,17 +671,25 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// Move incomplete objects from memory to the store.
+    /// Move incomplete objects from memory to the store (which keeps them within its
+    /// bound).
     fn spill(&mut self, sync: bool) -> Result<(), FolderError> {
         let mut recs = Vec::new();
         for (obj, p) in self.pending.drain() {
+            let shards_needed = u64::from(p.params.k) * u64::from(p.params.stripes);
             for (leaf, s) in p.shards {
-                recs.push((obj, leaf, s.encode()));
+                let record = s.encode();
+                recs.push(PartialShard {
+                    object: obj,
+                    leaf,
+                    need: record.len() as u64 * shards_needed,
+                    record,
+                });
             }
         }
         self.pending_bytes = 0;
         self.ready.clear();
-        self.node.store.save_partial(&recs, self.now, sync)?;
+        self.report.partial_evicted += self.node.store.save_partial(&recs, self.now, sync)?;
         Ok(())
     }
 }
@@ -672,6 +711,7 @@ pub fn import(
         node.store
             .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
     }
+    node.store.purge_stale_objects(opts.now)?;
     let mut problems = Vec::new();
     let mut imp = Importer {
         node,
@@ -684,6 +724,8 @@ pub fn import(
         queue_bytes: 0,
         report: ImportReport::default(),
         sealed: 0,
+        incomplete: HashSet::new(),
+        contact: rand_bytes(),
     };
     let reject = |r: &mut ImportReport, file: &Path, reason: String| {
         let file = file.display().to_string();
@@ -695,11 +737,8 @@ pub fn import(
             .count();
         if n < MAX_REPORTS_PER_FILE {
             r.rejected.push(Rejection { file, reason });
-        } else if n == MAX_REPORTS_PER_FILE {
-            r.rejected.push(Rejection {
-                file,
-                reason: "more problems in this file, not listed".into(),
-            });
+        } else {
+            r.rejected.count_only();
         }
     };
 
@@ -834,8 +873,16 @@ pub fn import(
     }
     imp.rebuild_ready();
     imp.commit()?;
-    imp.report.incomplete = imp.pending.len();
     imp.spill(true)?;
+    // Counted after the last spill: objects spilled earlier count too, and the ones the
+    // bound did not keep are said to be dropped, not waiting.
+    for obj in &imp.incomplete {
+        if node.store.partial_held(obj)? {
+            imp.report.incomplete += 1;
+        } else {
+            imp.report.incomplete_dropped += 1;
+        }
+    }
     // Receipts for what reached its destination here; receipts that arrived applied.
     let settled = node
         .settle_arrivals(&imp.report.stored, opts.now)

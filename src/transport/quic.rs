@@ -407,15 +407,30 @@ impl BundleIo for NodeIo<'_> {
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String> {
         let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
         let key = vb.id().key();
-        if vb.is_sealed() {
+        // The quota counts what is new to this store; a bundle refused for it is not
+        // remembered, so a later session may bring it.
+        let known = self
+            .node
+            .store
+            .contains(&vb.id())
+            .map_err(|e| format!("local store: {e}"))?;
+        if vb.is_sealed() && !known {
             if self.sealed_left == 0 {
                 self.report.refused += 1;
                 return Ok(key);
             }
             self.sealed_left -= 1;
         }
-        let arrival = delivery::accept(&self.node.store, &self.node.identity, vb, self.now)
-            .map_err(|e| format!("local store: {e}"))?;
+        // Sealed bundles are held for relaying on this peer's account (the store's bound
+        // evicts from the peers holding the most first).
+        let from = self
+            .report
+            .peer
+            .as_ref()
+            .map(|p| delivery::contact_tag(&p.to_string()));
+        let arrival =
+            delivery::accept_from(&self.node.store, &self.node.identity, vb, self.now, from)
+                .map_err(|e| format!("local store: {e}"))?;
         let r = &mut self.report;
         match arrival {
             Arrival::New { delivered, purged } => {
