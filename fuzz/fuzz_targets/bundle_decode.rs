@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let again = b.encode();
         let b2 = Bundle::decode_with(&again, &limits).expect("canonical re-encoding must decode");
         assert_eq!(b, b2, "re-encoding changed the bundle");
-        assert_eq!(b2.encode(), again, "canonical encoding is not a fixed point");
+        assert_eq!(
+            b2.encode(),
+            again,
+            "canonical encoding is not a fixed point"
+        );
         let _ = b.verify_signature();
     }
     let _ = VerifiedBundle::decode_with(data, &limits);

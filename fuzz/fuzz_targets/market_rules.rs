@@ -205,6 +205,9 @@ mod guild {
         /// 0: no name (refused); otherwise one of four names, so charters collide.
         name: u8,
         members: Vec<(u8, u32)>,
+        /// Memberships sent after the charter: (signer, whether it names the charter's
+        /// real hash).
+        joins: Vec<(u8, bool)>,
     }
 
     /// Submit a charter; remember its ID so tasks can name it.
@@ -226,9 +229,18 @@ mod guild {
         let charter = m::Guild { name, members };
         let id = m::Guild::id(&founder, &charter.name);
         if !w.guilds.contains(&id) {
-            w.guilds.push(id);
+            w.guilds.push(id.clone());
         }
-        eng.on_guild(&founder, &charter)
+        let hash = m::charter_hash(&m::encode_guild(&charter));
+        eng.on_guild(&founder, &charter, hash)?;
+        for &(who, real) in g.joins.iter().take(8) {
+            let mb = m::Membership {
+                guild: id.clone(),
+                charter: if real { hash } else { [who; 32] },
+            };
+            eng.on_membership(&signer(who), &mb)?;
+        }
+        Ok(())
     }
 
     /// Who a task admits when it names guild number `i` (known or not).
@@ -240,12 +252,12 @@ mod guild {
     }
 
     /// Who may receive the reward for `worker`'s result on `task`: the worker, or on a
-    /// guild task the guild's members.
+    /// guild task a member who consented (and only when the worker consented too).
     pub fn may_be_paid(eng: &Engine, st: &TaskState, worker: &str, payee: &str) -> bool {
         if let Eligibility::Guild(g) = &st.task.who {
-            if let Some(gs) = eng.guild(g).expect("guild entry decodes") {
-                return gs.charter.members.iter().any(|m| m.node == payee);
-            }
+            let members = eng.consenting(g).expect("guild entries decode");
+            return members.iter().any(|m| m.node == payee)
+                && members.iter().any(|m| m.node == worker);
         }
         payee == worker
     }
@@ -479,6 +491,12 @@ fn check_step(
                     assert_eq!(
                         (&s.payer, &s.payee, s.amount),
                         (&p.payer, &p.payee, p.amount)
+                    );
+                    // Bound to exactly what was judged.
+                    assert_eq!(&s.signer, signer, "settlement names another signer");
+                    assert_eq!(
+                        s.nonce.as_deref().map(|n| n.as_slice()),
+                        Some(p.nonce.as_slice())
                     );
                     assert!(
                         to == *signer || to == p.payee,

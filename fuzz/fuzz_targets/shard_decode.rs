@@ -9,7 +9,11 @@ use mycelium::fec::Shard;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = Shard::decode_verified(data) {
-        assert_eq!(s.encode(), data, "a verified shard must re-encode to its input");
+        assert_eq!(
+            s.encode(),
+            data,
+            "a verified shard must re-encode to its input"
+        );
     }
     let mut input = mycelium::fec::pack::PACK_MAGIC.to_vec();
     input.extend_from_slice(data);
