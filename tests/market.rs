@@ -936,15 +936,41 @@ fn refusals_of_a_re_signed_copy_do_not_touch_the_payers_confirmed_payment() {
         .map(|vb| vb.bundle().payload().to_vec())
         .find(|p| m::payment_id(p) == id)
         .unwrap();
-    for _ in 0..3 {
+    for _ in 0..16 {
         sign_for_market(&w, payee, payload.clone());
     }
     carry(payee, &w.m, w.now);
     let ev = process(&w, w.now);
     assert!(ev.iter().any(|e| matches!(e, Event::PaymentRejected { payment, reason } if *payment == id && reason.contains("not the payer"))));
-    // The payee hands the signed refusals to the payer.
+    // The payee hands the payer the signed refusals whose bundle keys sort after the real
+    // settlement's (the one a wallet that keeps the last settlement per ID would show).
     carry(&w.m, payee, w.now);
-    carry(payee, &w.a, w.now);
+    let settlements = |n: &Node| -> Vec<([u8; 32], m::Settlement)> {
+        n.store
+            .of_kind(m::KIND_SETTLEMENT)
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| {
+                let vb = n.store.get(&k).unwrap()?;
+                Some((k, m::decode_settlement(vb.bundle().payload()).ok()?))
+            })
+            .filter(|(_, s)| s.subject == id)
+            .collect()
+    };
+    let real = settlements(&w.a)
+        .into_iter()
+        .find(|(_, s)| s.accepted)
+        .unwrap()
+        .0;
+    let mut handed = 0;
+    for (k, s) in settlements(payee) {
+        if !s.accepted && k > real {
+            w.a.receive(&payee.store.get_raw(&k).unwrap().unwrap(), w.now)
+                .unwrap();
+            handed += 1;
+        }
+    }
+    assert!(handed > 0, "no refusal sorts after the real settlement");
     let after = wallet_of(&w.a);
     assert_eq!(
         (after.balance, after.spendable),
