@@ -3,23 +3,9 @@
 use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
-use std::path::Path;
 
-fn my(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("mycelium").unwrap();
-    c.env_remove("MYCELIUM_HOME").arg("--home").arg(home);
-    c
-}
-
-fn json(home: &Path, args: &[&str]) -> Value {
-    let out = my(home).arg("--json").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+mod common;
+use common::{json, my};
 
 #[test]
 fn a_message_travels_from_a_to_b_as_a_file() {

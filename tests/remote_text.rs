@@ -3,8 +3,6 @@
 //! bidi overrides are shown escaped, a forged "from" line stays inside the message it came
 //! in, and `--json` keeps the exact text. Real homes, real folders.
 
-use assert_cmd::Command;
-use serde_json::Value;
 use std::path::Path;
 
 /// A forged header, as `inbox` prints a real one.
@@ -20,21 +18,8 @@ fn evil() -> String {
     )
 }
 
-fn my(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("mycelium").unwrap();
-    c.env_remove("MYCELIUM_HOME").arg("--home").arg(home);
-    c
-}
-
-fn json(home: &Path, args: &[&str]) -> Value {
-    let out = my(home).arg("--json").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+mod common;
+use common::{json, my};
 
 /// Human output of `args`, stdout and stderr together (the command may fail).
 fn text(home: &Path, args: &[&str]) -> String {
