@@ -16,6 +16,8 @@
 //!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
 //! - [`node`]: a node's home directory, wiring identity and store together.
 //! - [`guild`]: this node's guild charters and its consent to them (memberships).
+//! - [`daemon`]: `serve`, the node as one process: every role of a home as tasks over one
+//!   node, woken by store commits; the local API on a Unix socket; the status page.
 //! - [`cli`]: the `mycelium` command tree (clap); `anyhow` lives only here and in `main`.
 
 pub mod adu;
@@ -31,6 +33,8 @@ pub mod time;
 
 #[cfg(feature = "store")]
 pub mod cli;
+#[cfg(feature = "store")]
+pub mod daemon;
 #[cfg(feature = "store")]
 pub mod guild;
 #[cfg(feature = "store")]

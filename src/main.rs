@@ -1,7 +1,5 @@
 //! The `mycelium` binary: parse, dispatch, exit code. Everything else is in the library.
 
-use clap::Parser;
-
 fn main() {
     // Behave like other Unix tools when the reader goes away (`mycelium list | head`):
     // end quietly on SIGPIPE instead of panicking on a failed write.
@@ -10,14 +8,5 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = mycelium::cli::Cli::parse();
-    if let Err(e) = mycelium::cli::run(cli) {
-        // Errors quote outside text (a refusal's reason, a peer's words): escaped, and any
-        // line breaks in them indented under the first line.
-        eprintln!(
-            "error: {}",
-            mycelium::cli::safe::block(&format!("{e:#}"), "  ")
-        );
-        std::process::exit(1);
-    }
+    std::process::exit(mycelium::cli::main(std::env::args_os().collect()));
 }

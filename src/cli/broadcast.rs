@@ -1,14 +1,13 @@
 //! `broadcast publish`, `broadcast ingest [--watch]` and `trust`.
 
+use super::out::{outln};
 use super::sneakernet::{parse_bytes, print_problems, progress};
-use super::{home, print_json, Cli};
+use super::{print_json, Cli};
 use crate::bundle::Eid;
-use crate::node::Node;
 use crate::time::DtnTime;
 use crate::transport::broadcast::{self, IngestOptions, IngestReport, PublishOptions, SeenFiles};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::ProgressBar;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -85,7 +84,7 @@ fn publish(cli: &Cli, a: &PublishArgs) -> Result<()> {
             humantime::parse_duration(s).with_context(|| format!("--since {s:?}: use e.g. 2d"))?;
         opts.since = Some(DtnTime(now.0.saturating_sub(d.as_millis() as u64)));
     }
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     node.store.purge_expired(now)?;
     let pb = progress(cli, "publish");
     let r = broadcast::publish(&node, &a.out_dir, &opts, &pb)?;
@@ -96,7 +95,7 @@ fn publish(cli: &Cli, a: &PublishArgs) -> Result<()> {
                            "bytes": r.bytes, "feed": r.feed_id, "passes": opts.passes}),
         );
     } else {
-        println!(
+        outln!(
             "published feed {} to {}: {} bundles in {} segments, {} files ({} bytes), {} pass(es), {:.0}% overhead",
             r.feed_id,
             a.out_dir.display(),
@@ -112,39 +111,30 @@ fn publish(cli: &Cli, a: &PublishArgs) -> Result<()> {
 }
 
 fn summary(r: &IngestReport, partial: usize) -> serde_json::Value {
-    json!({
-        "files_read": r.files_read, "files_already_consumed": r.files_already_consumed,
-        "files_incomplete": r.files_incomplete, "bytes": r.bytes, "symbols": r.symbols,
-        "segments_completed": r.segments_completed, "segments_partial": partial,
-        "new": r.new, "duplicate": r.duplicate, "untrusted_bundles": r.untrusted_bundles,
-        "loss_estimate": r.loss_estimate(),
-        "partial_evicted": r.partial_evicted, "sealed_evicted": r.sealed_evicted,
-        "problems_total": r.problems.total(),
-        "problems": r.problems.iter().map(|p| json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
-        "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
-        "peak_memory_kib": super::peak_rss_kib(),
-    })
+    let mut v = r.to_json(partial);
+    v["peak_memory_kib"] = json!(super::peak_rss_kib());
+    v
 }
 
 fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
-    println!("ingest from {}", dir.display());
-    println!(
+    outln!("ingest from {}", dir.display());
+    outln!(
         "  files read           {:>8} ({} already consumed, {} still being written)",
         r.files_read, r.files_already_consumed, r.files_incomplete
     );
-    println!(
+    outln!(
         "  symbols              {:>8} ({} bytes)",
         r.symbols, r.bytes
     );
-    println!(
+    outln!(
         "  segments complete    {:>8} ({} partial, kept for later)",
         r.segments_completed, partial
     );
-    println!(
+    outln!(
         "  bundles new          {:>8} ({} duplicate, {} from untrusted signers ignored)",
         r.new, r.duplicate, r.untrusted_bundles
     );
-    println!("  loss estimate        {:>7.1}%", r.loss_estimate() * 100.0);
+    outln!("  loss estimate        {:>7.1}%", r.loss_estimate() * 100.0);
     print_problems(
         r.problems
             .iter()
@@ -154,77 +144,71 @@ fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
 }
 
 fn ingest(cli: &Cli, a: &IngestArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
-    if !a.dir.is_dir() {
-        bail!("{} is not a folder", a.dir.display());
+    let dir = super::out::path(&a.dir);
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
     }
-    let mut seen = SeenFiles::default();
-    let run = |seen: &mut SeenFiles, pb: &ProgressBar| -> Result<(IngestReport, usize)> {
-        let opts = IngestOptions {
-            any_signer: a.any_signer,
-            now: DtnTime::now(),
+    if a.watch {
+        // The daemon's feed watch, alone: a pass at start and whenever the folder changes.
+        let roles = crate::daemon::Roles {
+            feeds: vec![dir.clone()],
+            feed_any_signer: a.any_signer,
+            ..Default::default()
         };
-        let r = broadcast::ingest_with(&node, &a.dir, &opts, pb, seen)?;
-        Ok((r, node.store.partial_summary()?.objects))
-    };
-    if !a.watch {
-        let pb = progress(cli, "ingest");
-        let (r, partial) = run(&mut seen, &pb)?;
-        pb.finish_and_clear();
-        if cli.json {
-            print_json(&summary(&r, partial));
-        } else {
-            print_human(&r, partial, &a.dir);
-        }
-        return Ok(());
-    }
-    use notify::{RecursiveMode, Watcher};
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |ev| {
-        let _ = tx.send(ev);
-    })
-    .context("cannot watch the folder")?;
-    watcher
-        .watch(&a.dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("cannot watch {}", a.dir.display()))?;
-    let status = progress(cli, "watching");
-    let (mut complete, mut new, mut bytes) = (0usize, 0usize, 0u64);
-    loop {
-        let (r, partial) = run(&mut seen, &ProgressBar::hidden())?;
-        complete += r.segments_completed;
-        new += r.new;
-        bytes += r.bytes;
-        if cli.json {
-            let mut v = summary(&r, partial);
-            v["total_new"] = json!(new);
-            println!("{}", serde_json::to_string(&v).unwrap_or_default());
-        } else if status.is_hidden() {
-            if r.files_read > 0 {
-                println!(
-                    "segments complete {complete}, partial {partial}, bundles new {new}, {bytes} bytes, loss ~{:.0}%",
-                    r.loss_estimate() * 100.0
-                );
+        let json = cli.json;
+        let status = progress(cli, "watching");
+        let (mut complete, mut bytes) = (0usize, 0u64);
+        return super::net::run_daemon(cli, roles, move |e| {
+            let crate::daemon::Event::Feed {
+                dir,
+                total_new,
+                summary,
+            } = e
+            else {
+                return;
+            };
+            complete += summary["segments_completed"].as_u64().unwrap_or(0) as usize;
+            bytes += summary["bytes"].as_u64().unwrap_or(0);
+            let partial = summary["segments_partial"].as_u64().unwrap_or(0);
+            let loss = summary["loss_estimate"].as_f64().unwrap_or(0.0) * 100.0;
+            if json {
+                let mut v = summary.clone();
+                v["peak_memory_kib"] = json!(super::peak_rss_kib());
+                outln!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else if status.is_hidden() {
+                if summary["files_read"].as_u64().unwrap_or(0) > 0 {
+                    outln!(
+                        "segments complete {complete}, partial {partial}, bundles new {total_new}, {bytes} bytes, loss ~{loss:.0}%"
+                    );
+                }
+            } else {
+                status.set_message(format!(
+                    "watching {dir}: segments complete {complete}, partial {partial}, bundles new {total_new}, {} read, loss ~{loss:.0}%",
+                    indicatif::BinaryBytes(bytes),
+                ));
+                status.tick();
             }
-        } else {
-            status.set_message(format!(
-                "watching {}: segments complete {complete}, partial {partial}, bundles new {new}, {} read, loss ~{:.0}%",
-                a.dir.display(),
-                indicatif::BinaryBytes(bytes),
-                r.loss_estimate() * 100.0
-            ));
-            status.tick();
-        }
-        // Wait for the next change in the folder (blocks; Ctrl-C ends the watch).
-        match rx.recv() {
-            Ok(_) => while rx.try_recv().is_ok() {},
-            Err(_) => break,
-        }
+        });
+    }
+    let node = super::open(cli)?;
+    let opts = IngestOptions {
+        any_signer: a.any_signer,
+        now: DtnTime::now(),
+    };
+    let pb = progress(cli, "ingest");
+    let r = broadcast::ingest_with(&node, &dir, &opts, &pb, &mut SeenFiles::default())?;
+    let partial = node.store.partial_summary()?.objects;
+    pb.finish_and_clear();
+    if cli.json {
+        print_json(&summary(&r, partial));
+    } else {
+        print_human(&r, partial, &dir);
     }
     Ok(())
 }
 
 pub fn trust(cli: &Cli, c: &TrustCommand) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     match c {
         TrustCommand::Add { node_id, broadcast } => {
             let eid = Eid::parse(node_id).context("NODE_ID")?;
@@ -234,7 +218,7 @@ pub fn trust(cli: &Cli, c: &TrustCommand) -> Result<()> {
             }
             node.store.set_trust(&eid.node_id().to_string(), true)?;
             if !cli.json {
-                println!("trusting {} for broadcast feeds", eid.node_id());
+                outln!("trusting {} for broadcast feeds", eid.node_id());
             }
         }
         TrustCommand::Remove { node_id } => {
@@ -252,7 +236,7 @@ pub fn trust(cli: &Cli, c: &TrustCommand) -> Result<()> {
                     .collect::<Vec<_>>()));
             } else {
                 for (n, b) in l {
-                    println!("{n}{}", if b { "  broadcast" } else { "" });
+                    outln!("{n}{}", if b { "  broadcast" } else { "" });
                 }
             }
         }

@@ -1,10 +1,10 @@
 //! `bundle dump`, `bundle load` and `verify`: single bundle files.
 
+use super::out::{outln};
 use super::messages::bundle_json;
 use super::safe::say;
-use super::{home, print_json, Cli};
+use super::{print_json, Cli};
 use crate::bundle::{DecodeLimits, VerifiedBundle};
-use crate::node::Node;
 use crate::store::PutOutcome;
 use crate::time::DtnTime;
 use anyhow::{bail, Context, Result};
@@ -67,7 +67,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn dump(cli: &Cli, id: &str, output: &Path) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let key = node.store.resolve(id)?;
     let raw = node
         .store
@@ -79,14 +79,14 @@ fn dump(cli: &Cli, id: &str, output: &Path) -> Result<()> {
             &json!({"id": hex::encode(key), "file": output.display().to_string(), "size": raw.len()}),
         );
     } else {
-        println!("wrote {} bytes to {}", raw.len(), output.display());
+        outln!("wrote {} bytes to {}", raw.len(), output.display());
     }
     Ok(())
 }
 
 fn load(cli: &Cli, file: &Path) -> Result<()> {
     let bytes = read_bundle_file(file)?;
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let (id, outcome) = node
         .receive(&bytes, DtnTime::now())
         .with_context(|| format!("{}: refused", file.display()))?;
@@ -97,7 +97,7 @@ fn load(cli: &Cli, file: &Path) -> Result<()> {
     if cli.json {
         print_json(&json!({"id": id.hex(), "status": status, "source": id.source.to_string()}));
     } else {
-        println!("{status}: bundle {} from {}", &id.hex()[..16], id.source);
+        outln!("{status}: bundle {} from {}", &id.hex()[..16], id.source);
     }
     Ok(())
 }

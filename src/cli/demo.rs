@@ -12,6 +12,7 @@
 //! feed; the recording loses a quarter of its files and a burst is corrupted; C ingests it
 //! and still gets every bulletin, and the workers' payments and A's verdict come home on it.
 
+use super::out::{outln};
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
 use super::{print_json, Cli};
@@ -89,7 +90,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     };
     let say = |s: String| {
         if !cli.json {
-            println!("{}", super::safe::line(&s));
+            outln!("{}", super::safe::line(&s));
         }
     };
     let now = DtnTime::now();
@@ -310,7 +311,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     po.file_size = 4096;
     let pr = broadcast::publish(&market, &feed, &po, &ProgressBar::hidden())?;
     say(format!(
-        "13. marketplace M ({}) publishes a satellite feed (payments, verdict, records, news): {} bundles, {} files, 2 passes, 30% overhead",
+        "14. marketplace M ({}) publishes a satellite feed (payments, verdict, records, news): {} bundles, {} files, 2 passes, 30% overhead",
         market.node_id(),
         pr.bundles,
         pr.files
@@ -350,7 +351,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         std::fs::write(f, b)?;
     }
     say(format!(
-        "14. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
+        "15. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
     ));
     carol.store.set_trust(&market.node_id().to_string(), true)?;
     let ir = broadcast::ingest(
@@ -376,7 +377,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         );
     }
     say(format!(
-        "15. C trusts M's feed and ingests it: all {} bundles rebuilt and verified ({} new, {} already held, {} signed by others refused; {} damaged parts skipped, loss estimate {:.0}%)",
+        "16. C trusts M's feed and ingests it: all {} bundles rebuilt and verified ({} new, {} already held, {} signed by others refused; {} damaged parts skipped, loss estimate {:.0}%)",
         pr.bundles,
         ir.new,
         ir.duplicate,
@@ -399,7 +400,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         feed_in.push(r.new);
     }
     say(format!(
-        "16. the workers and A ingest the same recording ({} new bundles each for W1, W2, W3, {} for A) and open what is sealed for them:",
+        "17. the workers and A ingest the same recording ({} new bundles each for W1, W2, W3, {} for A) and open what is sealed for them:",
         feed_in[..3]
             .iter()
             .map(|n| n.to_string())
@@ -485,19 +486,36 @@ fn gateway_round_trip(
         "11. M opens A's request and answers; B's next sync brings back {} bundles (the answer, M's receipts, the marketplace's payments and verdict, sealed and unreadable to B; the workers' public records)",
         down.new
     ));
+    // B's node as its person runs it: one daemon (`serve`) owning B's home, serving the
+    // LAN and syncing upstream, while the person uses the CLI on the same home.
+    let b_daemon = BobDaemon::start(&rt, bob, m_addr, &market.node_id())?;
     let _ = m_stop.send(());
-    let (b_addr, b_stop) = serve_in(&rt, bob.clone(), &cfg)?;
-    let lan = rt.block_on(quic::sync_with(alice, b_addr, Some(&bob.node_id()), &cfg))?;
-    let _ = b_stop.send(());
-    let got = alice
+    let note = "B to A: your answer is in; I will bring the insulin on Friday.";
+    let sent = b_daemon.cli(&["--json", "send", "--to", &alice.node_id().to_string(), "--text", note])?;
+    let b_inbox = b_daemon.cli(&["--json", "inbox"])?;
+    say(format!(
+        "12. B now runs as one daemon (`mycelium serve`: LAN listener on {}, gateway to M), and B's person works on the same home from the CLI through its control socket {}: `send` stores a note for A (bundle {}), `inbox` reads {} messages, while the daemon keeps serving",
+        b_daemon.addr,
+        b_daemon.socket.display(),
+        sent["id"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("?"),
+        b_inbox.as_array().map_or(0, Vec::len)
+    ));
+    let lan = rt.block_on(quic::sync_with(alice, b_daemon.addr, Some(&bob.node_id()), &cfg))?;
+    b_daemon.stop(&rt);
+    let texts: Vec<String> = alice
         .inbox()?
         .iter()
-        .any(|i| matches!(&i.adu, Ok(Adu::Message(Message::Text(t))) if t == answer));
-    if !got {
-        bail!("M's answer did not reach A");
+        .filter_map(|i| match &i.adu {
+            Ok(Adu::Message(Message::Text(t))) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    let got = texts.iter().any(|t| t == answer);
+    if !got || !texts.iter().any(|t| t == note) {
+        bail!("M's answer or B's note did not reach A");
     }
     say(format!(
-        "12. A syncs with B over the LAN: {} new bundles; A reads \"{answer}\"; M's receipts tell A its request and its task arrived, and A drops its copies ({} purged)",
+        "13. A syncs with B's daemon over the LAN: {} new bundles; A reads \"{answer}\" and B's note; M's receipts tell A its request and its task arrived, and A drops its copies ({} purged)",
         lan.new, lan.purged
     ));
     Ok((
@@ -511,6 +529,103 @@ fn gateway_round_trip(
         }),
         market_summary,
     ))
+}
+
+/// B's daemon in the demo: `serve` on B's home inside the demo's runtime.
+struct BobDaemon {
+    addr: std::net::SocketAddr,
+    socket: std::path::PathBuf,
+    home: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<(), crate::daemon::DaemonError>>>,
+}
+
+impl BobDaemon {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        bob: &std::sync::Arc<Node>,
+        upstream: std::net::SocketAddr,
+        market: &crate::bundle::Eid,
+    ) -> Result<BobDaemon> {
+        use crate::daemon::{self, Event, GatewayRole, Hub, Roles};
+        let roles = Roles {
+            listen: Some(([127, 0, 0, 1], 0).into()),
+            gateway: Some(GatewayRole {
+                upstream: upstream.to_string(),
+                expect: Some(market.clone()),
+                interval: std::time::Duration::from_secs(3600),
+                budget: None,
+            }),
+            ..Roles::default()
+        };
+        let hub = Hub::default();
+        let mut rx = hub.subscribe();
+        let (tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let done = rt.spawn(daemon::run(
+            bob.clone(),
+            roles,
+            hub,
+            Some(super::runner()),
+            async {
+                let _ = stop.await;
+            },
+        ));
+        let started = rt.block_on(async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        if let Event::Started { listen, socket, .. } = &*e {
+                            return Ok((listen.clone(), socket.clone()));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return Err(anyhow::anyhow!("B's daemon did not start")),
+                }
+            }
+        });
+        let (listen, socket) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                // Its own error says why.
+                if let Ok(Err(d)) = rt.block_on(done) {
+                    return Err(d.into());
+                }
+                return Err(e);
+            }
+        };
+        Ok(BobDaemon {
+            addr: listen.context("no listener")?.parse()?,
+            socket: socket.context("no control socket")?.into(),
+            home: bob.home.clone(),
+            stop: Some(tx),
+            done: Some(done),
+        })
+    }
+
+    /// A CLI command on B's home, as B's person types it: through the control socket.
+    fn cli(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let s = crate::daemon::client::connect(&self.home)
+            .context("B's daemon does not answer on its socket")?;
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (mut out, mut err) = (String::new(), String::new());
+        let code = crate::daemon::client::run(s, &args, &self.home, &mut |o, t| match o {
+            crate::daemon::Output::Out => out.push_str(t),
+            crate::daemon::Output::Err => err.push_str(t),
+        })?;
+        if code != 0 {
+            bail!("`mycelium {}` on B failed: {err}", args.join(" "));
+        }
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    fn stop(mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            let _ = rt.block_on(d);
+        }
+    }
 }
 
 /// Serve `node` on a loopback port inside `rt`; returns its address and a stopper.

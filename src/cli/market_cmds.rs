@@ -2,9 +2,10 @@
 //! reputation`, `wallet [send]`, `worker [offer]`, `guild create|join|list`, and how marketplace
 //! payloads are shown by `show` and `inbox`.
 
+use super::out::{outln, errln};
 use super::net::{parse_node, ServeArgs};
-use super::safe::{self, esay, say};
-use super::{home, print_json, Cli};
+use super::safe::{self, say};
+use super::{print_json, Cli};
 use crate::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
 use crate::adu::MarketAdu;
 use crate::market::{service, Event};
@@ -15,9 +16,7 @@ use crate::worker;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 fn short(k: &[u8]) -> String {
     hex::encode(k).chars().take(12).collect()
@@ -94,7 +93,7 @@ pub fn task(cli: &Cli, c: &TaskCommand) -> Result<()> {
 }
 
 fn submit(cli: &Cli, a: &SubmitArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let market = node
         .market()?
         .context("no marketplace set: `mycelium market use NODE` first")?;
@@ -148,8 +147,8 @@ fn submit(cli: &Cli, a: &SubmitArgs) -> Result<()> {
             "sealed": sealed,
         }));
     } else {
-        println!("{}", hex::encode(id));
-        eprintln!(
+        outln!("{}", hex::encode(id));
+        errln!(
             "task for {market}: {} credits held in escrow once it arrives; {}",
             escrow,
             if sealed {
@@ -193,7 +192,7 @@ fn verdict_status(v: Option<&m::Verdict>) -> String {
 }
 
 fn task_list(cli: &Cli) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let verdicts = verdicts(&node)?;
     let w = wallet::view(&node)?;
     let escrow = |k: &[u8; 32]| {
@@ -218,7 +217,7 @@ fn task_list(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if tasks.is_empty() {
-        println!("no tasks submitted from this node");
+        outln!("no tasks submitted from this node");
     }
     for (k, t, _) in &tasks {
         say!(
@@ -253,7 +252,7 @@ fn output_json(job: JobKind, out: &[u8]) -> Value {
 }
 
 fn task_result(cli: &Cli, id: &str) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let id = id.to_ascii_lowercase();
     let matches: Vec<_> = my_tasks(&node)?
         .into_iter()
@@ -296,19 +295,19 @@ fn task_result(cli: &Cli, id: &str) -> Result<()> {
                         for x in &vs {
                             let head: Vec<String> =
                                 x.iter().take(4).map(|f| format!("{f:.4}")).collect();
-                            println!("[{}, … {} numbers]", head.join(", "), x.len());
+                            outln!("[{}, … {} numbers]", head.join(", "), x.len());
                         }
                     }
                     Err(e) => say!("{e}"),
                 },
                 JobKind::Generate => match worker::decode_generation(&v.output) {
                     // The workers' text, shown as lines (`--json` has it exact).
-                    Ok(g) => println!("{}", safe::block(&g.text, "")),
+                    Ok(g) => outln!("{}", safe::block(&g.text, "")),
                     Err(e) => say!("{e}"),
                 },
-                JobKind::Digest => println!("{}", hex::encode(&v.output)),
+                JobKind::Digest => outln!("{}", hex::encode(&v.output)),
             }
-            eprintln!(
+            errln!(
                 "accepted: {} of {} workers agreed on blake3 {}",
                 v.agreeing.len(),
                 v.results,
@@ -330,9 +329,6 @@ pub enum MarketCommand {
     Serve {
         #[command(flatten)]
         serve: ServeArgs,
-        /// Send payments and notices in clear instead of sealed
-        #[arg(long)]
-        no_seal: bool,
     },
     /// Apply the marketplace's rules once to what the store holds, and print what happened
     Process {
@@ -352,133 +348,49 @@ pub enum MarketCommand {
     Reputation,
 }
 
-pub fn event_text(e: &Event) -> String {
-    match e {
-        Event::TaskAccepted { task, escrow } => {
-            format!("task {} accepted, {escrow} credits in escrow", short(task))
-        }
-        Event::TaskRejected { task, reason } => format!("task {} refused: {reason}", short(task)),
-        Event::Assigned { task, worker } => format!("task {} assigned to {worker}", short(task)),
-        Event::ResultRecorded { task, worker } => {
-            format!("result for task {} from {worker}", short(task))
-        }
-        Event::ResultRejected { result, reason } => {
-            format!("result {} refused: {reason}", short(result))
-        }
-        Event::Accepted {
-            task,
-            output_hash,
-            agreeing,
-        } => format!(
-            "task {}: output {} accepted by {} agreeing workers",
-            short(task),
-            short(output_hash),
-            agreeing.len()
-        ),
-        Event::Disagreed { task, worker } => {
-            format!(
-                "task {}: {worker} disagreed with the quorum (not paid)",
-                short(task)
-            )
-        }
-        Event::Rescored {
-            task,
-            worker,
-            refused,
-        } => match refused {
-            None => format!(
-                "task {}: {worker}'s generation re-scored with the model: every token the greedy choice or within the margin",
-                short(task)
-            ),
-            Some(why) => format!(
-                "task {}: {worker}'s generation refused by the model: {why}",
-                short(task)
-            ),
-        },
-        Event::Late { task, worker } => format!("task {}: {worker} is late", short(task)),
-        Event::TaskFailed { task, reason } => format!("task {} failed: {reason}", short(task)),
-        Event::Paid {
-            payee,
-            amount,
-            payment,
-        } => format!(
-            "paid {amount} credits to {payee} (payment {})",
-            short(payment)
-        ),
-        Event::Refunded { task, amount } => {
-            format!("refunded {amount} credits of task {}'s escrow", short(task))
-        }
-        Event::PaymentConfirmed { payment, seq } => {
-            format!("payment {} confirmed (ledger #{seq})", short(payment))
-        }
-        Event::PaymentRejected { payment, reason } => {
-            format!("payment {} rejected: {reason}", short(payment))
-        }
-        Event::PaymentReplayed { payment } => {
-            format!(
-                "payment {} seen again: already settled, nothing changed",
-                short(payment)
-            )
-        }
-        Event::OfferRecorded { worker } => format!("offer from {worker}"),
-        Event::GuildRecorded { guild } => format!("guild {guild} recorded"),
-        Event::MembershipRecorded { guild, member } => {
-            format!("{member} joined guild {guild}")
-        }
-        Event::Refused { what, reason } => format!("{what} refused: {reason}"),
-    }
-}
 
 fn print_events(cli: &Cli, processed: usize, sent: usize, events: &[Event]) {
     if cli.json {
         print_json(&json!({
             "processed": processed,
             "sent": sent,
-            "events": events.iter().map(event_text).collect::<Vec<_>>(),
+            "events": events.iter().map(crate::market::describe).collect::<Vec<_>>(),
         }));
     } else {
         for e in events {
-            say!("{}", event_text(e));
+            say!("{}", crate::market::describe(e));
         }
-        println!("{processed} bundles processed, {sent} sent");
+        outln!("{processed} bundles processed, {sent} sent");
     }
 }
 
 pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
     match c {
         MarketCommand::Use { node: n } => {
-            let node = Node::open(&home(cli))?;
+            let node = super::open(cli)?;
             let e = parse_node(n)?;
             node.set_market(&e)?;
             if cli.json {
                 print_json(&json!({"market": e.to_string()}));
             } else {
-                println!("this node now settles with marketplace {e}");
+                outln!("this node now settles with marketplace {e}");
             }
             Ok(())
         }
-        MarketCommand::Serve { serve, no_seal } => {
-            let node = Node::open(&home(cli))?;
+        MarketCommand::Serve { serve } => {
+            let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
             drop(node);
-            let seal = !*no_seal;
-            let duty: super::net::Duty =
-                Arc::new(
-                    move |n: &Node| match service::process(n, DtnTime::now(), seal) {
-                        Ok(r) => {
-                            for e in &r.events {
-                                esay!("market: {}", event_text(e));
-                            }
-                        }
-                        Err(e) => esay!("market: {e}"),
-                    },
-                );
-            super::net::serve_with(cli, serve, Some(duty))
+            let mut roles = super::net::serve_roles(cli, serve)?;
+            roles.market = Some(crate::daemon::MarketRole {
+                seal: !serve.no_seal,
+            });
+            super::net::run_daemon(cli, roles, super::net::serve_printer(cli.json))
         }
         MarketCommand::Process { no_seal } => {
-            let node = Node::open(&home(cli))?;
+            let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
-            let r = service::process(&node, DtnTime::now(), !*no_seal)?;
+            let r = service::process(&node, DtnTime::now(), !*no_seal, &mut crate::worker::judge(&(&node).home))?;
             print_events(cli, r.processed, r.sent, &r.events);
             Ok(())
         }
@@ -487,7 +399,7 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
             amount,
             no_seal,
         } => {
-            let node = Node::open(&home(cli))?;
+            let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
             let to = parse_node(to)?.to_string();
             let (id, events) = service::with_engine(&node, DtnTime::now(), !*no_seal, |e| {
@@ -497,7 +409,7 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
                 print_json(&json!({"payment": hex::encode(id), "to": to, "amount": amount}));
             } else {
                 for e in &events {
-                    say!("{}", event_text(e));
+                    say!("{}", crate::market::describe(e));
                 }
             }
             Ok(())
@@ -507,7 +419,7 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
 }
 
 fn reputation(cli: &Cli) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let me = node.node_id();
     let mut rows: Vec<m::Reputation> = Vec::new();
     if node.market()? == Some(me.clone()) {
@@ -548,9 +460,9 @@ fn reputation(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no worker records (set the marketplace with `mycelium market use`)");
+        outln!("no worker records (set the marketplace with `mycelium market use`)");
     }
-    println!(
+    outln!(
         "{:<62}  {:>8}  {:>9}  {:>4}  {:>6}  eligible",
         "worker", "accepted", "disagreed", "late", "failed"
     );
@@ -600,7 +512,7 @@ fn status_text(s: &Status) -> String {
 }
 
 pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     if let Some(WalletCommand::Send {
         to,
         amount,
@@ -615,7 +527,7 @@ pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
                 &json!({"payment": hex::encode(id), "to": to.to_string(), "amount": amount, "status": "pending"}),
             );
         } else {
-            println!(
+            outln!(
                 "payment {} of {amount} credits to {to}: pending until the marketplace settles it",
                 short(&id)
             );
@@ -643,7 +555,7 @@ pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
         }));
         return Ok(());
     }
-    println!(
+    outln!(
         "balance {} credits, spendable {} ({} pending in, {} pending out)",
         w.balance, w.spendable, w.pending_in, w.pending_out
     );
@@ -712,7 +624,36 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
     if let Some(WorkerCommand::Devices) = &a.cmd {
         return devices(cli);
     }
-    let node = Node::open(&home(cli))?;
+    if a.cmd.is_none() && !a.once {
+        // The worker role of the daemon, alone: runs what is assigned as it is stored.
+        let roles = crate::daemon::Roles {
+            worker: Some(crate::daemon::WorkerRole {
+                seal: !a.no_seal,
+                max_batch: a.max_batch.max(1),
+                gpu: a.gpu,
+            }),
+            ..Default::default()
+        };
+        let json = cli.json;
+        return super::net::run_daemon(cli, roles, move |e| match e {
+            crate::daemon::Event::Ran { .. } if json => {
+                outln!("{}", serde_json::to_string(e).unwrap_or_default())
+            }
+            crate::daemon::Event::Ran {
+                task,
+                kind,
+                ms,
+                failed: None,
+            } => say!("ran {kind} task {} in {ms} ms", &task[..12.min(task.len())]),
+            crate::daemon::Event::Ran {
+                task,
+                failed: Some(w),
+                ..
+            } => say!("task {} failed: {w}", &task[..12.min(task.len())]),
+            _ => {}
+        });
+    }
+    let node = super::open(cli)?;
     if let Some(WorkerCommand::Offer {
         kinds,
         models,
@@ -757,7 +698,7 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
         if cli.json {
             print_json(&json!({"offer": hex::encode(key)}));
         } else {
-            println!("offer {} stored for the marketplace", short(&key));
+            outln!("offer {} stored for the marketplace", short(&key));
         }
         return Ok(());
     }
@@ -769,13 +710,13 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
     if a.gpu {
         let (device, why) = worker::devices::pick(true);
         match why {
-            Some(w) => eprintln!("worker: {w}"),
-            None => eprintln!("worker: running on {device:?}"),
+            Some(w) => errln!("worker: {w}"),
+            None => errln!("worker: running on {device:?}"),
         }
     }
-    loop {
+    {
         let started = std::time::Instant::now();
-        let pb = if cli.json || !std::io::stderr().is_terminal() {
+        let pb = if !super::out::interactive(cli.json) {
             indicatif::ProgressBar::hidden()
         } else {
             let pb = indicatif::ProgressBar::new(0);
@@ -844,7 +785,7 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                         .sum()
                 };
                 let (gen, texts) = (done(JobKind::Generate), done(JobKind::Embed));
-                println!(
+                outln!(
                     "{} tasks in {secs:.2} s ({:.1} tasks/s; {texts} texts embedded, {gen} tokens generated, {:.1} tokens/s)",
                     r.ran.len(),
                     r.ran.len() as f64 / secs.max(1e-9),
@@ -852,11 +793,8 @@ pub fn worker_cmd(cli: &Cli, a: &WorkerArgs) -> Result<()> {
                 );
             }
         }
-        if a.once {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_secs(30));
     }
+    Ok(())
 }
 
 fn devices(cli: &Cli) -> Result<()> {
@@ -877,10 +815,10 @@ fn devices(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     match &gpus {
-        Ok(g) if g.is_empty() => println!("GPU: the CUDA driver reports none"),
+        Ok(g) if g.is_empty() => outln!("GPU: the CUDA driver reports none"),
         Ok(g) => {
             for d in g {
-                println!(
+                outln!(
                     "GPU {}: {} (compute {}.{}), {:.1} GiB free of {:.1} GiB",
                     d.ordinal,
                     d.name,
@@ -891,11 +829,11 @@ fn devices(cli: &Cli) -> Result<()> {
                 );
             }
         }
-        Err(e) => println!("GPU: {e}"),
+        Err(e) => outln!("GPU: {e}"),
     }
-    println!("CPU: {cpus} threads");
+    outln!("CPU: {cpus} threads");
     if !cfg!(feature = "cuda") {
-        println!("(this build runs engines on the CPU only; build with --features cuda for GPUs)");
+        outln!("(this build runs engines on the CPU only; build with --features cuda for GPUs)");
     }
     Ok(())
 }
@@ -952,7 +890,7 @@ fn print_charter(c: &crate::guild::Charter) {
 }
 
 pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     match c {
         GuildCommand::Create {
             name,
@@ -979,8 +917,8 @@ pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!({"guild": id, "members": n.max(1)}));
             } else {
-                println!("{id}");
-                eprintln!("each member gets a share only after it runs `mycelium guild join {id}`");
+                outln!("{id}");
+                errln!("each member gets a share only after it runs `mycelium guild join {id}`");
             }
         }
         GuildCommand::Join {
@@ -994,7 +932,7 @@ pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
                 print_json(&charter_json(&c));
             } else {
                 print_charter(&c);
-                println!("joined: the consent goes to the marketplace with the next contact");
+                outln!("joined: the consent goes to the marketplace with the next contact");
             }
         }
         GuildCommand::List => {
@@ -1002,7 +940,7 @@ pub fn guild(cli: &Cli, c: &GuildCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!(all.iter().map(charter_json).collect::<Vec<_>>()));
             } else if all.is_empty() {
-                println!("no charters list this node");
+                outln!("no charters list this node");
             } else {
                 for c in &all {
                     print_charter(c);

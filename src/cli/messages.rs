@@ -1,9 +1,9 @@
 //! `send`, `list`, `show` and `inbox`, plus the shared JSON/text description of a bundle.
 
-use super::{home, print_json, safe, Cli};
+use super::out::{outln};
+use super::{print_json, safe, Cli};
 use crate::adu::{self, Adu, FileMessage, Message};
 use crate::bundle::{block_types, Bundle, Eid};
-use crate::node::Node;
 use crate::store::BundleRecord;
 use crate::time::DtnTime;
 use anyhow::{bail, Context, Result};
@@ -78,7 +78,7 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
         }
         (None, None) => bail!("give --text or --file"),
     };
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     if a.copies == Some(0) {
         bail!("--copies must be at least 1");
     }
@@ -107,7 +107,7 @@ pub fn send(cli: &Cli, a: &SendArgs) -> Result<()> {
             "sealed": outer.as_ref().map(|o| json!({"id": o.id().hex(), "size": o.raw().len()})),
         }));
     } else {
-        println!(
+        outln!(
             "stored bundle {} ({} bytes) for {}{}",
             &id.hex()[..16],
             vb.raw().len(),
@@ -143,7 +143,7 @@ fn short(eid: &str) -> String {
 }
 
 pub fn list(cli: &Cli) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let purged = node.store.purge_expired(DtnTime::now())?;
     let recs = node.store.records()?;
     if cli.json {
@@ -153,14 +153,14 @@ pub fn list(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if purged > 0 {
-        println!("(purged {purged} expired bundles)");
+        outln!("(purged {purged} expired bundles)");
     }
-    println!(
+    outln!(
         "{:<16}  {:<8}  {:>8}  {:<24}  {:<24}  created",
         "id", "kind", "bytes", "source", "destination"
     );
     for (k, r) in &recs {
-        println!(
+        outln!(
             "{:<16}  {:<8}  {:>8}  {:<24}  {:<24}  {}",
             &hex::encode(k)[..16],
             r.kind,
@@ -170,7 +170,7 @@ pub fn list(cli: &Cli) -> Result<()> {
             DtnTime(r.created_ms).to_rfc3339()
         );
     }
-    println!("{} bundles", recs.len());
+    outln!("{} bundles", recs.len());
     Ok(())
 }
 
@@ -269,7 +269,7 @@ pub fn bundle_json(b: &Bundle) -> Value {
 }
 
 pub fn show(cli: &Cli, id: &str) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let key = node.store.resolve(id)?;
     let vb = node
         .store
@@ -287,22 +287,22 @@ pub fn show(cli: &Cli, id: &str) -> Result<()> {
         print_json(&v);
     } else {
         let b = vb.bundle();
-        println!("bundle      {}", vb.id().hex());
-        println!("source      {}", b.primary.source);
-        println!("destination {}", b.primary.destination);
-        println!(
+        outln!("bundle      {}", vb.id().hex());
+        outln!("source      {}", b.primary.source);
+        outln!("destination {}", b.primary.destination);
+        outln!(
             "created     {} (seq {})",
             b.primary.created.time.to_rfc3339(),
             b.primary.created.seq
         );
-        println!("expires     {}", v["expires"].as_str().unwrap_or("?"));
-        println!(
+        outln!("expires     {}", v["expires"].as_str().unwrap_or("?"));
+        outln!(
             "size        {} bytes, {} blocks",
             vb.raw().len(),
             b.blocks.len() + 1
         );
-        println!("signature   valid (Ed25519 by the source)");
-        println!(
+        outln!("signature   valid (Ed25519 by the source)");
+        outln!(
             "payload     {}",
             adu_text(
                 &adu::decode(b.payload()).map_err(|e| e.to_string()),
@@ -314,7 +314,7 @@ pub fn show(cli: &Cli, id: &str) -> Result<()> {
 }
 
 pub fn inbox(cli: &Cli) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     node.store.purge_expired(DtnTime::now())?;
     let items = node.inbox()?;
     if cli.json {
@@ -331,16 +331,16 @@ pub fn inbox(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if items.is_empty() {
-        println!("inbox is empty");
+        outln!("inbox is empty");
     }
     for i in &items {
-        println!(
+        outln!(
             "{}  from {}  {}",
             &hex::encode(i.key)[..16],
             short(&i.record.source),
             DtnTime(i.record.created_ms).to_rfc3339()
         );
-        println!("    {}", adu_text(&i.adu, "    "));
+        outln!("    {}", adu_text(&i.adu, "    "));
     }
     Ok(())
 }

@@ -13,12 +13,15 @@ mod messages;
 mod model_cmds;
 mod net;
 mod node_cmds;
+pub mod out;
 pub mod safe;
 mod sneakernet;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use out::outln;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -108,33 +111,236 @@ pub fn home(cli: &Cli) -> PathBuf {
     cli.home.clone().unwrap_or_else(crate::node::default_home)
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// The node of this command's home: the daemon's, when the command runs inside it;
+/// otherwise opened here.
+pub(crate) fn open(cli: &Cli) -> Result<Arc<crate::node::Node>> {
+    if let Some(n) = out::shared_node() {
+        return Ok(n);
+    }
+    Ok(Arc::new(crate::node::Node::open(&home(cli))?))
+}
+
+/// The binary's whole life: parse, log setup, then run the command here or in the
+/// daemon that holds this home; the exit code.
+pub fn main(argv: Vec<std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_logging();
+    let h = home(&cli);
+    match route(&cli) {
+        Route::Here => finish(run(&cli)),
+        Route::Role(what) => {
+            if crate::daemon::client::connect(&h).is_some() {
+                return finish(Err(anyhow::anyhow!(
+                    "a mycelium daemon already runs on {} and owns its store; {what} is one of the roles it can run: add it to {} (or `serve`'s flags) and restart it, or stop it first",
+                    h.display(),
+                    h.join(crate::daemon::config::CONFIG_FILE).display()
+                )));
+            }
+            finish(run(&cli))
+        }
+        Route::Anywhere => {
+            let args: Option<Vec<String>> = argv
+                .iter()
+                .skip(1)
+                .map(|a| a.to_str().map(str::to_string))
+                .collect();
+            let Some(args) = args else {
+                // Not passable as text: run here (fails clearly if the store is held).
+                return finish(run(&cli));
+            };
+            let deadline = std::time::Instant::now() + LOCK_WAIT;
+            loop {
+                if let Some(s) = crate::daemon::client::connect(&h) {
+                    return forward(s, &args);
+                }
+                match run(&cli) {
+                    Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                        // Held by a daemon starting or stopping, or by another command:
+                        // wait for it to answer on its socket or let go of the store.
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    Err(e) if is_locked(&e) => {
+                        return finish(Err(e.context(format!(
+                            "the store stayed in use for {} s and no daemon answers on {}: a daemon may be starting or stopping, or another command is running; try again",
+                            LOCK_WAIT.as_secs(),
+                            crate::daemon::socket_path(&h).display()
+                        ))))
+                    }
+                    r => return finish(r),
+                }
+            }
+        }
+    }
+}
+
+/// How long a command waits for a store held by another process (a daemon starting or
+/// stopping, another command) before it gives up with a clear answer.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::store::StoreError>(),
+            Some(crate::store::StoreError::Locked { .. })
+        ) || matches!(
+            c.downcast_ref::<crate::node::NodeError>(),
+            Some(crate::node::NodeError::Store(crate::store::StoreError::Locked { .. }))
+        )
+    })
+}
+
+/// Run the command in the daemon, relaying its output; its exit code.
+fn forward(s: std::os::unix::net::UnixStream, args: &[String]) -> i32 {
+    let cwd = match std::env::current_dir() {
+        Ok(c) => c,
+        Err(e) => return finish(Err(anyhow::anyhow!("no working directory: {e}"))),
+    };
+    let r = crate::daemon::client::run(s, args, &cwd, &mut |o, t| out::write(o, t));
+    match r {
+        Ok(code) => code,
+        Err(e) => finish(Err(anyhow::Error::new(e).context("through the daemon"))),
+    }
+}
+
+/// Print an error the way every command does; the exit code.
+fn finish(r: Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            // Errors quote outside text (a refusal's reason, a peer's words): escaped, and
+            // any line breaks in them indented under the first line.
+            out::errln!("error: {}", safe::block(&format!("{e:#}"), "  "));
+            1
+        }
+    }
+}
+
+/// Logs (the daemon's roles, transports) go to stderr through `tracing`; `RUST_LOG`
+/// chooses what (default: this crate's info and above, others' warnings).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mycelium=info,warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Where a command runs.
+enum Route {
+    /// Here, always: it needs no home, or makes one.
+    Here,
+    /// A role loop: here, and only when no daemon holds the home.
+    Role(&'static str),
+    /// In the daemon when one runs on the home, else here.
+    Anywhere,
+}
+
+fn route(cli: &Cli) -> Route {
+    use broadcast::BroadcastCommand as B;
+    use market_cmds::MarketCommand as M;
     match &cli.command {
-        Command::Init => node_cmds::init(&cli),
-        Command::Id => node_cmds::id(&cli),
-        Command::Send(a) => messages::send(&cli, a),
-        Command::List => messages::list(&cli),
-        Command::Show { id } => messages::show(&cli, id),
-        Command::Inbox => messages::inbox(&cli),
-        Command::Bundle(c) => bundle_cmds::run(&cli, c),
-        Command::Export(a) => sneakernet::export(&cli, a),
-        Command::Import(a) => sneakernet::import(&cli, a),
-        Command::Broadcast(c) => broadcast::run(&cli, c),
-        Command::Trust(c) => broadcast::trust(&cli, c),
-        Command::Contact(c) => node_cmds::contact(&cli, c),
-        Command::Serve(a) => net::serve(&cli, a),
-        Command::Sync(a) => net::sync(&cli, a),
-        Command::Gateway(a) => net::gateway(&cli, a),
-        Command::Peers => net::peers(&cli),
-        Command::Peer(c) => net::peer(&cli, c),
-        Command::Verify { file } => bundle_cmds::verify(&cli, file),
-        Command::Task(c) => market_cmds::task(&cli, c),
-        Command::Market(c) => market_cmds::market(&cli, c),
-        Command::Wallet(a) => market_cmds::wallet_cmd(&cli, a),
-        Command::Model(c) => model_cmds::run(&cli, c),
-        Command::Worker(a) => market_cmds::worker_cmd(&cli, a),
-        Command::Guild(c) => market_cmds::guild(&cli, c),
-        Command::Demo(a) => demo::run(&cli, a),
+        Command::Init | Command::Demo(_) | Command::Verify { .. } => Route::Here,
+        Command::Worker(a) if matches!(a.cmd, Some(market_cmds::WorkerCommand::Devices)) => {
+            Route::Here
+        }
+        Command::Serve(_) => Route::Role("serve"),
+        Command::Gateway(a) if !a.once => Route::Role("the gateway"),
+        Command::Worker(a) if a.cmd.is_none() && !a.once => Route::Role("the worker"),
+        Command::Broadcast(B::Ingest(a)) if a.watch => Route::Role("feed watch"),
+        Command::Market(M::Serve { .. }) => Route::Role("the marketplace"),
+        _ => Route::Anywhere,
+    }
+}
+
+/// Runs CLI commands inside the daemon (handed to [`crate::daemon::run`]): on its node,
+/// from the caller's working directory, output to the caller.
+pub fn runner() -> crate::daemon::Runner {
+    Arc::new(|node, argv, cwd, mut sink| {
+        let full = std::iter::once("mycelium".to_string()).chain(argv);
+        let mut cli = match Cli::try_parse_from(full) {
+            Ok(c) => c,
+            Err(e) => {
+                sink(out::Stream::Err, &e.render().to_string());
+                return e.exit_code();
+            }
+        };
+        if !matches!(route(&cli), Route::Anywhere) {
+            sink(
+                out::Stream::Err,
+                "error: this command is not run through the daemon (it is a role, or needs no home)\n",
+            );
+            return 2;
+        }
+        cli.home = Some(node.home.clone());
+        absolutize(&mut cli, &cwd);
+        out::borrowed(out::Borrowed { node, cwd, sink }, || finish(run(&cli)))
+    })
+}
+
+/// Relative paths in `cli` taken from `cwd` (the calling CLI's, not the daemon's).
+fn absolutize(cli: &mut Cli, cwd: &Path) {
+    let abs = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = cwd.join(&*p);
+        }
+    };
+    match &mut cli.command {
+        Command::Send(a) => {
+            if let Some(f) = &mut a.file {
+                abs(f)
+            }
+        }
+        Command::Bundle(bundle_cmds::BundleCommand::Dump { output, .. }) => abs(output),
+        Command::Bundle(bundle_cmds::BundleCommand::Load { file }) => abs(file),
+        Command::Export(a) => abs(&mut a.dir),
+        Command::Import(a) => abs(&mut a.dir),
+        Command::Broadcast(broadcast::BroadcastCommand::Publish(a)) => abs(&mut a.out_dir),
+        Command::Broadcast(broadcast::BroadcastCommand::Ingest(a)) => abs(&mut a.dir),
+        Command::Task(market_cmds::TaskCommand::Submit(a)) => abs(&mut a.input),
+        Command::Model(model_cmds::ModelCommand::Add { path, .. }) => abs(path),
+        Command::Verify { file } => abs(file),
+        _ => {}
+    }
+}
+
+/// Run the command here (on this process's node, or the daemon's inside it).
+pub fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Init => node_cmds::init(cli),
+        Command::Id => node_cmds::id(cli),
+        Command::Send(a) => messages::send(cli, a),
+        Command::List => messages::list(cli),
+        Command::Show { id } => messages::show(cli, id),
+        Command::Inbox => messages::inbox(cli),
+        Command::Bundle(c) => bundle_cmds::run(cli, c),
+        Command::Export(a) => sneakernet::export(cli, a),
+        Command::Import(a) => sneakernet::import(cli, a),
+        Command::Broadcast(c) => broadcast::run(cli, c),
+        Command::Trust(c) => broadcast::trust(cli, c),
+        Command::Contact(c) => node_cmds::contact(cli, c),
+        Command::Serve(a) => net::serve(cli, a),
+        Command::Sync(a) => net::sync(cli, a),
+        Command::Gateway(a) => net::gateway(cli, a),
+        Command::Peers => net::peers(cli),
+        Command::Peer(c) => net::peer(cli, c),
+        Command::Verify { file } => bundle_cmds::verify(cli, file),
+        Command::Task(c) => market_cmds::task(cli, c),
+        Command::Market(c) => market_cmds::market(cli, c),
+        Command::Wallet(a) => market_cmds::wallet_cmd(cli, a),
+        Command::Model(c) => model_cmds::run(cli, c),
+        Command::Worker(a) => market_cmds::worker_cmd(cli, a),
+        Command::Guild(c) => market_cmds::guild(cli, c),
+        Command::Demo(a) => demo::run(cli, a),
     }
 }
 
@@ -147,7 +353,7 @@ pub(crate) fn peak_rss_kib() -> Option<u64> {
 
 /// Print a JSON value (pretty) to stdout.
 pub(crate) fn print_json(v: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );

@@ -1,9 +1,9 @@
 //! `model add` and `model list`: the models this node holds, by hash, and their travel as
 //! bundles.
 
+use super::out::{outln};
 use super::safe::{esay, say};
-use super::{home, print_json, Cli};
-use crate::node::Node;
+use super::{print_json, Cli};
 use crate::time::DtnTime;
 use crate::worker::models;
 use anyhow::Result;
@@ -28,7 +28,7 @@ pub enum ModelCommand {
 }
 
 pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     match c {
         ModelCommand::Add {
             path,
@@ -45,7 +45,7 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                 print_json(&json!({"hash": hex::encode(held.hash), "name": held.name,
                     "format": format!("{:?}", held.format).to_lowercase(), "bundles": bundles}));
             } else {
-                println!("{}", hex::encode(held.hash));
+                outln!("{}", hex::encode(held.hash));
                 esay!(
                     "{} ({:?}, {} files, {} bytes) held in {}; {bundles} bundles stored for travel",
                     held.name,
@@ -79,7 +79,7 @@ pub fn run(cli: &Cli, c: &ModelCommand) -> Result<()> {
                 return Ok(());
             }
             if held.is_empty() && a.waiting.is_empty() && a.failed.is_empty() {
-                println!("no models (mycelium model add PATH)");
+                outln!("no models (mycelium model add PATH)");
             }
             for h in &held {
                 say!(

@@ -1,36 +1,77 @@
 //! `serve`, `sync`, `gateway`, `peers` and `peer add`: the QUIC side of a node.
 
-use super::safe::{esay, say};
+use super::out::outln;
+use super::safe::say;
 use super::sneakernet::parse_bytes;
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
+use crate::daemon::{self, config, Event, GatewayRole, HttpRole, Hub, MarketRole, Roles, WorkerRole};
 use crate::node::Node;
 use crate::sync::session::Limits;
 use crate::time::DtnTime;
 use crate::transport::discovery;
-use crate::transport::quic::{self, QuicConfig, QuicError, SessionReport};
+use crate::transport::quic::{self, QuicConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on (UDP)
-    #[arg(long, default_value = "0.0.0.0:4433")]
-    pub listen: SocketAddr,
+    /// Address to listen on (UDP), or `off` [default: 0.0.0.0:4433, or `listen` in
+    /// <home>/config.toml]
+    #[arg(long)]
+    pub listen: Option<String>,
     /// Accept only peers added with `peer add`
     #[arg(long)]
     pub allowlist: bool,
-    /// LAN discovery beacons (multicast group:port); `off` to disable
-    #[arg(long, default_value = discovery::DEFAULT_GROUP)]
-    pub discovery: String,
-    /// Least time between two syncs with the same discovered neighbour
-    #[arg(long, default_value = "1m")]
-    pub discovery_interval: String,
+    /// LAN discovery beacons (multicast group:port); `off` to disable [default:
+    /// 239.255.70.77:4434]
+    #[arg(long)]
+    pub discovery: Option<String>,
+    /// Least time between two syncs with the same discovered neighbour [default: 1m]
+    #[arg(long)]
+    pub discovery_interval: Option<String>,
+    /// Serve the status page (and the API) on this address, e.g. 127.0.0.1:8080
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Token the status page's API requires (needed beyond loopback)
+    #[arg(long, env = "MYCELIUM_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// Gateway role: keep in sync with this upstream node (host:port)
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Option<String>,
+    /// The upstream's node ID
+    #[arg(long, requires = "upstream")]
+    pub upstream_expect: Option<String>,
+    /// Time between upstream syncs [default: 5m]
+    #[arg(long, requires = "upstream")]
+    pub upstream_interval: Option<String>,
+    /// Daily byte budget for the uplink, in MB
+    #[arg(long, requires = "upstream")]
+    pub budget_mb: Option<u64>,
+    /// Feed watch: ingest this broadcast folder as files appear (repeatable)
+    #[arg(long = "feed", value_name = "DIR")]
+    pub feeds: Vec<PathBuf>,
+    /// Accept feed bundles signed by any valid key, not only trusted ones
+    #[arg(long)]
+    pub any_signer: bool,
+    /// Stick watch: import, then export, each drive holding `mycelium/` that appears in
+    /// this mount folder (repeatable), e.g. /media/$USER
+    #[arg(long = "stick", value_name = "DIR")]
+    pub sticks: Vec<PathBuf>,
+    /// Worker role: run assigned tasks as soon as they are stored
+    #[arg(long)]
+    pub worker: bool,
+    /// The worker's engines on a GPU when there is one
+    #[arg(long)]
+    pub gpu: bool,
+    /// Send results and payments in clear instead of sealed
+    #[arg(long)]
+    pub no_seal: bool,
 }
 
 #[derive(Args, Debug)]
@@ -91,50 +132,6 @@ pub(crate) fn parse_node(s: &str) -> Result<Eid> {
     Ok(e.node_id())
 }
 
-pub fn report_json(r: &SessionReport) -> Value {
-    let s = &r.stats;
-    json!({
-        "peer": r.peer.as_ref().map(|p| p.to_string()),
-        "sent": s.bundles_out,
-        "received": s.bundles_in,
-        "new": r.new,
-        "duplicate": r.duplicate,
-        "delivered_here": r.delivered,
-        "purged_by_receipts": r.purged,
-        "refused_already_delivered": r.already_delivered,
-        "refused_sealed": r.refused,
-        "over_budget": s.over_budget,
-        "reconciliation": {
-            "rounds": s.rounds,
-            "bytes_out": s.recon_bytes_out,
-            "bytes_in": s.recon_bytes_in,
-            "we_lacked": s.we_lack,
-            "peer_lacked": s.peer_lacks,
-        },
-        "payload_bytes": {"out": s.payload_bytes_out, "in": s.payload_bytes_in},
-        "wire_bytes": {"out": r.wire_tx, "in": r.wire_rx},
-        "seconds": r.elapsed.as_secs_f64(),
-    })
-}
-
-pub fn report_line(r: &SessionReport) -> String {
-    let s = &r.stats;
-    format!(
-        "sent {} bundles ({} B), received {} ({} new, {} B); reconciliation {} rounds, {} B out / {} B in; on the wire {} B out / {} B in; {:.2}s",
-        s.bundles_out,
-        s.payload_bytes_out,
-        s.bundles_in,
-        r.new,
-        s.payload_bytes_in,
-        s.rounds,
-        s.recon_bytes_out,
-        s.recon_bytes_in,
-        r.wire_tx,
-        r.wire_rx,
-        r.elapsed.as_secs_f64()
-    )
-}
-
 /// Where to reach `peer` (an address, or an added peer's node ID) and whom to expect.
 fn target(node: &Node, peer: &str, expect: Option<&str>) -> Result<(SocketAddr, Option<Eid>)> {
     let mut expect = expect.map(parse_node).transpose()?;
@@ -155,7 +152,7 @@ fn target(node: &Node, peer: &str, expect: Option<&str>) -> Result<(SocketAddr, 
 }
 
 pub fn sync(cli: &Cli, a: &SyncArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let (addr, expect) = target(&node, &a.peer, a.expect.as_deref())?;
     let mut cfg = QuicConfig::default();
     if let Some(m) = &a.max_bytes {
@@ -170,181 +167,269 @@ pub fn sync(cli: &Cli, a: &SyncArgs) -> Result<()> {
         .block_on(quic::sync_with(&node, addr, expect.as_ref(), &cfg))
         .with_context(|| format!("sync with {addr} failed"))?;
     if cli.json {
-        print_json(&report_json(&r));
+        print_json(&r.to_json());
     } else {
         let peer = r.peer.as_ref().map(|p| p.to_string()).unwrap_or_default();
-        println!("synced with {peer} at {addr}");
-        println!("{}", report_line(&r));
+        outln!("synced with {peer} at {addr}");
+        outln!("{}", r.line());
     }
     Ok(())
 }
 
 pub fn serve(cli: &Cli, a: &ServeArgs) -> Result<()> {
-    serve_with(cli, a, None)
+    let roles = serve_roles(cli, a)?;
+    run_daemon(cli, roles, serve_printer(cli.json))
 }
 
-/// Work a role does on its store after each sync and once a minute (the marketplace's
-/// rules); runs on a blocking thread, one at a time.
-pub type Duty = Arc<dyn Fn(&Node) + Send + Sync>;
+/// The roles `serve` runs: its flags over `<home>/config.toml` over the defaults.
+pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
+    let h = home(cli);
+    let c = config::load(&h)?;
+    let off = |s: &str| s.eq_ignore_ascii_case("off");
+    let listen = a
+        .listen
+        .clone()
+        .or(c.listen)
+        .unwrap_or_else(|| "0.0.0.0:4433".into());
+    let listen: Option<SocketAddr> = if off(&listen) {
+        None
+    } else {
+        Some(resolve(&listen).context("--listen")?)
+    };
+    let discovery = a
+        .discovery
+        .clone()
+        .or(c.discovery)
+        .unwrap_or_else(|| discovery::DEFAULT_GROUP.into());
+    let discovery: Option<SocketAddr> = if off(&discovery) {
+        None
+    } else {
+        Some(
+            discovery
+                .parse()
+                .with_context(|| format!("bad --discovery {discovery:?}"))?,
+        )
+    };
+    let di = a
+        .discovery_interval
+        .clone()
+        .or(c.discovery_interval)
+        .unwrap_or_else(|| "1m".into());
+    let discovery_interval =
+        humantime::parse_duration(&di).with_context(|| format!("bad --discovery-interval {di:?}"))?;
+    let gateway = match (&a.upstream, c.gateway) {
+        (Some(up), g) => Some(GatewayRole {
+            upstream: up.clone(),
+            expect: a
+                .upstream_expect
+                .as_deref()
+                .or(g.as_ref().and_then(|g| g.expect.as_deref()))
+                .map(parse_node)
+                .transpose()?,
+            interval: parse_interval(
+                a.upstream_interval
+                    .as_deref()
+                    .or(g.as_ref().and_then(|g| g.interval.as_deref())),
+            )?,
+            budget: a
+                .budget_mb
+                .or(g.as_ref().and_then(|g| g.budget_mb))
+                .map(|m| m.saturating_mul(1_000_000)),
+        }),
+        (None, Some(g)) => Some(GatewayRole {
+            expect: g.expect.as_deref().map(parse_node).transpose()?,
+            interval: parse_interval(g.interval.as_deref())?,
+            budget: g.budget_mb.map(|m| m.saturating_mul(1_000_000)),
+            upstream: g.upstream,
+        }),
+        (None, None) => None,
+    };
+    let mut feeds = a.feeds.clone();
+    let feed_any_signer = a.any_signer || c.feed.as_ref().and_then(|f| f.any_signer).unwrap_or(false);
+    if feeds.is_empty() {
+        feeds = c.feed.map(|f| f.dirs).unwrap_or_default();
+    }
+    for d in &feeds {
+        if !d.is_dir() {
+            bail!("feed folder {} is not a folder", d.display());
+        }
+    }
+    let mut sticks = a.sticks.clone();
+    if sticks.is_empty() {
+        sticks = c.stick.map(|s| s.mounts).unwrap_or_default();
+    }
+    for d in &sticks {
+        if !d.is_dir() {
+            bail!("stick mount folder {} is not a folder", d.display());
+        }
+    }
+    let wf = c.worker.unwrap_or_default();
+    let worker = (a.worker || wf.enabled.unwrap_or(false)).then(|| WorkerRole {
+        seal: !a.no_seal && wf.seal.unwrap_or(true),
+        max_batch: wf.max_batch.unwrap_or(32).max(1),
+        gpu: a.gpu || wf.gpu.unwrap_or(false),
+    });
+    let mf = c.market.unwrap_or_default();
+    let market = mf.enabled.unwrap_or(false).then(|| MarketRole {
+        seal: !a.no_seal && mf.seal.unwrap_or(true),
+    });
+    let http = a.http.or(c
+        .http
+        .as_deref()
+        .map(|s| s.parse::<SocketAddr>())
+        .transpose()
+        .context("http in config.toml")?);
+    let roles = Roles {
+        listen,
+        allowlist: a.allowlist || c.allowlist.unwrap_or(false),
+        discovery,
+        discovery_interval,
+        gateway,
+        feeds,
+        feed_any_signer,
+        sticks,
+        worker,
+        market,
+        http: http.map(|addr| HttpRole {
+            addr,
+            token: a.http_token.clone().or(c.http_token),
+        }),
+        socket: true,
+    };
+    roles.check()?;
+    Ok(roles)
+}
 
-/// `serve`, running `duty` after every session and every minute.
-pub fn serve_with(cli: &Cli, a: &ServeArgs, duty: Option<Duty>) -> Result<()> {
-    let node = Arc::new(Node::open(&home(cli))?);
-    node.store.purge_expired(DtnTime::now())?;
-    let allow: Option<HashSet<[u8; 32]>> = if a.allowlist {
-        let mut set = HashSet::new();
-        for (id, rec) in node.store.peers()? {
-            if rec.allowed {
-                if let Ok(k) = Eid::parse(&id)
-                    .map_err(|e| e.to_string())
-                    .and_then(|e| crate::identity::key_for_node_id(&e).map_err(|e| e.to_string()))
-                {
-                    set.insert(k.to_bytes());
+fn parse_interval(s: Option<&str>) -> Result<Duration> {
+    let s = s.unwrap_or("5m");
+    humantime::parse_duration(s).with_context(|| format!("bad interval {s:?}"))
+}
+
+/// What `serve` prints on stdout: where it listens (the log has the rest).
+pub fn serve_printer(json: bool) -> impl FnMut(&Event) + Send + 'static {
+    move |e| {
+        if let Event::Started {
+            node,
+            roles,
+            listen,
+            http,
+            socket,
+        } = e
+        {
+            if json {
+                outln!(
+                    "{}",
+                    json!({"listening": listen, "node": node, "roles": roles, "http": http, "socket": socket})
+                );
+            } else {
+                outln!(
+                    "listening on {} as {node}",
+                    listen.as_deref().unwrap_or("(no QUIC listener)")
+                );
+                outln!("roles: {}", roles.join(", "));
+                if let Some(h) = http {
+                    outln!("status page: http://{h}/");
+                }
+                if let Some(s) = socket {
+                    outln!("control socket: {s}");
                 }
             }
         }
-        Some(set)
-    } else {
-        None
-    };
-    let disc_every = humantime::parse_duration(&a.discovery_interval)
-        .with_context(|| format!("bad --discovery-interval {:?}", a.discovery_interval))?;
-    let cfg = QuicConfig::default();
-    let rt = runtime()?;
-    let json = cli.json;
-    rt.block_on(async move {
-        let ep = quic::server_endpoint(&node.identity, a.listen, allow, &cfg)?;
-        let local = ep.local_addr().context("no local address")?;
-        if json {
-            println!(
-                "{}",
-                json!({"listening": local.to_string(), "node": node.node_id().to_string()})
-            );
-        } else {
-            println!("listening on {local} as {}", node.node_id());
-        }
-        if a.discovery != "off" {
-            let group: SocketAddr = a
-                .discovery
-                .parse()
-                .with_context(|| format!("bad --discovery {:?}", a.discovery))?;
-            let n = node.clone();
-            let qcfg = cfg.clone();
-            tokio::spawn(async move {
-                if let Err(e) = discovery::run(n, local, group, disc_every, qcfg).await {
-                    esay!("discovery stopped: {e}");
-                }
-            });
-        }
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        let kick = Arc::new(tokio::sync::Notify::new());
-        if let Some(duty) = duty {
-            let (n, k) = (node.clone(), kick.clone());
-            duty(&n);
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    tokio::select! {
-                        _ = k.notified() => {}
-                        _ = every.tick() => {}
-                    }
-                    let (n, d) = (n.clone(), duty.clone());
-                    let _ = tokio::task::spawn_blocking(move || d(&n)).await;
-                }
-            });
-        }
-        let k = kick.clone();
-        let on_session = move |peer, r| {
-            log_session(peer, r);
-            k.notify_one();
-        };
-        quic::serve(node.clone(), ep, cfg, on_session, stop).await;
-        Ok::<(), anyhow::Error>(())
-    })?;
-    Ok(())
-}
-
-/// One line per finished session on stderr (the daemon's log).
-pub fn log_session(peer: Option<Eid>, r: Result<SessionReport, QuicError>) {
-    let who = peer
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "unknown peer".into());
-    match r {
-        Ok(r) => eprintln!("[sync] {who}: {}", report_line(&r)),
-        Err(e) => esay!("[sync] {who}: cut off: {e}"),
     }
 }
 
-pub fn gateway(cli: &Cli, a: &GatewayArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
-    let addr = resolve(&a.upstream)?;
-    let expect = a.expect.as_deref().map(parse_node).transpose()?;
-    let every = humantime::parse_duration(&a.interval)
-        .with_context(|| format!("bad --interval {:?}", a.interval))?;
-    let budget = a.budget_mb.map(|m| m.saturating_mul(1_000_000));
+/// Run this home's daemon with `roles` until SIGINT or SIGTERM, handing each event to
+/// `print` (the one-role shortcuts print what they always printed).
+pub fn run_daemon(
+    cli: &Cli,
+    roles: Roles,
+    mut print: impl FnMut(&Event) + Send + 'static,
+) -> Result<()> {
+    let node = super::open(cli).map_err(|e| {
+        if super::is_locked(&e) {
+            e.context("another mycelium process holds this home's store")
+        } else {
+            e
+        }
+    })?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
-            let now = DtnTime::now();
-            node.store.purge_expired(now)?;
-            let used = node.store.gateway_used_today(now)?;
-            let left = budget.map(|b| b.saturating_sub(used));
-            let mut cfg = QuicConfig::default();
-            if let Some(l) = left {
-                if l == 0 {
-                    let msg = format!(
-                        "daily budget of {} MB spent; waiting for tomorrow",
-                        a.budget_mb.unwrap_or(0)
-                    );
-                    if cli.json {
-                        println!("{}", json!({"skipped": msg, "used_today": used}));
-                    } else {
-                        println!("{msg}");
-                    }
-                    if a.once {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                cfg.limits.byte_budget = l;
-            }
-            match quic::sync_with(&node, addr, expect.as_ref(), &cfg).await {
-                Ok(r) => {
-                    let used = node.store.add_gateway_used(now, r.wire_tx + r.wire_rx)?;
-                    if cli.json {
-                        let mut v = report_json(&r);
-                        v["used_today"] = json!(used);
-                        println!("{}", serde_json::to_string(&v)?);
-                    } else {
-                        println!("{} | used today {used} B", report_line(&r));
-                    }
-                }
-                Err(e) => {
-                    if a.once {
-                        bail!("sync with upstream {addr} failed: {e}");
-                    }
-                    esay!(
-                        "sync with upstream {addr} failed: {e}; retrying in {}",
-                        humantime::format_duration(every)
-                    );
+    let hub = Hub::default();
+    let mut rx = hub.subscribe();
+    let r = rt.block_on(async move {
+        let printer = tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => print(&e),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
                 }
             }
-            if a.once {
-                return Ok(());
+        });
+        let r = daemon::run(node, roles, hub, Some(super::runner()), daemon::signals()).await;
+        printer.abort();
+        r
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(r?)
+}
+
+pub fn gateway(cli: &Cli, a: &GatewayArgs) -> Result<()> {
+    let role = GatewayRole {
+        upstream: a.upstream.clone(),
+        expect: a.expect.as_deref().map(parse_node).transpose()?,
+        interval: humantime::parse_duration(&a.interval)
+            .with_context(|| format!("bad --interval {:?}", a.interval))?,
+        budget: a.budget_mb.map(|m| m.saturating_mul(1_000_000)),
+    };
+    resolve(&a.upstream)?;
+    let json = cli.json;
+    let print = move |e: &Event| {
+        if let Event::Gateway {
+            used_today,
+            skipped,
+            report,
+            line,
+            ..
+        } = e
+        {
+            match (json, skipped) {
+                (true, Some(s)) => outln!("{}", json!({"skipped": s, "used_today": used_today})),
+                (false, Some(s)) => outln!("{s}"),
+                (true, None) => {
+                    let mut v = report.clone().unwrap_or(json!({}));
+                    v["used_today"] = json!(used_today);
+                    outln!("{}", v);
+                }
+                (false, None) => outln!(
+                    "{} | used today {used_today} B",
+                    line.as_deref().unwrap_or("")
+                ),
             }
         }
-    })
+    };
+    if !a.once {
+        let roles = Roles {
+            gateway: Some(role),
+            ..Roles::default()
+        };
+        return run_daemon(cli, roles, print);
+    }
+    // Once: the role's one round, here (or inside the daemon, when one runs).
+    let node = super::open(cli)?;
+    let hub = Hub::default();
+    let mut rx = hub.subscribe();
+    let rt = runtime()?;
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(daemon::Shared::default());
+    let r = rt.block_on(daemon::roles::gateway(node, role, shared, hub, stop, true));
+    while let Ok(e) = rx.try_recv() {
+        print(&e);
+    }
+    r.map_err(|e| anyhow!(e))
 }
 
 pub fn peers(cli: &Cli) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let peers = node.store.peers()?;
     if cli.json {
         let v: Vec<Value> = peers
@@ -369,7 +454,7 @@ pub fn peers(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if peers.is_empty() {
-        println!(
+        outln!(
             "no peers yet: `mycelium peer add NODE_ID HOST:PORT` or `mycelium sync HOST:PORT`"
         );
     }
@@ -396,7 +481,7 @@ pub fn peers(cli: &Cli) -> Result<()> {
 }
 
 pub fn peer(cli: &Cli, c: &PeerCommand) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     match c {
         PeerCommand::Add { node_id, addr } => {
             let id = parse_node(node_id)?;
@@ -408,7 +493,7 @@ pub fn peer(cli: &Cli, c: &PeerCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!({"added": id.to_string(), "addr": addr}));
             } else {
-                println!("added {id} at {addr} (allowed)");
+                outln!("added {id} at {addr} (allowed)");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `init`, `id` and `contact`.
 
+use super::out::{outln};
 use super::{home, print_json, Cli};
 use crate::node::Node;
 use crate::time::DtnTime;
@@ -27,15 +28,15 @@ pub fn init(cli: &Cli) -> Result<()> {
             "home": h.display().to_string(),
         }));
     } else {
-        println!("created node {}", node.node_id());
-        println!("home: {}", h.display());
+        outln!("created node {}", node.node_id());
+        outln!("home: {}", h.display());
     }
     Ok(())
 }
 
 pub fn id(cli: &Cli) -> Result<()> {
-    let h = home(cli);
-    let node = Node::open(&h)?;
+    let node = super::open(cli)?;
+    let h = node.home.clone();
     if cli.json {
         print_json(&json!({
             "node_id": node.node_id().to_string(),
@@ -44,13 +45,13 @@ pub fn id(cli: &Cli) -> Result<()> {
             "home": h.display().to_string(),
         }));
     } else {
-        println!("{}", node.node_id());
+        outln!("{}", node.node_id());
     }
     Ok(())
 }
 
 pub fn contact(cli: &Cli, c: &ContactCommand) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     match c {
         ContactCommand::Add { node_id, x25519 } => {
             let e = crate::bundle::Eid::parse(node_id).map_err(|e| anyhow!("{e}"))?;
@@ -63,7 +64,7 @@ pub fn contact(cli: &Cli, c: &ContactCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!({"added": e.node_id().to_string()}));
             } else {
-                println!("can now seal bundles for {}", e.node_id());
+                outln!("can now seal bundles for {}", e.node_id());
             }
         }
         ContactCommand::List => {
@@ -76,7 +77,7 @@ pub fn contact(cli: &Cli, c: &ContactCommand) -> Result<()> {
                 print_json(&json!(v));
             } else {
                 for (n, k) in &list {
-                    println!("{n}  {}", hex::encode(k));
+                    outln!("{n}  {}", hex::encode(k));
                 }
             }
         }

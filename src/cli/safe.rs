@@ -90,14 +90,14 @@ pub fn block(s: &str, indent: &str) -> String {
 /// `println!` for a line that can carry text from outside: the whole line through [`line`].
 macro_rules! say {
     ($($t:tt)*) => {
-        println!("{}", $crate::cli::safe::line(&format!($($t)*)))
+        $crate::cli::out::outln!("{}", $crate::cli::safe::line(&format!($($t)*)))
     };
 }
 
 /// `eprintln!` for a line that can carry text from outside: the whole line through [`line`].
 macro_rules! esay {
     ($($t:tt)*) => {
-        eprintln!("{}", $crate::cli::safe::line(&format!($($t)*)))
+        $crate::cli::out::errln!("{}", $crate::cli::safe::line(&format!($($t)*)))
     };
 }
 

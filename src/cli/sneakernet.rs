@@ -1,17 +1,16 @@
 //! `export DIR` and `import DIR`: bundles to and from a USB stick or any folder.
 
+use super::out::{outln};
 use super::safe::say;
-use super::{home, print_json, Cli};
+use super::{print_json, Cli};
 use crate::bundle::Eid;
 use crate::fec::Policy;
-use crate::node::Node;
 use crate::time::DtnTime;
 use crate::transport::folder::{self, ExportOptions, ImportOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -75,7 +74,7 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
 
 /// A byte progress bar on a terminal; hidden with `--json` or when stderr is not a TTY.
 pub fn progress(cli: &Cli, what: &str) -> ProgressBar {
-    if cli.json || !std::io::stderr().is_terminal() {
+    if !super::out::interactive(cli.json) {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(0);
@@ -103,7 +102,7 @@ pub fn print_problems<'a>(list: impl Iterator<Item = (&'a str, &'a str)>, total:
         shown += 1;
     }
     if total > shown {
-        println!("  ! … and {} more (--json lists up to 1000)", total - shown);
+        outln!("  ! … and {} more (--json lists up to 1000)", total - shown);
     }
 }
 
@@ -126,7 +125,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
         shard_target: shard as usize,
         ..Policy::folder(a.parity)
     };
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let now = DtnTime::now();
     node.store.purge_expired(now)?;
     let pb = progress(cli, "export");
@@ -155,14 +154,14 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
             "seconds": secs, "error": r.error, "warnings": r.warnings,
         }));
     } else {
-        println!("export to {}", a.dir.join(folder::ROOT).display());
-        println!("  bundles written      {:>8}", r.bundles);
-        println!("  shards / files       {:>8} / {}", r.shards, r.files);
-        println!("  bytes                {:>8}", human(r.bytes));
-        println!("  skipped: on drive or held by peer {}", r.skipped.unwanted);
-        println!("  skipped: expired     {:>8}", r.skipped.expired);
-        println!("  skipped: no room     {:>8}", r.skipped.over_budget);
-        println!("  time                 {secs:>8.2}s");
+        outln!("export to {}", a.dir.join(folder::ROOT).display());
+        outln!("  bundles written      {:>8}", r.bundles);
+        outln!("  shards / files       {:>8} / {}", r.shards, r.files);
+        outln!("  bytes                {:>8}", human(r.bytes));
+        outln!("  skipped: on drive or held by peer {}", r.skipped.unwanted);
+        outln!("  skipped: expired     {:>8}", r.skipped.expired);
+        outln!("  skipped: no room     {:>8}", r.skipped.over_budget);
+        outln!("  time                 {secs:>8.2}s");
         for w in &r.warnings {
             say!("  warning: {w}");
         }
@@ -177,7 +176,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
 }
 
 pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
-    let node = Node::open(&home(cli))?;
+    let node = super::open(cli)?;
     let now = DtnTime::now();
     let pb = progress(cli, "import");
     let t = std::time::Instant::now();
@@ -216,39 +215,39 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         }));
         return Ok(());
     }
-    println!("import from {}", a.dir.join(folder::ROOT).display());
-    println!("  files read           {:>8} ({})", r.files, human(r.bytes));
-    println!(
+    outln!("import from {}", a.dir.join(folder::ROOT).display());
+    outln!("  files read           {:>8} ({})", r.files, human(r.bytes));
+    outln!(
         "  shards valid         {:>8} ({} redundant)",
         r.shards, r.duplicate_shards
     );
-    println!("  bundles new          {:>8}", r.new);
-    println!("  bundles duplicate    {:>8}", r.duplicate);
+    outln!("  bundles new          {:>8}", r.new);
+    outln!("  bundles duplicate    {:>8}", r.duplicate);
     if r.delivered + r.purged + r.already_delivered > 0 {
-        println!(
+        outln!(
             "  delivered here       {:>8} (receipts issued); {} copies dropped by receipts, {} already delivered refused",
             r.delivered, r.purged, r.already_delivered
         );
     }
-    println!("  rebuilt from parity  {:>8}", r.rebuilt_from_parity);
-    println!(
+    outln!("  rebuilt from parity  {:>8}", r.rebuilt_from_parity);
+    outln!(
         "  incomplete, waiting  {:>8} (the store holds {} incomplete objects, {})",
         r.incomplete,
         partial.objects,
         human(partial.bytes)
     );
     if r.incomplete_dropped + r.partial_evicted as usize + r.sealed_evicted as usize > 0 {
-        println!(
+        outln!(
             "  over the store's bounds: {} incomplete from this stick dropped, {} incomplete evicted, {} relayed sealed evicted",
             r.incomplete_dropped, r.partial_evicted, r.sealed_evicted
         );
     }
-    println!("  refused bundles      {:>8}", r.refused.total());
-    println!("  rejected files/parts {:>8}", r.rejected.total());
+    outln!("  refused bundles      {:>8}", r.refused.total());
+    outln!("  rejected files/parts {:>8}", r.rejected.total());
     if a.clean {
-        println!("  files cleaned        {:>8}", r.cleaned);
+        outln!("  files cleaned        {:>8}", r.cleaned);
     }
-    println!("  time                 {secs:>8.2}s");
+    outln!("  time                 {secs:>8.2}s");
     print_problems(
         r.refused
             .iter()

@@ -77,6 +77,15 @@ pub fn commit(node: &Node, tx: Txn, now: DtnTime, seal: bool) -> Result<usize, S
     Ok(to_sign.len())
 }
 
+/// One step of the rules at a time in this process: each reads the ledger, decides and
+/// commits, so two at once (the daemon's market role and a `market grant` run through
+/// it) would decide on the same state.
+static RULES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    RULES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Run one step of the rules with `f`, then commit.
 pub fn with_engine<T>(
     node: &Node,
@@ -84,6 +93,7 @@ pub fn with_engine<T>(
     seal: bool,
     f: impl FnOnce(&mut Engine) -> Result<T, MarketError>,
 ) -> Result<(T, Vec<Event>), ServiceError> {
+    let _one = one_at_a_time();
     let kv = StoreKv(&node.store);
     let me = node.node_id().to_string();
     let mut eng = Engine::new(Txn::new(&kv), &me, now.0);
@@ -95,7 +105,17 @@ pub fn with_engine<T>(
 
 /// Process everything new addressed to this marketplace, match open tasks, close those
 /// past their deadline.
-pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceError> {
+///
+/// `check` judges a `generate` answer against the task (`None`: cannot judge here, e.g. the
+/// model is not held); the worker role provides one (`worker::judge`), so the marketplace
+/// does not depend on the engines.
+pub fn process(
+    node: &Node,
+    now: DtnTime,
+    seal: bool,
+    check: &mut dyn FnMut(&m::Task, &[u8]) -> Option<Result<(), String>>,
+) -> Result<Report, ServiceError> {
+    let _one = one_at_a_time();
     let me = node.node_id();
     // In order of arrival, then of creation: of two payments spending the same credits,
     // the one that reached the ledger first (or was signed first) wins.
@@ -114,15 +134,11 @@ pub fn process(node: &Node, now: DtnTime, seal: bool) -> Result<Report, ServiceE
     if chunks.is_empty() {
         chunks.push(&[]);
     }
-    // Models this marketplace holds judge `generate` answers (loaded on first use).
-    let mut judges = crate::worker::Judges::new();
     for chunk in chunks {
         let kv = StoreKv(&node.store);
         let mut eng = Engine::new(Txn::new(&kv), &me.to_string(), now.0);
-        let judges = &mut judges;
-        eng.check = Some(Box::new(move |t, o| {
-            crate::worker::judge_generation(&node.home, judges, t, o)
-        }));
+        let check = &mut *check;
+        eng.check = Some(Box::new(move |t, o| check(t, o)));
         for key in chunk {
             eng.tx.put(done_key(key), Vec::new());
             report.processed += 1;

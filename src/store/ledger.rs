@@ -48,7 +48,7 @@ impl Store {
         private: &[[u8; 32]],
         now: DtnTime,
     ) -> Result<(), StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
         for vb in bundles {
@@ -75,7 +75,7 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let first = self.meta_u64(super::META_SEQ)?.map_or(0, |s| s + 1);
         self.put_meta_u64(super::META_SEQ, first + n - 1)?;
         Ok((first..first + n)

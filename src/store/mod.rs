@@ -151,7 +151,27 @@ pub struct Store {
     limits: Limits,
     /// What the bounds count, cached (see `bounds`): taken only under `write_lock`.
     held: Mutex<bounds::Held>,
+    /// Bundles staged by the write in progress (under `write_lock`), announced on
+    /// `commits` once that write is durable.
+    pending: Mutex<Vec<Stored>>,
+    commits: tokio::sync::broadcast::Sender<Stored>,
 }
+
+/// A bundle newly stored by a durable (synced) write. The daemon's roles wake on these
+/// ([`Store::subscribe`]) instead of polling the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: [u8; 32],
+    /// The payload's kind label (`message`, `assignment`, `result`, ...).
+    pub kind: String,
+    pub source: String,
+    pub destination: String,
+    pub size: u64,
+}
+
+/// How many commit announcements a slow subscriber may fall behind before it is told it
+/// lagged (it then looks at the store afresh).
+const COMMITS_BACKLOG: usize = 4096;
 
 impl Store {
     /// Open (creating if needed) the store at `path`.
@@ -199,6 +219,8 @@ impl Store {
             write_lock: Mutex::new(()),
             limits: Limits::default(),
             held: Mutex::new(bounds::Held::default()),
+            pending: Mutex::new(Vec::new()),
+            commits: tokio::sync::broadcast::channel(COMMITS_BACKLOG).0,
         };
         match store.meta_u64(META_SCHEMA)? {
             None => store.put_meta_u64(META_SCHEMA, SCHEMA_VERSION)?,
@@ -210,6 +232,22 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every bundle newly stored from now on, announced after its write is durable,
+    /// whichever medium or role brought it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Stored> {
+        self.commits.subscribe()
+    }
+
+    /// Take the write lock; whatever an earlier, abandoned write staged is forgotten.
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        let g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        g
     }
 
     fn db_err(&self, e: rocksdb::Error) -> StoreError {
@@ -259,7 +297,7 @@ impl Store {
     /// repeats for this node (RFC 9171 §4.2.7). With `now` = 0 (clock unknown) the sequence
     /// alone keeps bundle IDs unique. The counter is persisted (synced) before it is used.
     pub fn next_creation_timestamp(&self, now: DtnTime) -> Result<CreationTimestamp, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let seq = self.meta_u64(META_SEQ)?.map_or(0, |s| s + 1);
         self.put_meta_u64(META_SEQ, seq)?;
         Ok(CreationTimestamp { time: now, seq })
@@ -268,7 +306,7 @@ impl Store {
     /// Store a verified bundle durably. Dedup is on BPv7 identity: a second bundle with
     /// the same identity is reported as a duplicate and changes nothing.
     pub fn put(&self, vb: &VerifiedBundle, now: DtnTime) -> Result<PutOutcome, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let outcome = self.stage_put(&mut batch, vb, now, &mut HashSet::new())?;
         if outcome == PutOutcome::New {
@@ -325,13 +363,34 @@ impl Store {
             [],
         );
         batch.put_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, &key), []);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Stored {
+                key,
+                kind: rec.kind.clone(),
+                source: rec.source.clone(),
+                destination: rec.destination.clone(),
+                size: rec.size,
+            });
         Ok(PutOutcome::New)
     }
 
+    /// Write `batch` durably, then announce the bundles it stored. The caller holds the
+    /// write lock.
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.db
+        let r = self
+            .db
             .write_opt(batch, &Self::synced())
-            .map_err(|e| self.db_err(e))
+            .map_err(|e| self.db_err(e));
+        let stored = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if r.is_ok() {
+            for s in stored {
+                // No subscriber is fine: nobody is waiting.
+                let _ = self.commits.send(s);
+            }
+        }
+        r
     }
 
     /// Whether a bundle with this identity is stored.
@@ -475,7 +534,7 @@ impl Store {
     /// Delete every bundle whose expiry is at or before `now`; returns how many.
     pub fn purge_expired(&self, now: DtnTime) -> Result<usize, StoreError> {
         self.purge_tombstones(now)?;
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for item in self

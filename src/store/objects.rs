@@ -122,7 +122,7 @@ impl Store {
         if last != 0 && now.0 >= last && now.0 - last < OBJECTS_PURGE_EVERY_MS {
             return Ok(0);
         }
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for item in self
@@ -251,7 +251,7 @@ impl Store {
         if shards.is_empty() {
             return Ok(0);
         }
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut metas: HashMap<ObjectId, PartialMeta> = HashMap::new();
         // Length of each record written by this call, so a repeat counts once.
@@ -347,7 +347,7 @@ impl Store {
         now: DtnTime,
         from: Option<&ContactTag>,
     ) -> Result<Committed, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
         let mut out = Committed::default();
@@ -398,7 +398,7 @@ impl Store {
 
     /// Drop incomplete objects first seen at or before `cutoff`; returns how many.
     pub fn purge_partial(&self, cutoff: DtnTime) -> Result<usize, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for item in self

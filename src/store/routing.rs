@@ -86,7 +86,7 @@ impl Store {
     /// Drop tombstones whose bundles would have expired by `now` (and the private marks
     /// they kept alive); returns how many.
     pub fn purge_tombstones(&self, now: DtnTime) -> Result<usize, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for (key, t) in self.tombstones()? {
@@ -291,7 +291,7 @@ impl Store {
         node: &str,
         f: impl FnOnce(&mut PeerRecord),
     ) -> Result<PeerRecord, StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut rec = self.peer_record(node)?.unwrap_or_default();
         f(&mut rec);
         let mut bytes = Vec::new();
@@ -337,7 +337,7 @@ impl Store {
     /// Add to the gateway's byte count for today.
     pub fn add_gateway_used(&self, now: DtnTime, bytes: u64) -> Result<u64, StoreError> {
         let used = self.gateway_used_today(now)?.saturating_add(bytes);
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(cf::META),
@@ -374,7 +374,7 @@ impl RouteStore for Store {
     }
 
     fn commit(&self, change: Change, now: DtnTime) -> Result<(), StoreError> {
-        let _g = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_writes();
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
         let mut new_sizes = HashMap::new();

@@ -830,3 +830,53 @@ async fn accept_one(
     record_peer(node, &peer, None, &stats_for_record, &rep);
     (Some(peer), result)
 }
+
+impl SessionReport {
+    /// The report as JSON (what `sync --json` prints).
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = self;
+    let s = &r.stats;
+    serde_json::json!({
+        "peer": r.peer.as_ref().map(|p| p.to_string()),
+        "sent": s.bundles_out,
+        "received": s.bundles_in,
+        "new": r.new,
+        "duplicate": r.duplicate,
+        "delivered_here": r.delivered,
+        "purged_by_receipts": r.purged,
+        "refused_already_delivered": r.already_delivered,
+        "refused_sealed": r.refused,
+        "over_budget": s.over_budget,
+        "reconciliation": {
+            "rounds": s.rounds,
+            "bytes_out": s.recon_bytes_out,
+            "bytes_in": s.recon_bytes_in,
+            "we_lacked": s.we_lack,
+            "peer_lacked": s.peer_lacks,
+        },
+        "payload_bytes": {"out": s.payload_bytes_out, "in": s.payload_bytes_in},
+        "wire_bytes": {"out": r.wire_tx, "in": r.wire_rx},
+        "seconds": r.elapsed.as_secs_f64(),
+    })
+}
+
+    /// The report as one line for a person.
+    pub fn line(&self) -> String {
+        let r = self;
+    let s = &r.stats;
+    format!(
+        "sent {} bundles ({} B), received {} ({} new, {} B); reconciliation {} rounds, {} B out / {} B in; on the wire {} B out / {} B in; {:.2}s",
+        s.bundles_out,
+        s.payload_bytes_out,
+        s.bundles_in,
+        r.new,
+        s.payload_bytes_in,
+        s.rounds,
+        s.recon_bytes_out,
+        s.recon_bytes_in,
+        r.wire_tx,
+        r.wire_rx,
+        r.elapsed.as_secs_f64()
+    )
+}
+}

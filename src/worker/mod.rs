@@ -181,6 +181,14 @@ pub type Judges = std::collections::HashMap<[u8; 32], Option<generate::Generator
 /// Re-score a claimed `generate` output of `task` with the task's model, when `home`
 /// holds it ([`generate::Generator::verify`], margin [`GENERATE_MARGIN`]). `None` when
 /// it cannot judge: the model is not held, or the engine fails.
+/// The marketplace's check of `generate` answers with the models held in `home` (each
+/// loaded on first use): what `market::service::process` takes.
+pub fn judge(home: &std::path::Path) -> impl FnMut(&Task, &[u8]) -> Option<Result<(), String>> {
+    let home = home.to_path_buf();
+    let mut judges = Judges::new();
+    move |t, o| judge_generation(&home, &mut judges, t, o)
+}
+
 pub fn judge_generation(
     home: &std::path::Path,
     judges: &mut Judges,
@@ -420,6 +428,10 @@ pub fn run_progress(
     opts: &RunOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<RunReport, WorkerError> {
+    // One run at a time in this process (the daemon's worker role and a `worker --once`
+    // run through it): two would each find the same assignment unanswered.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let market = node.market()?.ok_or(WorkerError::NoMarket)?;
     let me = node.node_id().to_string();
     let mut report = RunReport::default();

@@ -1,3 +1,7 @@
+#[allow(dead_code)]
+pub mod browser;
+#[allow(dead_code)]
+pub mod daemon;
 pub mod market;
 pub mod vectors;
 
