@@ -320,6 +320,7 @@ fn killed_at_random_moments_the_daemon_loses_nothing_it_reported_stored() {
         seed % n
     };
     for trial in 0..30 {
+        let began = std::time::Instant::now();
         let home = t.path().join(format!("trial-{trial}"));
         // Each trial a fresh copy of the receiving home (same node), so there is work.
         copy_dir(&probe, &home);
@@ -330,20 +331,24 @@ fn killed_at_random_moments_the_daemon_loses_nothing_it_reported_stored() {
         let ev = d.events();
         let kill_after = 1 + rnd(120) as usize;
         let what = trial % 3;
-        // The activity, in the background.
+        // The activity, in the background: a sync from the sender (a process of its own,
+        // killed with the daemon: a peer that vanishes is otherwise noticed only at QUIC's
+        // idle timeout), an import through the daemon, or feed files arriving.
+        let mut syncing = (what == 0).then(|| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
+                .arg("--home")
+                .arg(&s.home)
+                .args(["sync", &d.addr()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        });
         let act = {
-            let (sh, hh, addr, stick, fsrc, fdst) = (
-                s.home.clone(),
-                home.clone(),
-                d.addr(),
-                s.stick.clone(),
-                s.feed.clone(),
-                feed.clone(),
-            );
+            let (hh, stick, fsrc, fdst) =
+                (home.clone(), s.stick.clone(), s.feed.clone(), feed.clone());
             std::thread::spawn(move || match what {
-                0 => {
-                    let _ = my(&sh).args(["sync", &addr]).output();
-                }
+                0 => {}
                 1 => {
                     let _ = my(&hh).arg("import").arg(&stick).output();
                 }
@@ -365,9 +370,19 @@ fn killed_at_random_moments_the_daemon_loses_nothing_it_reported_stored() {
                 None => break,
             }
         }
+        eprintln!(
+            "trial {trial} ({}): killed after {} reported stored, at {:?}",
+            ["sync", "import", "feed"][what],
+            reported.len(),
+            began.elapsed()
+        );
         let mut d = d;
         d.child.kill().unwrap();
         d.child.wait().unwrap();
+        if let Some(c) = &mut syncing {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = act.join();
         // Restart: everything reported is there; then carry the activity to its end.
         let d = Daemon::start(&home, &feed_args);
@@ -399,6 +414,7 @@ fn killed_at_random_moments_the_daemon_loses_nothing_it_reported_stored() {
         let held = keys(&json(&home, &["list"]));
         let missing: Vec<_> = s.keys.difference(&held).collect();
         assert!(missing.is_empty(), "trial {trial}: never arrived {missing:?}");
+        eprintln!("trial {trial}: complete at {:?}", began.elapsed());
         assert!(d.stop().success());
         std::fs::remove_dir_all(&home).unwrap();
         std::fs::remove_dir_all(&feed).unwrap();
