@@ -107,7 +107,12 @@ fn main() {
     for h in [&m, &a, &b] {
         my(h, &["init"]);
     }
-    let id = |h: &Path| json(h, &["id"])["node_id"].as_str().unwrap_or("").to_string();
+    let id = |h: &Path| {
+        json(h, &["id"])["node_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     let (m_id, a_id, b_id) = (id(&m), id(&a), id(&b));
 
     // 1. Stored by an incoming sync -> worker starting, 20 times.
@@ -117,7 +122,18 @@ fn main() {
     for h in [&a, &b] {
         my(h, &["market", "use", &m_id]);
     }
-    json(&b, &["worker", "offer", "--kinds", "digest", "--no-seal", "--capacity", "100"]);
+    json(
+        &b,
+        &[
+            "worker",
+            "offer",
+            "--kinds",
+            "digest",
+            "--no-seal",
+            "--capacity",
+            "100",
+        ],
+    );
     my(&b, &["sync", &m_addr]);
     my(&a, &["sync", &m_addr]);
     let bd = serve(&b, &["serve"], &["--worker", "--no-seal"]);
@@ -130,8 +146,17 @@ fn main() {
         json(
             &a,
             &[
-                "task", "submit", "--kind", "digest", "--reward", "1", "--redundancy", "1",
-                "--no-seal", "--input", input.to_str().unwrap_or(""),
+                "task",
+                "submit",
+                "--kind",
+                "digest",
+                "--reward",
+                "1",
+                "--redundancy",
+                "1",
+                "--no-seal",
+                "--input",
+                input.to_str().unwrap_or(""),
             ],
         );
         my(&a, &["sync", &m_addr]);
@@ -177,13 +202,19 @@ fn main() {
         .and_then(|r| r["id"].as_str())
         .unwrap_or("")
         .to_string();
-    my(&b, &["bundle", "dump", &rec_id, "-o", rec.to_str().unwrap_or("")]);
+    my(
+        &b,
+        &["bundle", "dump", &rec_id, "-o", rec.to_str().unwrap_or("")],
+    );
     my(&c, &["bundle", "load", rec.to_str().unwrap_or("")]);
     let n = 100;
     let run = |label: &str| -> f64 {
         let t0 = Instant::now();
         for i in 0..n {
-            my(&c, &["send", "--to", &b_id, "--text", &format!("{label} {i}")]);
+            my(
+                &c,
+                &["send", "--to", &b_id, "--text", &format!("{label} {i}")],
+            );
         }
         n as f64 / t0.elapsed().as_secs_f64()
     };

@@ -77,7 +77,10 @@ fn serve_runs_every_role_while_the_cli_works_on_the_same_home() {
     bev.wait("a gateway sync", T, |v| v["type"] == "gateway");
 
     // From another terminal: send, list, inbox, wallet, export, all through the daemon.
-    let s = json(&b, &["send", "--no-seal", "--to", &a_id, "--text", "from b"]);
+    let s = json(
+        &b,
+        &["send", "--no-seal", "--to", &a_id, "--text", "from b"],
+    );
     let sent = s["id"].as_str().unwrap().to_string();
     let list = json(&b, &["list"]);
     assert!(keys(&list).contains(&sent), "{list}");
@@ -126,8 +129,17 @@ fn serve_runs_every_role_while_the_cli_works_on_the_same_home() {
     let sub = json(
         &a,
         &[
-            "task", "submit", "--kind", "digest", "--reward", "3", "--redundancy", "1",
-            "--no-seal", "--input", input.to_str().unwrap(),
+            "task",
+            "submit",
+            "--kind",
+            "digest",
+            "--reward",
+            "3",
+            "--redundancy",
+            "1",
+            "--no-seal",
+            "--input",
+            input.to_str().unwrap(),
         ],
     );
     let task = sub["task"].as_str().unwrap().to_string();
@@ -158,8 +170,15 @@ fn serve_runs_every_role_while_the_cli_works_on_the_same_home() {
         .args(["send", "--no-seal", "--to", &b_id, "--text", "by satellite"])
         .assert()
         .success();
-    my(&b).args(["trust", "add", &a_id, "--broadcast"]).assert().success();
-    my(&a).args(["broadcast", "publish"]).arg(&fa).assert().success();
+    my(&b)
+        .args(["trust", "add", &a_id, "--broadcast"])
+        .assert()
+        .success();
+    my(&a)
+        .args(["broadcast", "publish"])
+        .arg(&fa)
+        .assert()
+        .success();
     for f in std::fs::read_dir(&fa).unwrap() {
         let f = f.unwrap().path();
         std::fs::rename(&f, feed.join(f.file_name().unwrap())).unwrap();
@@ -230,7 +249,17 @@ fn sends_through_the_daemon_are_all_stored() {
     let d = Daemon::start(&b, &[]);
     let mut ids = std::collections::BTreeSet::new();
     for i in 0..20 {
-        let s = json(&b, &["send", "--to", &a_id, "--no-seal", "--text", &format!("m{i}")]);
+        let s = json(
+            &b,
+            &[
+                "send",
+                "--to",
+                &a_id,
+                "--no-seal",
+                "--text",
+                &format!("m{i}"),
+            ],
+        );
         ids.insert(s["id"].as_str().unwrap().to_string());
     }
     assert_eq!(ids.len(), 20);
@@ -256,6 +285,26 @@ fn a_stale_socket_does_not_stop_the_cli_or_the_next_start() {
     let d2 = Daemon::start(&b, &[]);
     json(&b, &["list"]);
     assert!(d2.stop().success());
+}
+
+/// A store held by another process that does not answer on a socket (a daemon starting or
+/// stopping): the command waits a bounded time, then says so; it never hangs.
+#[test]
+fn a_command_meeting_a_held_store_gets_a_clear_answer() {
+    let t = tempfile::tempdir().unwrap();
+    let b = t.path().join("b");
+    init(&b);
+    let held = mycelium::node::Node::open(&b).unwrap();
+    let started = std::time::Instant::now();
+    my(&b)
+        .env("MYCELIUM_LOCK_WAIT", "1")
+        .arg("list")
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("no daemon answers"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    drop(held);
+    my(&b).arg("list").assert().success();
 }
 
 struct Sender {
@@ -413,7 +462,10 @@ fn killed_at_random_moments_the_daemon_loses_nothing_it_reported_stored() {
         }
         let held = keys(&json(&home, &["list"]));
         let missing: Vec<_> = s.keys.difference(&held).collect();
-        assert!(missing.is_empty(), "trial {trial}: never arrived {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "trial {trial}: never arrived {missing:?}"
+        );
         eprintln!("trial {trial}: complete at {:?}", began.elapsed());
         assert!(d.stop().success());
         std::fs::remove_dir_all(&home).unwrap();
@@ -433,4 +485,3 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
-

@@ -370,7 +370,9 @@ fn a_worker_runs_embed_and_generate_tasks_with_models_it_holds() {
     assert_eq!(r.ran.len(), 3, "{:?}", r.ran);
     assert!(r.ran.iter().all(|x| x.failed.is_none()), "{:?}", r.ran);
     carry(&w, &m);
-    let ev = service::process(&m, now, false, &mut mycelium::worker::judge(&(&m).home)).unwrap().events;
+    let ev = service::process(&m, now, false, &mut mycelium::worker::judge(&(&m).home))
+        .unwrap()
+        .events;
     for t in [e1, e2, g1] {
         assert!(
             ev.iter()
@@ -559,7 +561,9 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     for w in ws {
         carry(w, mk);
     }
-    let ev = service::process(mk, now, false, &mut mycelium::worker::judge(&(mk).home)).unwrap().events;
+    let ev = service::process(mk, now, false, &mut mycelium::worker::judge(&(mk).home))
+        .unwrap()
+        .events;
     let ids: Vec<String> = ws.iter().map(|w| w.node_id().to_string()).collect();
     let agreeing = ev
         .iter()

@@ -36,7 +36,14 @@ fn the_page_shows_the_node_and_a_message_that_arrives_while_it_is_open() {
 
     // A message from A arrives over QUIC while the page is open.
     my(&a)
-        .args(["send", "--no-seal", "--to", &b_id, "--text", "hello <b>page</b>"])
+        .args([
+            "send",
+            "--no-seal",
+            "--to",
+            &b_id,
+            "--text",
+            "hello <b>page</b>",
+        ])
         .assert()
         .success();
     my(&a).args(["sync", &d.addr()]).assert().success();

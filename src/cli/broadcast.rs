@@ -1,6 +1,6 @@
 //! `broadcast publish`, `broadcast ingest [--watch]` and `trust`.
 
-use super::out::{outln};
+use super::out::outln;
 use super::sneakernet::{parse_bytes, print_problems, progress};
 use super::{print_json, Cli};
 use crate::bundle::Eid;
@@ -120,19 +120,25 @@ fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
     outln!("ingest from {}", dir.display());
     outln!(
         "  files read           {:>8} ({} already consumed, {} still being written)",
-        r.files_read, r.files_already_consumed, r.files_incomplete
+        r.files_read,
+        r.files_already_consumed,
+        r.files_incomplete
     );
     outln!(
         "  symbols              {:>8} ({} bytes)",
-        r.symbols, r.bytes
+        r.symbols,
+        r.bytes
     );
     outln!(
         "  segments complete    {:>8} ({} partial, kept for later)",
-        r.segments_completed, partial
+        r.segments_completed,
+        partial
     );
     outln!(
         "  bundles new          {:>8} ({} duplicate, {} from untrusted signers ignored)",
-        r.new, r.duplicate, r.untrusted_bundles
+        r.new,
+        r.duplicate,
+        r.untrusted_bundles
     );
     outln!("  loss estimate        {:>7.1}%", r.loss_estimate() * 100.0);
     print_problems(

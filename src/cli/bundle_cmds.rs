@@ -1,7 +1,7 @@
 //! `bundle dump`, `bundle load` and `verify`: single bundle files.
 
-use super::out::{outln};
 use super::messages::bundle_json;
+use super::out::outln;
 use super::safe::say;
 use super::{print_json, Cli};
 use crate::bundle::{DecodeLimits, VerifiedBundle};

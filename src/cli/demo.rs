@@ -12,9 +12,9 @@
 //! feed; the recording loses a quarter of its files and a burst is corrupted; C ingests it
 //! and still gets every bulletin, and the workers' payments and A's verdict come home on it.
 
-use super::out::{outln};
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
+use super::out::outln;
 use super::{print_json, Cli};
 use crate::adu::{self, Adu, FileMessage, Message};
 use crate::bundle::VerifiedBundle;
@@ -491,7 +491,14 @@ fn gateway_round_trip(
     let b_daemon = BobDaemon::start(&rt, bob, m_addr, &market.node_id())?;
     let _ = m_stop.send(());
     let note = "B to A: your answer is in; I will bring the insulin on Friday.";
-    let sent = b_daemon.cli(&["--json", "send", "--to", &alice.node_id().to_string(), "--text", note])?;
+    let sent = b_daemon.cli(&[
+        "--json",
+        "send",
+        "--to",
+        &alice.node_id().to_string(),
+        "--text",
+        note,
+    ])?;
     let b_inbox = b_daemon.cli(&["--json", "inbox"])?;
     say(format!(
         "12. B now runs as one daemon (`mycelium serve`: LAN listener on {}, gateway to M), and B's person works on the same home from the CLI through its control socket {}: `send` stores a note for A (bundle {}), `inbox` reads {} messages, while the daemon keeps serving",
@@ -500,7 +507,12 @@ fn gateway_round_trip(
         sent["id"].as_str().map(|s| &s[..s.len().min(12)]).unwrap_or("?"),
         b_inbox.as_array().map_or(0, Vec::len)
     ));
-    let lan = rt.block_on(quic::sync_with(alice, b_daemon.addr, Some(&bob.node_id()), &cfg))?;
+    let lan = rt.block_on(quic::sync_with(
+        alice,
+        b_daemon.addr,
+        Some(&bob.node_id()),
+        &cfg,
+    ))?;
     b_daemon.stop(&rt);
     let texts: Vec<String> = alice
         .inbox()?

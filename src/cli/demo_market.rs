@@ -189,7 +189,8 @@ pub fn work(
 ) -> Result<serde_json::Value> {
     let now = DtnTime::now();
     let task = &tasks.digest;
-    let mut events = service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
+    let mut events =
+        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
     let accepted = count(&events, |e| matches!(e, Event::TaskAccepted { .. }));
     if accepted != 3 {
         bail!("the marketplace accepted {accepted} of A's 3 tasks: {events:?}");
@@ -209,7 +210,9 @@ pub fn work(
     for w in workers {
         sync(w)?;
     }
-    events.extend(service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events);
+    events.extend(
+        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events,
+    );
     let assigned = count(&events, |e| matches!(e, Event::Assigned { .. }));
     let mut answers = Vec::new();
     let mut run_secs = 0.0;
@@ -232,7 +235,8 @@ pub fn work(
     say(format!(
         "    workers W1, W2, W3 sync with M over QUIC: their offers go up, {assigned} sealed assignments come down; W1 and W2 run the digest, MiniLM and SmolLM2 on their CPUs ({run_secs:.1} s), W3 makes up a digest; the results go up"
     ));
-    let decided = service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
+    let decided =
+        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
     let agreeing = decided
         .iter()
         .find_map(|e| match e {

@@ -2,8 +2,8 @@
 //! reputation`, `wallet [send]`, `worker [offer]`, `guild create|join|list`, and how marketplace
 //! payloads are shown by `show` and `inbox`.
 
-use super::out::{outln, errln};
 use super::net::{parse_node, ServeArgs};
+use super::out::{errln, outln};
 use super::safe::{self, say};
 use super::{print_json, Cli};
 use crate::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
@@ -348,7 +348,6 @@ pub enum MarketCommand {
     Reputation,
 }
 
-
 fn print_events(cli: &Cli, processed: usize, sent: usize, events: &[Event]) {
     if cli.json {
         print_json(&json!({
@@ -390,7 +389,12 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
         MarketCommand::Process { no_seal } => {
             let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
-            let r = service::process(&node, DtnTime::now(), !*no_seal, &mut crate::worker::judge(&(&node).home))?;
+            let r = service::process(
+                &node,
+                DtnTime::now(),
+                !*no_seal,
+                &mut crate::worker::judge(&(&node).home),
+            )?;
             print_events(cli, r.processed, r.sent, &r.events);
             Ok(())
         }
@@ -464,7 +468,11 @@ fn reputation(cli: &Cli) -> Result<()> {
     }
     outln!(
         "{:<62}  {:>8}  {:>9}  {:>4}  {:>6}  eligible",
-        "worker", "accepted", "disagreed", "late", "failed"
+        "worker",
+        "accepted",
+        "disagreed",
+        "late",
+        "failed"
     );
     for r in &rows {
         say!(
@@ -557,7 +565,10 @@ pub fn wallet_cmd(cli: &Cli, a: &WalletArgs) -> Result<()> {
     }
     outln!(
         "balance {} credits, spendable {} ({} pending in, {} pending out)",
-        w.balance, w.spendable, w.pending_in, w.pending_out
+        w.balance,
+        w.spendable,
+        w.pending_in,
+        w.pending_out
     );
     for e in &w.entries {
         say!(

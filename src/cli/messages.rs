@@ -1,6 +1,6 @@
 //! `send`, `list`, `show` and `inbox`, plus the shared JSON/text description of a bundle.
 
-use super::out::{outln};
+use super::out::outln;
 use super::{print_json, safe, Cli};
 use crate::adu::{self, Adu, FileMessage, Message};
 use crate::bundle::{block_types, Bundle, Eid};
@@ -157,7 +157,11 @@ pub fn list(cli: &Cli) -> Result<()> {
     }
     outln!(
         "{:<16}  {:<8}  {:>8}  {:<24}  {:<24}  created",
-        "id", "kind", "bytes", "source", "destination"
+        "id",
+        "kind",
+        "bytes",
+        "source",
+        "destination"
     );
     for (k, r) in &recs {
         outln!(

@@ -19,9 +19,9 @@ mod sneakernet;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use out::outln;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use out::outln;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -154,7 +154,8 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> i32 {
                 // Not passable as text: run here (fails clearly if the store is held).
                 return finish(run(&cli));
             };
-            let deadline = std::time::Instant::now() + LOCK_WAIT;
+            let wait = lock_wait();
+            let deadline = std::time::Instant::now() + wait;
             loop {
                 if let Some(s) = crate::daemon::client::connect(&h) {
                     return forward(s, &args);
@@ -168,7 +169,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> i32 {
                     Err(e) if is_locked(&e) => {
                         return finish(Err(e.context(format!(
                             "the store stayed in use for {} s and no daemon answers on {}: a daemon may be starting or stopping, or another command is running; try again",
-                            LOCK_WAIT.as_secs(),
+                            wait.as_secs(),
                             crate::daemon::socket_path(&h).display()
                         ))))
                     }
@@ -180,8 +181,15 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> i32 {
 }
 
 /// How long a command waits for a store held by another process (a daemon starting or
-/// stopping, another command) before it gives up with a clear answer.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// stopping, another command) before it gives up with a clear answer: 15 s, or
+/// `MYCELIUM_LOCK_WAIT` seconds.
+fn lock_wait() -> std::time::Duration {
+    let secs = std::env::var("MYCELIUM_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    std::time::Duration::from_secs(secs)
+}
 
 fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -190,7 +198,9 @@ fn is_locked(e: &anyhow::Error) -> bool {
             Some(crate::store::StoreError::Locked { .. })
         ) || matches!(
             c.downcast_ref::<crate::node::NodeError>(),
-            Some(crate::node::NodeError::Store(crate::store::StoreError::Locked { .. }))
+            Some(crate::node::NodeError::Store(
+                crate::store::StoreError::Locked { .. }
+            ))
         )
     })
 }

@@ -1,7 +1,7 @@
 //! `model add` and `model list`: the models this node holds, by hash, and their travel as
 //! bundles.
 
-use super::out::{outln};
+use super::out::outln;
 use super::safe::{esay, say};
 use super::{print_json, Cli};
 use crate::time::DtnTime;

@@ -5,7 +5,9 @@ use super::safe::say;
 use super::sneakernet::parse_bytes;
 use super::{home, print_json, Cli};
 use crate::bundle::Eid;
-use crate::daemon::{self, config, Event, GatewayRole, HttpRole, Hub, MarketRole, Roles, WorkerRole};
+use crate::daemon::{
+    self, config, Event, GatewayRole, HttpRole, Hub, MarketRole, Roles, WorkerRole,
+};
 use crate::node::Node;
 use crate::sync::session::Limits;
 use crate::time::DtnTime;
@@ -215,8 +217,8 @@ pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
         .clone()
         .or(c.discovery_interval)
         .unwrap_or_else(|| "1m".into());
-    let discovery_interval =
-        humantime::parse_duration(&di).with_context(|| format!("bad --discovery-interval {di:?}"))?;
+    let discovery_interval = humantime::parse_duration(&di)
+        .with_context(|| format!("bad --discovery-interval {di:?}"))?;
     let gateway = match (&a.upstream, c.gateway) {
         (Some(up), g) => Some(GatewayRole {
             upstream: up.clone(),
@@ -245,7 +247,8 @@ pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
         (None, None) => None,
     };
     let mut feeds = a.feeds.clone();
-    let feed_any_signer = a.any_signer || c.feed.as_ref().and_then(|f| f.any_signer).unwrap_or(false);
+    let feed_any_signer =
+        a.any_signer || c.feed.as_ref().and_then(|f| f.any_signer).unwrap_or(false);
     if feeds.is_empty() {
         feeds = c.feed.map(|f| f.dirs).unwrap_or_default();
     }
@@ -454,9 +457,7 @@ pub fn peers(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     if peers.is_empty() {
-        outln!(
-            "no peers yet: `mycelium peer add NODE_ID HOST:PORT` or `mycelium sync HOST:PORT`"
-        );
+        outln!("no peers yet: `mycelium peer add NODE_ID HOST:PORT` or `mycelium sync HOST:PORT`");
     }
     for (id, p) in &peers {
         say!(

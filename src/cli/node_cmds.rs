@@ -1,6 +1,6 @@
 //! `init`, `id` and `contact`.
 
-use super::out::{outln};
+use super::out::outln;
 use super::{home, print_json, Cli};
 use crate::node::Node;
 use crate::time::DtnTime;

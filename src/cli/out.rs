@@ -83,7 +83,7 @@ pub fn write(stream: Stream, text: &str) {
 
 /// Whether progress bars may draw: a terminal on stderr, not `--json`, not captured.
 pub fn interactive(json: bool) -> bool {
-        !json && !captured() && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    !json && !captured() && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 /// `println!` through [`write`].

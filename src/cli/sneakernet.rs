@@ -1,6 +1,6 @@
 //! `export DIR` and `import DIR`: bundles to and from a USB stick or any folder.
 
-use super::out::{outln};
+use super::out::outln;
 use super::safe::say;
 use super::{print_json, Cli};
 use crate::bundle::Eid;
@@ -219,7 +219,8 @@ pub fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     outln!("  files read           {:>8} ({})", r.files, human(r.bytes));
     outln!(
         "  shards valid         {:>8} ({} redundant)",
-        r.shards, r.duplicate_shards
+        r.shards,
+        r.duplicate_shards
     );
     outln!("  bundles new          {:>8}", r.new);
     outln!("  bundles duplicate    {:>8}", r.duplicate);

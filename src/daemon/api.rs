@@ -77,9 +77,12 @@ async fn guard(Extract(s): Extract<State>, req: Request, next: Next) -> Response
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            let query = req.uri().query().unwrap_or("").split('&').find_map(|kv| {
-                kv.strip_prefix("token=")
-            });
+            let query = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("token="));
             let ok = [bearer, query]
                 .into_iter()
                 .flatten()
@@ -98,7 +101,9 @@ async fn guard(Extract(s): Extract<State>, req: Request, next: Next) -> Response
             if !loopback_host(host) {
                 return error(
                     StatusCode::FORBIDDEN,
-                    format!("not answering for host {host:?}: open the page as http://127.0.0.1:PORT/"),
+                    format!(
+                        "not answering for host {host:?}: open the page as http://127.0.0.1:PORT/"
+                    ),
                 );
             }
         }
@@ -216,10 +221,7 @@ async fn run(Extract(s): Extract<State>, Json(r): Json<RunRequest>) -> Response 
             Frame::Err(t) => json!({"err": t}),
             Frame::Exit(c) => json!({"exit": c}),
         };
-        Some((
-            Ok::<_, std::convert::Infallible>(format!("{v}\n")),
-            rx,
-        ))
+        Some((Ok::<_, std::convert::Infallible>(format!("{v}\n")), rx))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
@@ -308,9 +310,8 @@ async fn events(
     Extract(s): Extract<State>,
 ) -> Sse<impl Stream<Item = Result<sse::Event, std::convert::Infallible>>> {
     let rx = s.hub.subscribe();
-    let hello = sse::Event::default().data(
-        json!({"type": "hello", "node": s.node.node_id().to_string()}).to_string(),
-    );
+    let hello = sse::Event::default()
+        .data(json!({"type": "hello", "node": s.node.node_id().to_string()}).to_string());
     let first = stream::once(async move { Ok(hello) });
     let rest = stream::unfold(rx, |mut rx| async move {
         loop {

@@ -57,14 +57,22 @@ fn response(s: UnixStream) -> Result<(u16, Box<dyn BufRead>), ClientError> {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+            if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
             {
                 chunked = true;
             }
         }
     }
     if chunked {
-        Ok((status, Box::new(BufReader::new(Chunked { inner: r, left: 0, done: false }))))
+        Ok((
+            status,
+            Box::new(BufReader::new(Chunked {
+                inner: r,
+                left: 0,
+                done: false,
+            })),
+        ))
     } else {
         Ok((status, Box::new(r)))
     }

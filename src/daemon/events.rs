@@ -132,7 +132,11 @@ fn log(e: &Event) {
             ..
         } => {
             let who = peer.as_deref().unwrap_or("unknown peer");
-            let tag = if via == "discovery" { "[discovery]" } else { "[sync]" };
+            let tag = if via == "discovery" {
+                "[discovery]"
+            } else {
+                "[sync]"
+            };
             match (line, error) {
                 (Some(l), _) if via == "discovery" => {
                     info!("{tag} synced with neighbour {who}: {l}")

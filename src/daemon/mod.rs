@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// How long a stop waits for the roles' tasks to end.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The control socket's file name in the home.
 pub const SOCKET: &str = "daemon.sock";
 
@@ -48,9 +51,8 @@ pub enum DaemonError {
 /// Runs one CLI command (its arguments, without the program name) inside the daemon on
 /// the daemon's node, from the caller's working directory, writing output to the sink;
 /// returns the exit code. Provided by the CLI.
-pub type Runner = Arc<
-    dyn Fn(Arc<Node>, Vec<String>, PathBuf, Box<dyn FnMut(Output, &str)>) -> i32 + Send + Sync,
->;
+pub type Runner =
+    Arc<dyn Fn(Arc<Node>, Vec<String>, PathBuf, Box<dyn FnMut(Output, &str)>) -> i32 + Send + Sync>;
 
 /// Which stream a piece of a command's output belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +181,8 @@ pub async fn run(
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut threads: Vec<std::sync::mpsc::Sender<roles::Signal>> = Vec::new();
+    // Each thread role drops its end when it returns: all gone = all stopped.
+    let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
 
     // Bind first, so that a bad address fails the start and nothing half runs.
     let quic_cfg = crate::transport::quic::QuicConfig::default();
@@ -189,7 +193,8 @@ pub async fn run(
             } else {
                 None
             };
-            let ep = crate::transport::quic::server_endpoint(&node.identity, addr, allow, &quic_cfg)?;
+            let ep =
+                crate::transport::quic::server_endpoint(&node.identity, addr, allow, &quic_cfg)?;
             let local = ep.local_addr().map_err(|e| DaemonError::Listen {
                 addr: addr.to_string(),
                 reason: e.to_string(),
@@ -335,13 +340,21 @@ pub async fn run(
             hub.clone(),
             roles.feed_any_signer,
         );
-        std::thread::spawn(move || roles::feed(n, d, any, s, h, rx, tx));
+        let ended = ended_tx.clone();
+        std::thread::spawn(move || {
+            roles::feed(n, d, any, s, h, rx, tx);
+            drop(ended);
+        });
     }
     for mount in &roles.sticks {
         let (tx, rx) = std::sync::mpsc::channel();
         threads.push(tx.clone());
         let (n, m, h) = (node.clone(), mount.clone(), hub.clone());
-        std::thread::spawn(move || roles::sticks(n, m, h, rx, tx));
+        let ended = ended_tx.clone();
+        std::thread::spawn(move || {
+            roles::sticks(n, m, h, rx, tx);
+            drop(ended);
+        });
     }
 
     hub.emit(Event::Started {
@@ -365,11 +378,15 @@ pub async fn run(
         let _ = t.send(roles::Signal::Stop);
     }
     // Roles end at their next await; bounded, so a stuck peer cannot hold the stop.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(STOP_WAIT, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
     tasks.abort_all();
+    // Thread roles finish the pass they are in (a feed file, a stick) before the store
+    // closes under them.
+    drop(ended_tx);
+    let _ = tokio::task::spawn_blocking(move || ended_rx.recv_timeout(STOP_WAIT * 6)).await;
     Ok(())
 }
 

@@ -29,11 +29,7 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// A finished session as an event.
-pub fn session_event(
-    via: &str,
-    peer: Option<Eid>,
-    r: &Result<SessionReport, QuicError>,
-) -> Event {
+pub fn session_event(via: &str, peer: Option<Eid>, r: &Result<SessionReport, QuicError>) -> Event {
     Event::Session {
         via: via.into(),
         peer: peer.map(|p| p.to_string()),
@@ -72,7 +68,8 @@ async fn next_wake(
 pub async fn worker(node: Arc<Node>, role: WorkerRole, hub: Hub, stop: watch::Receiver<bool>) {
     let mut rx = node.store.subscribe();
     let me = node.node_id().to_string();
-    let wanted = move |s: &crate::store::Stored| s.kind == "assignment" || s.destination.starts_with(&me);
+    let wanted =
+        move |s: &crate::store::Stored| s.kind == "assignment" || s.destination.starts_with(&me);
     let opts = crate::worker::RunOptions {
         seal: role.seal,
         max_batch: role.max_batch.max(1),

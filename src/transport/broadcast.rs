@@ -866,16 +866,16 @@ impl IngestReport {
     /// segments still incomplete in the store.
     pub fn to_json(&self, partial: usize) -> serde_json::Value {
         let r = self;
-    serde_json::json!({
-        "files_read": r.files_read, "files_already_consumed": r.files_already_consumed,
-        "files_incomplete": r.files_incomplete, "bytes": r.bytes, "symbols": r.symbols,
-        "segments_completed": r.segments_completed, "segments_partial": partial,
-        "new": r.new, "duplicate": r.duplicate, "untrusted_bundles": r.untrusted_bundles,
-        "loss_estimate": r.loss_estimate(),
-        "partial_evicted": r.partial_evicted, "sealed_evicted": r.sealed_evicted,
-        "problems_total": r.problems.total(),
-        "problems": r.problems.iter().map(|p| serde_json::json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
-        "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
-    })
-}
+        serde_json::json!({
+            "files_read": r.files_read, "files_already_consumed": r.files_already_consumed,
+            "files_incomplete": r.files_incomplete, "bytes": r.bytes, "symbols": r.symbols,
+            "segments_completed": r.segments_completed, "segments_partial": partial,
+            "new": r.new, "duplicate": r.duplicate, "untrusted_bundles": r.untrusted_bundles,
+            "loss_estimate": r.loss_estimate(),
+            "partial_evicted": r.partial_evicted, "sealed_evicted": r.sealed_evicted,
+            "problems_total": r.problems.total(),
+            "problems": r.problems.iter().map(|p| serde_json::json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
+            "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
+        })
+    }
 }

@@ -160,11 +160,13 @@ pub async fn run(
     let log = Arc::new(|peer: Option<Eid>, r: Result<SessionReport, QuicError>| {
         let who = peer.map(|p| p.to_string()).unwrap_or_default();
         match r {
-            Ok(r) => eprintln!(
+            Ok(r) => tracing::info!(
                 "[discovery] synced with neighbour {who}: sent {}, received {} ({} new)",
-                r.stats.bundles_out, r.stats.bundles_in, r.new
+                r.stats.bundles_out,
+                r.stats.bundles_in,
+                r.new
             ),
-            Err(e) => eprintln!("[discovery] sync with neighbour {who} failed: {e}"),
+            Err(e) => tracing::warn!("[discovery] sync with neighbour {who} failed: {e}"),
         }
     });
     run_with(node, quic, group, every, cfg, log).await
@@ -201,14 +203,14 @@ pub async fn run_with(
             _ = tick.tick() => {
                 let b = encode(&node.identity, quic_port, DtnTime::now());
                 if let Err(e) = sock.send_to(&b, group).await {
-                    eprintln!("[discovery] cannot send beacon: {e}");
+                    tracing::warn!("[discovery] cannot send beacon: {e}");
                 }
             }
             r = sock.recv_from(&mut buf) => {
                 let (n, from) = match r {
                     Ok(x) => x,
                     Err(e) => {
-                        eprintln!("[discovery] receive failed: {e}");
+                        tracing::warn!("[discovery] receive failed: {e}");
                         continue;
                     }
                 };

@@ -835,36 +835,36 @@ impl SessionReport {
     /// The report as JSON (what `sync --json` prints).
     pub fn to_json(&self) -> serde_json::Value {
         let r = self;
-    let s = &r.stats;
-    serde_json::json!({
-        "peer": r.peer.as_ref().map(|p| p.to_string()),
-        "sent": s.bundles_out,
-        "received": s.bundles_in,
-        "new": r.new,
-        "duplicate": r.duplicate,
-        "delivered_here": r.delivered,
-        "purged_by_receipts": r.purged,
-        "refused_already_delivered": r.already_delivered,
-        "refused_sealed": r.refused,
-        "over_budget": s.over_budget,
-        "reconciliation": {
-            "rounds": s.rounds,
-            "bytes_out": s.recon_bytes_out,
-            "bytes_in": s.recon_bytes_in,
-            "we_lacked": s.we_lack,
-            "peer_lacked": s.peer_lacks,
-        },
-        "payload_bytes": {"out": s.payload_bytes_out, "in": s.payload_bytes_in},
-        "wire_bytes": {"out": r.wire_tx, "in": r.wire_rx},
-        "seconds": r.elapsed.as_secs_f64(),
-    })
-}
+        let s = &r.stats;
+        serde_json::json!({
+            "peer": r.peer.as_ref().map(|p| p.to_string()),
+            "sent": s.bundles_out,
+            "received": s.bundles_in,
+            "new": r.new,
+            "duplicate": r.duplicate,
+            "delivered_here": r.delivered,
+            "purged_by_receipts": r.purged,
+            "refused_already_delivered": r.already_delivered,
+            "refused_sealed": r.refused,
+            "over_budget": s.over_budget,
+            "reconciliation": {
+                "rounds": s.rounds,
+                "bytes_out": s.recon_bytes_out,
+                "bytes_in": s.recon_bytes_in,
+                "we_lacked": s.we_lack,
+                "peer_lacked": s.peer_lacks,
+            },
+            "payload_bytes": {"out": s.payload_bytes_out, "in": s.payload_bytes_in},
+            "wire_bytes": {"out": r.wire_tx, "in": r.wire_rx},
+            "seconds": r.elapsed.as_secs_f64(),
+        })
+    }
 
     /// The report as one line for a person.
     pub fn line(&self) -> String {
         let r = self;
-    let s = &r.stats;
-    format!(
+        let s = &r.stats;
+        format!(
         "sent {} bundles ({} B), received {} ({} new, {} B); reconciliation {} rounds, {} B out / {} B in; on the wire {} B out / {} B in; {:.2}s",
         s.bundles_out,
         s.payload_bytes_out,
@@ -878,5 +878,5 @@ impl SessionReport {
         r.wire_rx,
         r.elapsed.as_secs_f64()
     )
-}
+    }
 }

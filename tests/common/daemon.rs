@@ -84,11 +84,15 @@ impl Daemon {
         Events::subscribe(&self.home)
     }
 
-    /// SIGTERM, and its exit status.
+    /// SIGTERM; whether it then ended cleanly (exit status 0). A failure prints its log.
     pub fn stop(mut self) -> std::process::ExitStatus {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
+        let st = self.child.wait().unwrap();
+        if !st.success() {
+            eprintln!("serve ended with {st}; its log:\n{}", self.log().join("\n"));
+        }
+        st
     }
 
     /// Lines of its log that arrived so far.
@@ -119,8 +123,13 @@ impl Events {
         std::thread::spawn(move || {
             let _ = mycelium::daemon::client::events(&h, &mut |v| tx.send(v.clone()).is_err());
         });
-        let mut e = Events { rx, seen: Vec::new() };
-        e.wait("the stream's hello", Duration::from_secs(30), |v| v["type"] == "hello");
+        let mut e = Events {
+            rx,
+            seen: Vec::new(),
+        };
+        e.wait("the stream's hello", Duration::from_secs(30), |v| {
+            v["type"] == "hello"
+        });
         e
     }
 
@@ -138,7 +147,10 @@ impl Events {
                 Ok(v) if pred(&v) => return v,
                 Ok(v) => self.seen.push(v),
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no event for {what} within {timeout:?}; saw {:?}", self.seen)
+                    panic!(
+                        "no event for {what} within {timeout:?}; saw {:?}",
+                        self.seen
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     panic!("event stream ended waiting for {what}; saw {:?}", self.seen)
