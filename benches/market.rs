@@ -208,13 +208,8 @@ fn main() {
         node.receive(vb.raw(), now).expect("receive");
     }
     let t = Instant::now();
-    let r = service::process(
-        &node,
-        now,
-        false,
-        &mut mycelium::worker::judge(&(&node).home),
-    )
-    .expect("process");
+    let r = service::process(&node, now, false, &mut mycelium::worker::judge(&node.home))
+        .expect("process");
     let store_pay_s = t.elapsed().as_secs_f64();
     assert_eq!(r.processed, n_store);
     let n_tasks = 2_000;
@@ -231,13 +226,8 @@ fn main() {
         node.receive(vb.raw(), now).expect("task");
     }
     let t = Instant::now();
-    let r = service::process(
-        &node,
-        now,
-        false,
-        &mut mycelium::worker::judge(&(&node).home),
-    )
-    .expect("process");
+    let r = service::process(&node, now, false, &mut mycelium::worker::judge(&node.home))
+        .expect("process");
     let store_task_s = t.elapsed().as_secs_f64();
     assert_eq!(r.processed, n_tasks + workers.len());
     println!("whole path on RocksDB (read, verify, rules, sign notices, synced commit per 512):");

@@ -364,13 +364,13 @@ fn a_worker_runs_embed_and_generate_tasks_with_models_it_holds() {
     .unwrap();
     let missing = wallet::submit_task(&a, &task(JobKind::Embed, [7; 32], "x"), now, false).unwrap();
     carry(&a, &m);
-    service::process(&m, now, false, &mut mycelium::worker::judge(&(&m).home)).unwrap();
+    service::process(&m, now, false, &mut mycelium::worker::judge(&m.home)).unwrap();
     carry(&m, &w);
     let r = worker::run_once(&w, now, false).unwrap();
     assert_eq!(r.ran.len(), 3, "{:?}", r.ran);
     assert!(r.ran.iter().all(|x| x.failed.is_none()), "{:?}", r.ran);
     carry(&w, &m);
-    let ev = service::process(&m, now, false, &mut mycelium::worker::judge(&(&m).home))
+    let ev = service::process(&m, now, false, &mut mycelium::worker::judge(&m.home))
         .unwrap()
         .events;
     for t in [e1, e2, g1] {
@@ -539,7 +539,7 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     };
     let id = wallet::submit_task(a, &task, now, false).unwrap();
     carry(a, mk);
-    service::process(mk, now, false, &mut mycelium::worker::judge(&(mk).home)).unwrap();
+    service::process(mk, now, false, &mut mycelium::worker::judge(&mk.home)).unwrap();
     for w in ws {
         carry(mk, w);
     }
@@ -561,7 +561,7 @@ fn a_marketplace_holding_the_model_pays_valid_generations_and_refuses_a_forged_o
     for w in ws {
         carry(w, mk);
     }
-    let ev = service::process(mk, now, false, &mut mycelium::worker::judge(&(mk).home))
+    let ev = service::process(mk, now, false, &mut mycelium::worker::judge(&mk.home))
         .unwrap()
         .events;
     let ids: Vec<String> = ws.iter().map(|w| w.node_id().to_string()).collect();

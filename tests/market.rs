@@ -44,7 +44,7 @@ fn world(workers: usize) -> World {
 }
 
 fn process(w: &World, now: DtnTime) -> Vec<Event> {
-    service::process(&w.m, now, false, &mut mycelium::worker::judge(&(&w.m).home))
+    service::process(&w.m, now, false, &mut mycelium::worker::judge(&w.m.home))
         .unwrap()
         .events
 }
@@ -1033,25 +1033,14 @@ fn sealed_end_to_end_a_task_and_its_pay_travel_sealed() {
             .collect();
     assert!(!travelling.contains(&w.m.node_id()));
     carry(&w.a, &w.m, w.now);
-    service::process(
-        &w.m,
-        w.now,
-        true,
-        &mut mycelium::worker::judge(&(&w.m).home),
-    )
-    .unwrap();
+    service::process(&w.m, w.now, true, &mut mycelium::worker::judge(&w.m.home)).unwrap();
     carry(&w.m, &w.w[0], w.now);
     let r = worker::run_once(&w.w[0], w.now, true).unwrap();
     assert_eq!(r.ran.len(), 1);
     carry(&w.w[0], &w.m, w.now);
-    let ev = service::process(
-        &w.m,
-        w.now,
-        true,
-        &mut mycelium::worker::judge(&(&w.m).home),
-    )
-    .unwrap()
-    .events;
+    let ev = service::process(&w.m, w.now, true, &mut mycelium::worker::judge(&w.m.home))
+        .unwrap()
+        .events;
     assert!(ev
         .iter()
         .any(|e| matches!(e, Event::Accepted { task, .. } if *task == tid)));

@@ -190,7 +190,7 @@ pub fn work(
     let now = DtnTime::now();
     let task = &tasks.digest;
     let mut events =
-        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
+        service::process(market, now, true, &mut crate::worker::judge(&market.home))?.events;
     let accepted = count(&events, |e| matches!(e, Event::TaskAccepted { .. }));
     if accepted != 3 {
         bail!("the marketplace accepted {accepted} of A's 3 tasks: {events:?}");
@@ -211,7 +211,7 @@ pub fn work(
         sync(w)?;
     }
     events.extend(
-        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events,
+        service::process(market, now, true, &mut crate::worker::judge(&market.home))?.events,
     );
     let assigned = count(&events, |e| matches!(e, Event::Assigned { .. }));
     let mut answers = Vec::new();
@@ -236,7 +236,7 @@ pub fn work(
         "    workers W1, W2, W3 sync with M over QUIC: their offers go up, {assigned} sealed assignments come down; W1 and W2 run the digest, MiniLM and SmolLM2 on their CPUs ({run_secs:.1} s), W3 makes up a digest; the results go up"
     ));
     let decided =
-        service::process(market, now, true, &mut crate::worker::judge(&(market).home))?.events;
+        service::process(market, now, true, &mut crate::worker::judge(&market.home))?.events;
     let agreeing = decided
         .iter()
         .find_map(|e| match e {

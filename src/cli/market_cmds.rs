@@ -328,7 +328,7 @@ pub enum MarketCommand {
     /// every sync and every minute
     Serve {
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: Box<ServeArgs>,
     },
     /// Apply the marketplace's rules once to what the store holds, and print what happened
     Process {
@@ -393,7 +393,7 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
                 &node,
                 DtnTime::now(),
                 !*no_seal,
-                &mut crate::worker::judge(&(&node).home),
+                &mut crate::worker::judge(&node.home),
             )?;
             print_events(cli, r.processed, r.sent, &r.events);
             Ok(())

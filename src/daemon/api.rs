@@ -144,12 +144,12 @@ fn spawn_command(
     s: &State,
     argv: Vec<String>,
     cwd: PathBuf,
-) -> Result<tokio::sync::mpsc::UnboundedReceiver<Frame>, Response> {
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Frame>, Box<Response>> {
     let Some(runner) = s.runner.clone() else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_IMPLEMENTED,
             "this daemon runs no CLI commands",
-        ));
+        )));
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let node = s.node.clone();
@@ -168,7 +168,7 @@ fn spawn_command(
 }
 
 /// Run a command to its end: (exit code, stdout, stderr).
-async fn run_collect(s: &State, argv: &[&str]) -> Result<(i32, String, String), Response> {
+async fn run_collect(s: &State, argv: &[&str]) -> Result<(i32, String, String), Box<Response>> {
     let mut rx = spawn_command(
         s,
         argv.iter().map(|a| a.to_string()).collect(),
@@ -188,7 +188,7 @@ async fn run_collect(s: &State, argv: &[&str]) -> Result<(i32, String, String), 
 /// A `--json` command's output as the answer.
 async fn json_command(s: &State, argv: &[&str]) -> Response {
     match run_collect(s, argv).await {
-        Err(r) => r,
+        Err(r) => *r,
         Ok((0, out, _)) => match serde_json::from_str::<Value>(&out) {
             Ok(v) => Json(v).into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -212,7 +212,7 @@ async fn run(Extract(s): Extract<State>, Json(r): Json<RunRequest>) -> Response 
     }
     let rx = match spawn_command(&s, r.argv, r.cwd) {
         Ok(rx) => rx,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let body = stream::unfold(rx, |mut rx| async move {
         let f = rx.recv().await?;
@@ -314,19 +314,14 @@ async fn events(
         .data(json!({"type": "hello", "node": s.node.node_id().to_string()}).to_string());
     let first = stream::once(async move { Ok(hello) });
     let rest = stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) => {
-                    let data = serde_json::to_string(&*e).unwrap_or_default();
-                    return Some((Ok(sse::Event::default().data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let data = json!({"type": "lagged", "missed": n}).to_string();
-                    return Some((Ok(sse::Event::default().data(data)), rx));
-                }
-                Err(_) => return None,
+        let data = match rx.recv().await {
+            Ok(e) => serde_json::to_string(&*e).unwrap_or_default(),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                json!({"type": "lagged", "missed": n}).to_string()
             }
-        }
+            Err(_) => return None,
+        };
+        Some((Ok(sse::Event::default().data(data)), rx))
     });
     use futures_util::StreamExt;
     Sse::new(first.chain(rest)).keep_alive(KeepAlive::default())

@@ -77,6 +77,10 @@ pub fn commit(node: &Node, tx: Txn, now: DtnTime, seal: bool) -> Result<usize, S
     Ok(to_sign.len())
 }
 
+/// Judges a `generate` answer against its task: `None` when it cannot here (the model is
+/// not held), else whether the answer passes.
+pub type GenerationCheck = dyn FnMut(&m::Task, &[u8]) -> Option<Result<(), String>>;
+
 /// One step of the rules at a time in this process: each reads the ledger, decides and
 /// commits, so two at once (the daemon's market role and a `market grant` run through
 /// it) would decide on the same state.
@@ -113,7 +117,7 @@ pub fn process(
     node: &Node,
     now: DtnTime,
     seal: bool,
-    check: &mut dyn FnMut(&m::Task, &[u8]) -> Option<Result<(), String>>,
+    check: &mut GenerationCheck,
 ) -> Result<Report, ServiceError> {
     let _one = one_at_a_time();
     let me = node.node_id();
