@@ -250,13 +250,17 @@ fn transport(cfg: &QuicConfig) -> Result<quinn::TransportConfig, QuicError> {
             .map_err(|e| QuicError::Tls(e.to_string()))?,
     ));
     t.keep_alive_interval(Some(cfg.keep_alive));
-    // Long fat links (satellite uplinks): windows far above the default so one stream can
-    // fill a high bandwidth-delay product. Congestion control stays quinn's Cubic: its BBR
-    // sent 3x the payload in retransmissions on loopback (benches/sync.rs), and on a
-    // metered uplink every byte is paid for.
-    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
-    t.receive_window(quinn::VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
+    // Long fat links (satellite uplinks): windows above the default so one stream can
+    // fill a high bandwidth-delay product (4 MiB: 50 Mbit/s at 600 ms). Not more: a
+    // receiver busy committing (synced writes) leaves the window's packets queued, losses
+    // then leave gaps, and quinn ends a connection whose stream buffer holds over 1,024
+    // of them ("too many gaps in stream buffer": a 10,000-bundle sync died so with 32 MiB).
+    // Congestion control stays quinn's Cubic: its BBR sent 3x the payload in
+    // retransmissions on loopback (benches/sync.rs), and on a metered uplink every byte is
+    // paid for.
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.send_window(8 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     Ok(t)
