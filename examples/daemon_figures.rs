@@ -198,7 +198,10 @@ fn main() {
     let c = home("c");
     my(&c, &["init"]);
     // B's sealing key reaches C (as `contact add` with what `id --json` prints).
-    let x = json(&b, &["id"])["x25519"].as_str().unwrap_or("").to_string();
+    let x = json(&b, &["id"])["x25519"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     my(&c, &["contact", "add", &b_id, &x]);
     let n = 100;
     let run = |label: &str| -> f64 {

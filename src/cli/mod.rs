@@ -8,6 +8,7 @@ mod broadcast;
 mod bundle_cmds;
 mod demo;
 mod demo_market;
+mod guild_cmds;
 mod market_cmds;
 mod messages;
 mod model_cmds;
@@ -16,6 +17,9 @@ mod node_cmds;
 pub mod out;
 pub mod safe;
 mod sneakernet;
+mod task_cmds;
+mod wallet_cmds;
+mod worker_cmds;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -88,20 +92,20 @@ pub enum Command {
     Verify { file: PathBuf },
     /// Inference tasks: submit, list, read results
     #[command(subcommand)]
-    Task(market_cmds::TaskCommand),
+    Task(task_cmds::TaskCommand),
     /// The marketplace: choose one, run one, grant credits, workers' records
     #[command(subcommand)]
     Market(market_cmds::MarketCommand),
     /// Balance and payments; `wallet send` pays a node
-    Wallet(market_cmds::WalletArgs),
+    Wallet(wallet_cmds::WalletArgs),
     /// Models this node holds for its engines, and their travel as bundles
     #[command(subcommand)]
     Model(model_cmds::ModelCommand),
     /// Run assigned tasks and answer the marketplace; `worker offer` announces this node
-    Worker(market_cmds::WorkerArgs),
+    Worker(worker_cmds::WorkerArgs),
     /// Guilds: groups of workers sharing tasks and payments
     #[command(subcommand)]
-    Guild(market_cmds::GuildCommand),
+    Guild(guild_cmds::GuildCommand),
     /// Run the end-to-end demo on temporary homes
     Demo(demo::DemoArgs),
 }
@@ -260,7 +264,7 @@ fn route(cli: &Cli) -> Route {
     use market_cmds::MarketCommand as M;
     match &cli.command {
         Command::Init | Command::Demo(_) | Command::Verify { .. } => Route::Here,
-        Command::Worker(a) if matches!(a.cmd, Some(market_cmds::WorkerCommand::Devices)) => {
+        Command::Worker(a) if matches!(a.cmd, Some(worker_cmds::WorkerCommand::Devices)) => {
             Route::Here
         }
         Command::Serve(_) => Route::Role("serve"),
@@ -316,7 +320,7 @@ fn absolutize(cli: &mut Cli, cwd: &Path) {
         Command::Import(a) => abs(&mut a.dir),
         Command::Broadcast(broadcast::BroadcastCommand::Publish(a)) => abs(&mut a.out_dir),
         Command::Broadcast(broadcast::BroadcastCommand::Ingest(a)) => abs(&mut a.dir),
-        Command::Task(market_cmds::TaskCommand::Submit(a)) => abs(&mut a.input),
+        Command::Task(task_cmds::TaskCommand::Submit(a)) => abs(&mut a.input),
         Command::Model(model_cmds::ModelCommand::Add { path, .. }) => abs(path),
         Command::Verify { file } => abs(file),
         _ => {}
@@ -344,12 +348,12 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Peers => net::peers(cli),
         Command::Peer(c) => net::peer(cli, c),
         Command::Verify { file } => bundle_cmds::verify(cli, file),
-        Command::Task(c) => market_cmds::task(cli, c),
+        Command::Task(c) => task_cmds::task(cli, c),
         Command::Market(c) => market_cmds::market(cli, c),
-        Command::Wallet(a) => market_cmds::wallet_cmd(cli, a),
+        Command::Wallet(a) => wallet_cmds::wallet_cmd(cli, a),
         Command::Model(c) => model_cmds::run(cli, c),
-        Command::Worker(a) => market_cmds::worker_cmd(cli, a),
-        Command::Guild(c) => market_cmds::guild(cli, c),
+        Command::Worker(a) => worker_cmds::worker_cmd(cli, a),
+        Command::Guild(c) => guild_cmds::guild(cli, c),
         Command::Demo(a) => demo::run(cli, a),
     }
 }
