@@ -302,21 +302,8 @@ pub fn feed(
     rx: std::sync::mpsc::Receiver<Signal>,
     wake: std::sync::mpsc::Sender<Signal>,
 ) {
-    use notify::{RecursiveMode, Watcher};
-    let tx = wake.clone();
-    let watcher = notify::recommended_watcher(move |_ev| {
-        let _ = tx.send(Signal::Wake);
-    })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
-    let _watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            hub.emit(Event::Error {
-                role: "feed".into(),
-                message: format!("cannot watch {}: {e}", dir.display()),
-            });
-            return;
-        }
+    let Some(_watcher) = watch(&dir, &wake, &hub, "feed") else {
+        return;
     };
     let mut seen = crate::transport::broadcast::SeenFiles::default();
     let mut total_new = 0usize;
@@ -352,6 +339,32 @@ pub fn feed(
         // The next change in the folder, or the stop.
         if wait(&rx) {
             return;
+        }
+    }
+}
+
+/// A watch on `dir` (not its sub-folders) that sends [`Signal::Wake`] on every change;
+/// `None`, said as the `role`'s error, when it cannot be had.
+fn watch(
+    dir: &Path,
+    wake: &std::sync::mpsc::Sender<Signal>,
+    hub: &Hub,
+    role: &str,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let tx = wake.clone();
+    let w = notify::recommended_watcher(move |_ev| {
+        let _ = tx.send(Signal::Wake);
+    })
+    .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|_| w));
+    match w {
+        Ok(w) => Some(w),
+        Err(e) => {
+            hub.emit(Event::Error {
+                role: role.into(),
+                message: format!("cannot watch {}: {e}", dir.display()),
+            });
+            None
         }
     }
 }
@@ -464,27 +477,9 @@ pub fn sticks(
     wake: std::sync::mpsc::Sender<Signal>,
 ) {
     use notify::{RecursiveMode, Watcher};
-    let tx = wake.clone();
-    let watcher = notify::recommended_watcher(move |_ev| {
-        let _ = tx.send(Signal::Wake);
-    });
-    let mut watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            hub.emit(Event::Error {
-                role: "stick".into(),
-                message: format!("cannot watch {}: {e}", mount.display()),
-            });
-            return;
-        }
-    };
-    if let Err(e) = watcher.watch(&mount, RecursiveMode::NonRecursive) {
-        hub.emit(Event::Error {
-            role: "stick".into(),
-            message: format!("cannot watch {}: {e}", mount.display()),
-        });
+    let Some(mut watcher) = watch(&mount, &wake, &hub, "stick") else {
         return;
-    }
+    };
     notify_on_mount_changes(wake);
     let mut handled = Handled::new();
     let mut watched = std::collections::HashSet::new();
