@@ -188,6 +188,11 @@ fn serve_runs_every_role_while_the_cli_works_on_the_same_home() {
     });
     assert!(json(&b, &["inbox"]).to_string().contains("by satellite"));
 
+    // Idle roles stay idle: a pass does not wake the next one (reading the folder is not a
+    // change in it). A handful of feed passes happened above, not thousands.
+    let passes = bev.seen.iter().filter(|v| v["type"] == "feed").count();
+    assert!(passes < 20, "{passes} feed passes");
+
     // The one-role commands say why they cannot run beside the daemon.
     my(&b)
         .arg("worker")

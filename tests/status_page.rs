@@ -106,6 +106,19 @@ fn the_api_over_tcp_needs_its_token_or_a_loopback_name() {
     let (code, body) = get(&http, "/api/status?token=s3cret", &http);
     assert_eq!(code, 200);
     assert!(body.contains(&b_id));
+    // The token opens the page's API, not the CLI: commands run only on the socket.
+    let mut c = std::net::TcpStream::connect(&http).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let req = r#"{"argv":["list"],"cwd":"/"}"#;
+    write!(
+        c,
+        "POST /v1/run?token=s3cret HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{req}",
+        req.len()
+    )
+    .unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     drop(d);
 
     let d = Daemon::start(&b, &["--http", "127.0.0.1:0"]);

@@ -1,10 +1,10 @@
 //! The local API: HTTP/JSON on the control socket (`<home>/daemon.sock`, 0600) and, with
 //! `serve --http`, on a TCP address for the status page.
 //!
-//! - `POST /v1/run` `{"argv": [...], "cwd": "..."}`: run a CLI command on the daemon's
-//!   node; the answer streams NDJSON lines `{"out": text}`, `{"err": text}` and finally
-//!   `{"exit": code}`. This is how every CLI command works while the daemon runs, with the
-//!   same output and exit code as without it.
+//! - `POST /v1/run` `{"argv": [...], "cwd": "..."}` (control socket only): run a CLI
+//!   command on the daemon's node; the answer streams NDJSON lines `{"out": text}`,
+//!   `{"err": text}` and finally `{"exit": code}`. This is how every CLI command works
+//!   while the daemon runs, with the same output and exit code as without it.
 //! - `GET /api/status`: node, roles, peers, bundles by kind and priority class, feed
 //!   progress, gateway budget, wallet, tasks.
 //! - `GET /api/inbox`, `POST /api/send` `{"to", "text"}`: as `inbox --json` and `send --json`.
@@ -161,7 +161,16 @@ fn spawn_command(
                 Output::Err => Frame::Err(text.to_string()),
             });
         });
-        let code = runner(node, argv, cwd, sink);
+        // A command that panics is one failed command, not a cut connection.
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runner(node, argv, cwd, sink)
+        }))
+        .unwrap_or_else(|_| {
+            let _ = tx.send(Frame::Err(
+                "error: the command failed inside the daemon (a bug: see its log)\n".into(),
+            ));
+            101
+        });
         let _ = tx.send(Frame::Exit(code));
     });
     Ok(rx)
@@ -207,6 +216,14 @@ struct RunRequest {
 }
 
 async fn run(Extract(s): Extract<State>, Json(r): Json<RunRequest>) -> Response {
+    // Any command (files written anywhere this user may) only for the home's owner, on
+    // the control socket; the status page's token does not open it.
+    if s.tcp {
+        return error(
+            StatusCode::FORBIDDEN,
+            "commands run only over the control socket",
+        );
+    }
     if !r.cwd.is_absolute() {
         return error(StatusCode::BAD_REQUEST, "cwd must be an absolute path");
     }

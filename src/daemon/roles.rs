@@ -353,7 +353,15 @@ fn watch(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let tx = wake.clone();
-    let w = notify::recommended_watcher(move |_ev| {
+    let w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Opening and reading (our own passes list the folder and read its files) change
+        // nothing: waking on them would loop forever.
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        if let Ok(e) = &ev {
+            if matches!(e.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+                return;
+            }
+        }
         let _ = tx.send(Signal::Wake);
     })
     .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|_| w));
