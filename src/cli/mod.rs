@@ -77,7 +77,8 @@ pub enum Command {
     /// Sealing keys of other nodes
     #[command(subcommand)]
     Contact(node_cmds::ContactCommand),
-    /// Run the node: accept QUIC syncs, announce it on the LAN and sync with neighbours
+    /// Run the node: one daemon with every role this home is configured for (QUIC and LAN
+    /// discovery, gateway, feed and stick watch, worker), its control socket and status page
     Serve(net::ServeArgs),
     /// Sync once with a peer over QUIC, then print what moved
     Sync(net::SyncArgs),
