@@ -489,7 +489,6 @@ fn gateway_round_trip(
     // B's node as its person runs it: one daemon (`serve`) owning B's home, serving the
     // LAN and syncing upstream, while the person uses the CLI on the same home.
     let b_daemon = BobDaemon::start(&rt, bob, m_addr, &market.node_id())?;
-    let _ = m_stop.send(());
     let note = "B to A: your answer is in; I will bring the insulin on Friday.";
     let sent = b_daemon.cli(&[
         "--json",
@@ -514,6 +513,7 @@ fn gateway_round_trip(
         &cfg,
     ))?;
     b_daemon.stop(&rt);
+    let _ = m_stop.send(());
     let texts: Vec<String> = alice
         .inbox()?
         .iter()
