@@ -270,6 +270,18 @@ fn sends_through_the_daemon_are_all_stored() {
     assert_eq!(ids.len(), 20);
     let all = keys(&json(&b, &["list"]));
     assert!(ids.is_subset(&all));
+    // The socket's JSON API counts the same bundles.
+    let status = mycelium::daemon::client::get(&b, "/api/status").unwrap();
+    assert_eq!(
+        status["bundles"]["total"].as_u64(),
+        Some(all.len() as u64),
+        "{status}"
+    );
+    assert_eq!(
+        status["bundles"]["by_kind"]["message"].as_u64(),
+        Some(20),
+        "{status}"
+    );
     assert!(d.stop().success());
     // After the stop the CLI opens the store itself and sees the same.
     assert_eq!(keys(&json(&b, &["list"])), all);

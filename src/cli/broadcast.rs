@@ -150,7 +150,8 @@ fn print_human(r: &IngestReport, partial: usize, dir: &Path) {
 }
 
 fn ingest(cli: &Cli, a: &IngestArgs) -> Result<()> {
-    let dir = super::out::path(&a.dir);
+    // Relative to the caller: the daemon made it absolute before the command ran.
+    let dir = a.dir.clone();
     if !dir.is_dir() {
         bail!("{} is not a folder", dir.display());
     }

@@ -298,7 +298,7 @@ pub fn runner() -> crate::daemon::Runner {
         }
         cli.home = Some(node.home.clone());
         absolutize(&mut cli, &cwd);
-        out::borrowed(out::Borrowed { node, cwd, sink }, || finish(run(&cli)))
+        out::borrowed(out::Borrowed { node, sink }, || finish(run(&cli)))
     })
 }
 

@@ -6,7 +6,6 @@
 
 use crate::node::Node;
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which of the two output streams a piece of text belongs to.
@@ -19,8 +18,6 @@ pub type Sink = Box<dyn FnMut(Stream, &str)>;
 pub struct Borrowed {
     /// The daemon's node (its store is open there; opening it again would fail).
     pub node: Arc<Node>,
-    /// The calling CLI's working directory: relative paths are taken from there.
-    pub cwd: PathBuf,
     pub sink: Sink,
 }
 
@@ -49,17 +46,6 @@ pub fn captured() -> bool {
 /// The daemon's node, when running inside it.
 pub fn shared_node() -> Option<Arc<Node>> {
     CTX.with(|c| c.borrow().as_ref().map(|b| b.node.clone()))
-}
-
-/// `p` as the caller meant it: relative paths from the caller's working directory.
-pub fn path(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    CTX.with(|c| match c.borrow().as_ref() {
-        Some(b) => b.cwd.join(p),
-        None => p.to_path_buf(),
-    })
 }
 
 /// Write one piece of text to the stream; the process's own when not captured.
