@@ -169,28 +169,44 @@ impl Node {
         now: DtnTime,
         seal: bool,
     ) -> Result<Composed, NodeError> {
+        use rayon::prelude::*;
         let ts = self
             .store
             .reserve_creation_timestamps(now, out.len() as u64)?;
-        let mut c = Composed::default();
-        for ((to, payload, lifetime), ts) in out.iter().zip(ts) {
-            let dest = to.clone().unwrap_or(Eid::Null);
-            let inner = BundleBuilder::new(dest, ts, *lifetime)
-                .payload(payload.clone())
-                .sign(&self.identity)?;
-            let xpk = match (seal, to) {
+        let mut xpks = Vec::with_capacity(out.len());
+        for (to, _, _) in out {
+            xpks.push(match (seal, to) {
                 (true, Some(to)) => self.store.contact(&to.node_id().to_string())?,
                 _ => None,
-            };
-            match xpk {
-                Some(xpk) => {
-                    let outer = crate::seal::seal(&inner, &xpk, now, &mut rand_core::OsRng)?;
+            });
+        }
+        // Signing and sealing (the stamp's proof of work) on every core.
+        let made: Vec<Result<(VerifiedBundle, Option<VerifiedBundle>), NodeError>> = out
+            .par_iter()
+            .zip(ts)
+            .zip(xpks)
+            .map(|(((to, payload, lifetime), ts), xpk)| {
+                let dest = to.clone().unwrap_or(Eid::Null);
+                let inner = BundleBuilder::new(dest, ts, *lifetime)
+                    .payload(payload.clone())
+                    .sign(&self.identity)?;
+                let outer = match xpk {
+                    Some(xpk) => Some(crate::seal::seal(&inner, &xpk, now, &mut rand_core::OsRng)?),
+                    None => None,
+                };
+                Ok((inner, outer))
+            })
+            .collect();
+        let mut c = Composed::default();
+        for m in made {
+            match m? {
+                (inner, Some(outer)) => {
                     c.private.push(inner.id().key());
                     c.travelling.push(outer.id().key());
                     c.bundles.push(inner);
                     c.bundles.push(outer);
                 }
-                None => {
+                (inner, None) => {
                     c.travelling.push(inner.id().key());
                     c.bundles.push(inner);
                 }
@@ -244,11 +260,7 @@ impl Node {
         let vb = VerifiedBundle::decode(bytes)?;
         let id = vb.id();
         let refuse = |why: String| NodeError::Bundle(BundleError::BadPrimary(why));
-        match delivery::accept(&self.store, &self.identity, vb, now).map_err(|e| match e {
-            delivery::DeliveryError::Store(s) => NodeError::Store(s),
-            delivery::DeliveryError::Receipt(b) => NodeError::Bundle(b),
-            delivery::DeliveryError::Seal(x) => NodeError::Seal(x),
-        })? {
+        match delivery::accept(&self.store, &self.identity, vb, now)? {
             Arrival::New { .. } => Ok((id, PutOutcome::New)),
             Arrival::Duplicate => Ok((id, PutOutcome::Duplicate)),
             Arrival::Expired => Err(refuse("bundle expired".into())),
@@ -260,29 +272,37 @@ impl Node {
     }
 
     /// Routing duties for bundles a batch import just stored (sticks, feeds): receipts for
-    /// those addressed here, receipts applied, copies already delivered dropped again.
+    /// those addressed here (in bulk), receipts applied, copies already delivered dropped
+    /// again. Bundles are read back and opened in parallel, and settled in atomic batches.
     pub fn settle_arrivals(
         &self,
         keys: &[[u8; 32]],
         now: DtnTime,
     ) -> Result<SettleReport, NodeError> {
+        use crate::route::delivery::{self, Batch};
         let mut out = SettleReport::default();
-        for key in keys {
-            let Some(vb) = self.store.get(key)? else {
-                continue;
-            };
-            let s = crate::route::delivery::settle(&self.store, &self.identity, &vb, now).map_err(
-                |e| match e {
-                    crate::route::delivery::DeliveryError::Store(s) => NodeError::Store(s),
-                    crate::route::delivery::DeliveryError::Receipt(b) => NodeError::Bundle(b),
-                    crate::route::delivery::DeliveryError::Seal(x) => NodeError::Seal(x),
-                },
-            )?;
-            out.delivered += s.delivered as usize;
-            out.purged += s.purged as usize;
-            if s.dropped {
-                out.dropped.push(*key);
+        for chunk in keys.chunks(delivery::RECEIPT_BATCH) {
+            let mut raws = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                if let Some(raw) = self.store.get_raw(key)? {
+                    raws.push(raw);
+                }
             }
+            let mut batch = Batch::new(&self.store, &self.identity, now);
+            // What fails to verify now was stored before by this node: it stays as it is.
+            for a in delivery::prepare(raws, &self.identity)
+                .into_iter()
+                .flatten()
+            {
+                let key = a.vb.id().key();
+                let s = batch.settle(a)?;
+                out.delivered += s.delivered as usize;
+                out.purged += s.purged;
+                if s.dropped {
+                    out.dropped.push(key);
+                }
+            }
+            batch.commit()?;
         }
         Ok(out)
     }
@@ -302,6 +322,17 @@ impl Node {
         }
         out.sort_by_key(|i| (i.record.created_ms, i.record.seq, i.record.received_at));
         Ok(out)
+    }
+}
+
+impl From<crate::route::delivery::DeliveryError<StoreError>> for NodeError {
+    fn from(e: crate::route::delivery::DeliveryError<StoreError>) -> NodeError {
+        use crate::route::delivery::DeliveryError;
+        match e {
+            DeliveryError::Store(s) => NodeError::Store(s),
+            DeliveryError::Receipt(b) => NodeError::Bundle(b),
+            DeliveryError::Seal(x) => NodeError::Seal(x),
+        }
     }
 }
 

@@ -161,7 +161,7 @@ fn sigkill_during_import_and_export_loses_nothing_reported() {
             .records()
             .unwrap()
             .into_iter()
-            .filter(|(_, r)| r.kind != "receipt")
+            .filter(|(_, r)| r.kind != "receipts")
             .count();
         assert_eq!(originals, 300);
         assert_eq!(n.store.partial_summary().unwrap().objects, 0);

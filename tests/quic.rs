@@ -110,8 +110,9 @@ fn two_nodes_exchange_exactly_what_the_other_lacks_and_receipts_purge_copies() {
     assert_eq!(b.inbox().unwrap().len(), 3);
     assert!(a.store.record(&for_a).unwrap().is_some());
 
-    // Second sync: nothing but receipts moves. b's three receipts reach a, which drops
-    // its copies of the delivered bundles; a's receipt reaches b, which drops for_a.
+    // Second sync: nothing but receipts moves. b's one receipt for its three deliveries
+    // (receipts in bulk) reaches a, which drops its copies of the delivered bundles; a's
+    // receipt reaches b, which drops for_a.
     let r2 = rt
         .block_on(quic::sync_with(
             &a,
@@ -120,7 +121,10 @@ fn two_nodes_exchange_exactly_what_the_other_lacks_and_receipts_purge_copies() {
             &QuicConfig::default(),
         ))
         .unwrap();
-    assert_eq!(r2.new, 3, "three receipts from b: {r2:?}");
+    assert_eq!(
+        r2.new, 1,
+        "one receipt from b for its three deliveries: {r2:?}"
+    );
     assert_eq!(r2.purged, 3);
     assert_eq!(r2.stats.bundles_out, 1, "a's one receipt: {r2:?}");
     for k in &for_b {
@@ -457,16 +461,27 @@ fn a_relay_carries_what_it_cannot_read_and_the_receipt_comes_home_sealed() {
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].record.source, a.node_id().to_string());
     assert!(
-        b.store.of_kind("receipt").unwrap().is_empty(),
+        b.store.of_kind("receipt").unwrap().is_empty()
+            && b.store.of_kind("receipts").unwrap().is_empty(),
         "no receipt in clear"
     );
-    // The sealed receipt goes back through r to a, which drops its private copy.
+    // b keeps no copy of the outer bundle: its receipt reveals the delivery secret.
+    assert!(b.store.record(&outer.id().key()).unwrap().is_none());
+    // The sealed receipt goes back through r to a. Its envelope reveals the delivery
+    // secret, so r drops the sealed copy it carried (without learning who got it), and a
+    // drops both its travelling copy and, by the signed receipt inside, its private one.
     sync(&r, b_addr);
-    let s = sync(&a, r_addr);
-    assert_eq!(s.purged, 1, "{s:?}");
-    assert!(a.store.record(&inner.id().key()).unwrap().is_none());
     assert!(
-        r.store.of_kind("receipt").unwrap().is_empty(),
+        r.store.record(&outer.id().key()).unwrap().is_none(),
+        "the relay still carries a delivered sealed bundle"
+    );
+    let s = sync(&a, r_addr);
+    assert_eq!(s.purged, 2, "{s:?}");
+    assert!(a.store.record(&inner.id().key()).unwrap().is_none());
+    assert!(a.store.record(&outer.id().key()).unwrap().is_none());
+    assert!(
+        r.store.of_kind("receipt").unwrap().is_empty()
+            && r.store.of_kind("receipts").unwrap().is_empty(),
         "r never saw a clear receipt"
     );
 }

@@ -99,6 +99,10 @@ impl RouteStore for MemStore {
         Ok(self.bundles.borrow().get(key).map(|s| s.dest.clone()))
     }
 
+    fn created_ms(&self, key: &Key) -> Result<Option<u64>, Infallible> {
+        Ok(self.bundles.borrow().get(key).map(|s| s.created_ms))
+    }
+
     fn tombstone(&self, key: &Key, signer: &str) -> Result<Option<Tombstone>, Infallible> {
         Ok(self
             .tombs
@@ -179,10 +183,12 @@ impl Node {
                 sendable: self.sendable(k, s, &tombs, now),
             })
             .collect();
+        // Like the real store, only verified tombstones are reconciled: an unverified one
+        // (a receipt for a bundle this node never held) may name a wrong creation time.
         out.extend(
             tombs
                 .iter()
-                .filter(|(k, _)| !bundles.contains_key(*k))
+                .filter(|(k, t)| t.verified && !bundles.contains_key(*k))
                 .map(|(k, t)| Item {
                     key: *k,
                     created_ms: t.created,
@@ -240,6 +246,8 @@ struct Log {
     purged: usize,
     duplicate: usize,
     already_delivered: usize,
+    /// Copies refused by an unverified tombstone, which they then confirmed.
+    confirmed: usize,
     expired: usize,
 }
 
@@ -283,12 +291,31 @@ impl BundleIo for NodeIo<'_> {
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<Key, String> {
         let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
         let key = vb.id().key();
+        // A receipt for a bundle this node never held leaves an unverified tombstone,
+        // not reconciled: the first copy offered afterwards comes, is refused, and
+        // confirms (verifies) the tombstone.
+        let unconfirmed = self
+            .node
+            .store
+            .tombs
+            .borrow()
+            .get(&key)
+            .is_some_and(|t| !t.verified);
         let arrival = delivery::accept(&self.node.store, &self.node.id, vb, self.now)
             .map_err(|e| e.to_string())?;
+        if unconfirmed && arrival == Arrival::AlreadyDelivered {
+            assert!(
+                self.node.store.tombs.borrow()[&key].verified,
+                "seed {}: a refused copy did not confirm its tombstone",
+                self.seed
+            );
+            self.log.confirmed += 1;
+            return Ok(key);
+        }
         match arrival {
             Arrival::New { delivered, purged } => {
                 self.log.new += 1;
-                self.log.purged += purged as usize;
+                self.log.purged += purged;
                 if delivered {
                     let puts = self.node.store.last_puts.borrow().clone();
                     self.log.delivered.push((key, puts));
@@ -645,8 +672,9 @@ impl World {
             assert_eq!(prim.source.to_string(), self.nodes[o.dst].name);
             assert_eq!(prim.destination.to_string(), self.nodes[o.src].name);
             match adu::decode(rb.bundle().payload()) {
-                Ok(Adu::Receipt(r)) => {
-                    assert_eq!(r.bundle, key, "seed {seed}: receipt for the wrong bundle");
+                Ok(Adu::Receipts(r)) => {
+                    let keys: Vec<Key> = r.keys().collect();
+                    assert_eq!(keys, [key], "seed {seed}: receipt for the wrong bundle");
                     assert_eq!(r.expires, o.expires());
                 }
                 other => {

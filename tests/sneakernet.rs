@@ -563,7 +563,7 @@ fn a_stick_carries_the_receipt_home_and_the_sender_drops_its_copy() {
     assert_eq!(import(&b, &there).new, 1);
     // b is the destination: it keeps the message and issued a signed receipt for a.
     assert_eq!(b.inbox().unwrap().len(), 1);
-    assert_eq!(b.store.of_kind("receipt").unwrap().len(), 1);
+    assert_eq!(b.store.of_kind("receipts").unwrap().len(), 1);
     let back = dir.path().join("back");
     let e = export(&b, &back, &export_opts(0.25));
     assert_eq!(

@@ -17,6 +17,9 @@ pub mod model;
 pub const ENVELOPE_VERSION: u64 = 1;
 pub const KIND_MESSAGE: &str = "message";
 pub const KIND_RECEIPT: &str = "receipt";
+pub const KIND_RECEIPTS: &str = "receipts";
+/// Bundles one `receipts` body may acknowledge.
+pub const MAX_RECEIPT_ENTRIES: usize = 4096;
 pub const KIND_NODE: &str = "node";
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,39 @@ pub struct Receipt {
     pub at: u64,
 }
 
+/// Receipts in bulk: the destination of every bundle listed says they arrived by `at`.
+/// Signed, as every bundle, by that destination. Nodes that see it stop carrying the
+/// listed bundles until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipts {
+    /// Store keys of the delivered bundles, 32 bytes each, concatenated (1 to
+    /// [`MAX_RECEIPT_ENTRIES`] of them).
+    #[serde(with = "serde_bytes")]
+    pub bundles: Vec<u8>,
+    /// The latest expiry among them (DTN ms): the receipt is useless after that.
+    pub expires: u64,
+    /// When they were delivered (DTN ms, 0 if the destination had no clock).
+    pub at: u64,
+}
+
+impl Receipts {
+    /// The acknowledged keys.
+    pub fn keys(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        self.bundles
+            .chunks_exact(32)
+            .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+    }
+
+    pub fn len(&self) -> usize {
+        self.bundles.len() / 32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bundles.is_empty()
+    }
+}
+
 /// A node record: what a node publishes about itself, signed (as every bundle) by the
 /// node. Today: its X25519 key, so others can seal bundles for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +112,7 @@ pub struct NodeRecord {
 pub enum Adu {
     Message(Message),
     Receipt(Receipt),
+    Receipts(Receipts),
     Node(NodeRecord),
     /// One of the marketplace's kinds.
     Market(Box<MarketAdu>),
@@ -91,6 +128,7 @@ impl Adu {
         match self {
             Adu::Message(_) => KIND_MESSAGE,
             Adu::Receipt(_) => KIND_RECEIPT,
+            Adu::Receipts(_) => KIND_RECEIPTS,
             Adu::Node(_) => KIND_NODE,
             Adu::Market(m) => m.kind(),
             Adu::Unknown { kind, .. } => kind,
@@ -147,6 +185,11 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
 /// Encode a delivery receipt as a payload.
 pub fn encode_receipt(r: &Receipt) -> Vec<u8> {
     encode(KIND_RECEIPT, r)
+}
+
+/// Encode receipts in bulk as a payload.
+pub fn encode_receipts(r: &Receipts) -> Vec<u8> {
+    encode(KIND_RECEIPTS, r)
 }
 
 /// Encode any body under `kind` (for kinds defined outside this module).
@@ -236,6 +279,19 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
         KIND_MESSAGE => Ok(Adu::Message(body(&env)?)),
         KIND_NODE => Ok(Adu::Node(body(&env)?)),
         KIND_RECEIPT => Ok(Adu::Receipt(body(&env)?)),
+        KIND_RECEIPTS => {
+            let r: Receipts = body(&env)?;
+            let n = r.bundles.len();
+            if n == 0 || n % 32 != 0 || n > MAX_RECEIPT_ENTRIES * 32 {
+                return Err(AduError::BadBody {
+                    kind: env.kind.clone(),
+                    reason: format!(
+                        "lists {n} bytes of keys, not 1 to {MAX_RECEIPT_ENTRIES} keys of 32 bytes"
+                    ),
+                });
+            }
+            Ok(Adu::Receipts(r))
+        }
         k => {
             use market::*;
             let m = match k {

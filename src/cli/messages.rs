@@ -192,6 +192,11 @@ pub fn adu_json(adu: &Result<Adu, String>) -> Value {
             "delivered": hex::encode(r.bundle),
             "at": DtnTime(r.at).to_rfc3339(),
         }),
+        Ok(Adu::Receipts(r)) => json!({
+            "kind": "receipts",
+            "delivered": r.keys().map(hex::encode).collect::<Vec<_>>(),
+            "at": DtnTime(r.at).to_rfc3339(),
+        }),
         Ok(Adu::Market(m)) => super::market_cmds::adu_json(m),
         Ok(Adu::Unknown { version, kind }) => {
             json!({"kind": kind, "version": version, "understood": false})
@@ -228,6 +233,19 @@ fn adu_line(adu: &Result<Adu, String>) -> String {
             &hex::encode(r.bundle)[..12],
             DtnTime(r.at).to_rfc3339()
         ),
+        Ok(Adu::Receipts(r)) => {
+            let keys: Vec<String> = r.keys().take(3).map(|k| hex::encode(&k[..6])).collect();
+            let more = match r.len() > 3 {
+                true => format!(" and {} more", r.len() - 3),
+                false => String::new(),
+            };
+            format!(
+                "[receipts: {} of your bundles were delivered by {} ({}{more})]",
+                r.len(),
+                DtnTime(r.at).to_rfc3339(),
+                keys.join(", ")
+            )
+        }
         Ok(Adu::Market(m)) => super::market_cmds::adu_text(m),
         Ok(Adu::Unknown { version, kind }) => format!("[{kind} v{version}: not understood here]"),
         Err(e) => format!("[opaque payload: {e}]"),

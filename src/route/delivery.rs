@@ -3,9 +3,16 @@
 //! a [`RouteStore`]: the RocksDB store implements it for real nodes, the simulation an
 //! in-memory map.
 //!
+//! - Arrivals from one contact are handled as a [`Batch`]: one atomic commit, and
+//!   receipts in bulk (one signed `receipts` bundle per source and [`RECEIPT_BATCH`]
+//!   deliveries). The CPU work (signatures, stamps, opening sealed bundles) is done
+//!   before, in parallel ([`prepare`]).
 //! - A bundle that reached its destination is delivered once: the destination keeps it
-//!   (its inbox), records a tombstone so it never offers it to anyone, and originates a
-//!   signed `receipt` bundle back to the source.
+//!   (its inbox), records a tombstone so it never offers it to anyone, and owes the
+//!   source a receipt.
+//! - A sealed bundle's receipt goes back sealed and reveals, in its envelope, the
+//!   delivery secrets of the sealed bundles it acknowledges: any node holding one of them
+//!   drops it, without learning who received it (`bundles/README.md` §11.5).
 //! - A node that sees a receipt signed by the original's destination records a tombstone
 //!   and drops its copy of the original (anti-entropy: copies die out once delivered).
 //!   Tombstones live until the original would have expired, so a late copy is refused
@@ -13,13 +20,15 @@
 //!   bundle: a tombstone only counts when its signer is that bundle's destination.
 //! - Forwarding increments the hop count; a bundle at its hop limit stays put.
 
-use crate::adu::{self, Adu, Receipt};
+use crate::adu::{self, Adu};
 use crate::bundle::{
-    block_types, Bundle, BundleBuilder, BundleError, CreationTimestamp, HopCount, VerifiedBundle,
+    block_types, Bundle, BundleBuilder, BundleError, CreationTimestamp, Eid, HopCount,
+    VerifiedBundle,
 };
 use crate::identity::Identity;
 use crate::time::DtnTime;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// "Delivered; do not carry": kept until `expires`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +94,10 @@ pub trait RouteStore {
     fn contact(&self, _node: &str) -> Result<Option<[u8; 32]>, Self::Error> {
         Ok(None)
     }
+    /// The stored sealed bundle whose destination tag is `tag`, if any.
+    fn sealed_by_tag(&self, _tag: &[u8; 16]) -> Result<Option<[u8; 32]>, Self::Error> {
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +113,11 @@ pub enum DeliveryError<E: std::error::Error + 'static> {
 /// What became of an arriving bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arrival {
-    /// Stored. `delivered`: this node is its destination (a receipt was issued);
-    /// `purged`: it was a receipt and this node dropped the original.
+    /// Stored. `delivered`: this node is its destination (a receipt is issued);
+    /// `purged`: copies this node dropped because it was a receipt.
     New {
         delivered: bool,
-        purged: bool,
+        purged: usize,
     },
     Duplicate,
     /// Its destination already confirmed delivery: refused, nothing stored.
@@ -121,6 +134,67 @@ pub const MAX_CLOCK_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// Shortest life given to a receipt, so one for a nearly expired bundle still travels.
 pub const MIN_RECEIPT_LIFETIME_MS: u64 = 60 * 60 * 1000;
+
+/// Most deliveries one receipt bundle acknowledges (a batch with more makes several).
+pub const RECEIPT_BATCH: usize = 1024;
+
+/// Signer of the tombstone of a sealed bundle dropped because its delivery secret was
+/// revealed: its destination node (no signed bundle can have this source).
+pub const SEALED_SIGNER: &str = "dtn://sealed/";
+
+/// Signer of a reveal mark: a delivery secret seen for a tag this node holds no bundle of,
+/// kept so that a later copy is refused (§11.5).
+const REVEALED_SIGNER: &str = "revealed";
+
+/// Reveal marks one batch (one contact's worth of arrivals) may record: a hostile contact
+/// cannot fill the tombstone table with secrets for bundles that do not exist.
+pub const MARKS_PER_BATCH: usize = crate::seal::QUOTA_PER_CONTACT as usize;
+
+/// Where a reveal mark for `tag` is kept among the tombstones (never a bundle key).
+fn mark_key(tag: &[u8; 16]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(tag);
+    k[16..].copy_from_slice(b"revealed-mark/v1");
+    k
+}
+
+/// An arriving verified bundle with the CPU work on it done: a sealed one tried with this
+/// node's key. Pure, no store access: callers make these in parallel ([`prepare`]).
+pub struct Arriving {
+    pub vb: VerifiedBundle,
+    opened: Option<crate::seal::Opened>,
+}
+
+impl Arriving {
+    pub fn new(vb: VerifiedBundle, me: &Identity) -> Arriving {
+        let opened = match vb.is_sealed() {
+            // A sealed bundle for this node that does not open is carried like any other.
+            true => crate::seal::open_revealing(vb.bundle(), &me.seal_key(), &me.node_id())
+                .ok()
+                .flatten(),
+            false => None,
+        };
+        Arriving { vb, opened }
+    }
+}
+
+/// Decode, verify and (if sealed) try to open arriving bundles, in parallel across the
+/// cores; results in input order.
+pub fn prepare(raws: Vec<Vec<u8>>, me: &Identity) -> Vec<Result<Arriving, BundleError>> {
+    use rayon::prelude::*;
+    raws.into_par_iter()
+        .map(|raw| VerifiedBundle::decode(&raw).map(|vb| Arriving::new(vb, me)))
+        .collect()
+}
+
+/// [`prepare`] for bundles already verified (read back from the store, rebuilt by an
+/// import): only the sealed ones are tried with this node's key, in parallel.
+pub fn prepare_verified(vbs: Vec<VerifiedBundle>, me: &Identity) -> Vec<Arriving> {
+    use rayon::prelude::*;
+    vbs.into_par_iter()
+        .map(|vb| Arriving::new(vb, me))
+        .collect()
+}
 
 /// Handle a verified bundle that arrived from outside, at time `now`.
 pub fn accept<S: RouteStore>(
@@ -141,56 +215,14 @@ pub fn accept_from<S: RouteStore>(
     now: DtnTime,
     from: Option<ContactTag>,
 ) -> Result<Arrival, DeliveryError<S::Error>> {
-    let key = vb.id().key();
-    let b = vb.bundle();
-    let expires = b.expires_at(now);
-    if expires <= now {
-        return Ok(Arrival::Expired);
-    }
-    let dest_node = b.primary.destination.node_id();
-    if store.has(&key).map_err(DeliveryError::Store)? {
-        return Ok(Arrival::Duplicate);
-    }
-    if store
-        .tombstone(&key, &dest_node.to_string())
-        .map_err(DeliveryError::Store)?
-        .is_some()
-    {
-        return Ok(Arrival::AlreadyDelivered);
-    }
-    let mut change = Change::default();
-    if vb.is_sealed() {
-        if b.primary.created.time.0 > now.0.saturating_add(MAX_CLOCK_AHEAD_MS) && now.0 != 0 {
-            return Ok(Arrival::Refused(
-                "sealed bundle created in the future".into(),
-            ));
-        }
-        // Whether it opens here or not, the outer is stored and carried like any other:
-        // a recipient that kept it back would show who it is.
-        let opened = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id());
-        if let Some(tag) = from {
-            change.relayed.push((key, tag));
-        }
-        change.put.push(vb);
-        let (mut delivered, mut purged) = (false, false);
-        if let Ok(Some(inner)) = opened {
-            if !store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
-                (delivered, purged) = effects(store, me, &inner, now, &mut change, true)?;
-                change.private.push(inner.id().key());
-                change.put.push(inner);
-            }
-        }
-        store.commit(change, now).map_err(DeliveryError::Store)?;
-        return Ok(Arrival::New { delivered, purged });
-    }
-    let (delivered, purged) = effects(store, me, &vb, now, &mut change, false)?;
-    change.put.insert(0, vb);
-    store.commit(change, now).map_err(DeliveryError::Store)?;
-    Ok(Arrival::New { delivered, purged })
+    let mut batch = Batch::new(store, me, now);
+    let a = batch.add(Arriving::new(vb, me), from)?;
+    batch.commit()?;
+    Ok(a)
 }
 
-/// For bundles that were stored by a path that does not go through [`accept`] (a stick's
-/// or a feed's batch import): issue the receipt, apply a receipt, or drop a bundle whose
+/// For a bundle stored by a path that does not go through [`accept`] (a stick's or a
+/// feed's batch import): issue the receipt, apply a receipt, or drop a bundle whose
 /// delivery was already confirmed (then `dropped`).
 pub fn settle<S: RouteStore>(
     store: &S,
@@ -198,48 +230,10 @@ pub fn settle<S: RouteStore>(
     vb: &VerifiedBundle,
     now: DtnTime,
 ) -> Result<Settled, DeliveryError<S::Error>> {
-    let key = vb.id().key();
-    let dest_node = vb.bundle().primary.destination.node_id();
-    let mut change = Change::default();
-    if vb.is_sealed() {
-        // The outer stays stored and travels on, opened or not (see `accept`).
-        let mut out = Settled::default();
-        if let Ok(Some(inner)) = crate::seal::open(vb.bundle(), &me.seal_key(), &me.node_id()) {
-            if !store.has(&inner.id().key()).map_err(DeliveryError::Store)? {
-                (out.delivered, out.purged) = effects(store, me, &inner, now, &mut change, true)?;
-                change.private.push(inner.id().key());
-                change.put.push(inner);
-                store.commit(change, now).map_err(DeliveryError::Store)?;
-            }
-        }
-        return Ok(out);
-    }
-    if store
-        .tombstone(&key, &dest_node.to_string())
-        .map_err(DeliveryError::Store)?
-        .is_some()
-    {
-        {
-            if dest_node != me.node_id() {
-                change.delete.push(key);
-                store.commit(change, now).map_err(DeliveryError::Store)?;
-                return Ok(Settled {
-                    dropped: true,
-                    ..Settled::default()
-                });
-            }
-            return Ok(Settled::default());
-        }
-    }
-    let (delivered, purged) = effects(store, me, vb, now, &mut change, false)?;
-    if !change.put.is_empty() || !change.tombstones.is_empty() || !change.delete.is_empty() {
-        store.commit(change, now).map_err(DeliveryError::Store)?;
-    }
-    Ok(Settled {
-        delivered,
-        purged,
-        dropped: false,
-    })
+    let mut batch = Batch::new(store, me, now);
+    let s = batch.settle(Arriving::new(vb.clone(), me))?;
+    batch.commit()?;
+    Ok(s)
 }
 
 /// What [`settle`] did.
@@ -247,105 +241,501 @@ pub fn settle<S: RouteStore>(
 pub struct Settled {
     /// Addressed to this node: a receipt was issued.
     pub delivered: bool,
-    /// A receipt: this node dropped its copy of the original.
-    pub purged: bool,
+    /// Copies this node dropped because a receipt (or revealed delivery secrets) said
+    /// they were delivered.
+    pub purged: usize,
     /// Its delivery was already confirmed: dropped again.
     pub dropped: bool,
 }
 
-/// What storing `vb` implies besides storing it: receipts issued or applied, sealing keys
-/// learnt. `sealed`: it arrived sealed, so its receipt goes back sealed (or not at all: a
-/// receipt in clear would show who talks to whom).
-fn effects<S: RouteStore>(
-    store: &S,
-    me: &Identity,
-    vb: &VerifiedBundle,
+/// A delivery to acknowledge: the delivered bundle, when its copies may die, and (for a
+/// sealed v2 bundle) the delivery secret that lets relays drop its outer copies.
+struct Ack {
+    key: [u8; 32],
+    expires: DtnTime,
+    secret: Option<[u8; 16]>,
+}
+
+/// Many arrivals from one contact handled together: one atomic [`Change`] for all of
+/// them, and receipts in bulk (one per source and [`RECEIPT_BATCH`] deliveries) instead
+/// of one per delivered bundle. Reads see what the batch has staged.
+pub struct Batch<'a, S: RouteStore> {
+    store: &'a S,
+    me: &'a Identity,
     now: DtnTime,
-    change: &mut Change,
-    sealed: bool,
-) -> Result<(bool, bool), DeliveryError<S::Error>> {
-    let key = vb.id().key();
-    let b = vb.bundle();
-    let expires = b.expires_at(now);
-    let dest_node = b.primary.destination.node_id();
-    let mut purged = false;
-    let mut delivered = false;
-    let adu = adu::decode(b.payload());
-    if let Ok(Adu::Node(rec)) = &adu {
-        // A key that gives no shared secret (low-order point) is never learnt.
-        if crate::seal::usable_key(&rec.x25519) {
-            change
-                .contacts
-                .push((b.primary.source.node_id().to_string(), rec.x25519));
+    change: Change,
+    /// Staged bundles: destination node and creation time.
+    staged: HashMap<[u8; 32], (String, u64)>,
+    staged_tags: HashMap<[u8; 16], [u8; 32]>,
+    deleted: HashSet<[u8; 32]>,
+    /// Staged tombstones, by key and signer.
+    stones: HashMap<([u8; 32], String), Tombstone>,
+    /// Deliveries to acknowledge, by source node: in clear, or sealed for the source.
+    clear: BTreeMap<String, (Eid, Vec<Ack>)>,
+    sealed: BTreeMap<String, (Eid, Vec<Ack>)>,
+    marks_left: usize,
+    items: usize,
+}
+
+impl<'a, S: RouteStore> Batch<'a, S> {
+    pub fn new(store: &'a S, me: &'a Identity, now: DtnTime) -> Batch<'a, S> {
+        Batch {
+            store,
+            me,
+            now,
+            change: Change::default(),
+            staged: HashMap::new(),
+            staged_tags: HashMap::new(),
+            deleted: HashSet::new(),
+            stones: HashMap::new(),
+            clear: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+            marks_left: MARKS_PER_BATCH,
+            items: 0,
         }
     }
-    if let Ok(Adu::Receipt(r)) = &adu {
-        let signer = b.primary.source.node_id().to_string();
-        // Checked against the copy held here, if any: only the destination's word counts.
-        let verified = store
-            .destination_node(&r.bundle)
-            .map_err(DeliveryError::Store)?
-            .is_some_and(|d| d == signer);
-        let created = match verified {
-            true => store
-                .created_ms(&r.bundle)
-                .map_err(DeliveryError::Store)?
-                .unwrap_or(r.created),
-            false => r.created,
-        };
-        if verified {
-            change.delete.push(r.bundle);
-            purged = true;
+
+    /// Arrivals handled so far.
+    pub fn len(&self) -> usize {
+        self.items
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items == 0
+    }
+
+    fn has(&self, key: &[u8; 32]) -> Result<bool, DeliveryError<S::Error>> {
+        if self.staged.contains_key(key) {
+            return Ok(true);
         }
-        change.tombstones.push((
-            r.bundle,
-            Tombstone {
-                signer,
-                created,
-                // Never past the receipt's own expiry, whatever the body claims.
-                expires: DtnTime(r.expires).min(expires),
-                verified,
-            },
-        ));
-    } else if dest_node == me.node_id() && !b.primary.source.is_null() {
-        delivered = true;
-        change.tombstones.push((
+        if self.deleted.contains(key) {
+            return Ok(false);
+        }
+        self.store.has(key).map_err(DeliveryError::Store)
+    }
+
+    fn destination_node(&self, key: &[u8; 32]) -> Result<Option<String>, DeliveryError<S::Error>> {
+        if let Some((d, _)) = self.staged.get(key) {
+            return Ok(Some(d.clone()));
+        }
+        if self.deleted.contains(key) {
+            return Ok(None);
+        }
+        self.store
+            .destination_node(key)
+            .map_err(DeliveryError::Store)
+    }
+
+    fn created_ms(&self, key: &[u8; 32]) -> Result<Option<u64>, DeliveryError<S::Error>> {
+        if let Some((_, c)) = self.staged.get(key) {
+            return Ok(Some(*c));
+        }
+        self.store.created_ms(key).map_err(DeliveryError::Store)
+    }
+
+    fn stone(
+        &self,
+        key: &[u8; 32],
+        signer: &str,
+    ) -> Result<Option<Tombstone>, DeliveryError<S::Error>> {
+        if let Some(t) = self.stones.get(&(*key, signer.to_string())) {
+            return Ok(Some(t.clone()));
+        }
+        self.store
+            .tombstone(key, signer)
+            .map_err(DeliveryError::Store)
+    }
+
+    fn tombstoned(&self, key: &[u8; 32], signer: &str) -> Result<bool, DeliveryError<S::Error>> {
+        Ok(self.stone(key, signer)?.is_some())
+    }
+
+    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, DeliveryError<S::Error>> {
+        if let Some(k) = self.staged_tags.get(tag) {
+            return Ok(Some(*k));
+        }
+        match self
+            .store
+            .sealed_by_tag(tag)
+            .map_err(DeliveryError::Store)?
+        {
+            Some(k) if !self.deleted.contains(&k) => Ok(Some(k)),
+            _ => Ok(None),
+        }
+    }
+
+    fn put(&mut self, vb: VerifiedBundle) {
+        let b = vb.bundle();
+        let key = vb.id().key();
+        if let Some(tag) = crate::seal::tag_of(b) {
+            self.staged_tags.insert(tag, key);
+        }
+        self.staged.insert(
+            key,
+            (
+                b.primary.destination.node_id().to_string(),
+                b.primary.created.time.0,
+            ),
+        );
+        self.deleted.remove(&key);
+        self.change.put.push(vb);
+    }
+
+    fn delete(&mut self, key: [u8; 32]) {
+        self.staged.remove(&key);
+        self.staged_tags.retain(|_, k| *k != key);
+        self.deleted.insert(key);
+        self.change.delete.push(key);
+    }
+
+    fn tombstone(&mut self, key: [u8; 32], t: Tombstone) {
+        self.stones.insert((key, t.signer.clone()), t.clone());
+        self.change.tombstones.push((key, t));
+    }
+
+    /// Handle a bundle that arrived from outside (`from`: the contact that brought it).
+    pub fn add(
+        &mut self,
+        a: Arriving,
+        from: Option<ContactTag>,
+    ) -> Result<Arrival, DeliveryError<S::Error>> {
+        self.items += 1;
+        let now = self.now;
+        let Arriving { vb, opened } = a;
+        let key = vb.id().key();
+        let b = vb.bundle();
+        let expires = b.expires_at(now);
+        if expires <= now {
+            return Ok(Arrival::Expired);
+        }
+        let dest_node = b.primary.destination.node_id().to_string();
+        if self.has(&key)? {
+            return Ok(Arrival::Duplicate);
+        }
+        if let Some(t) = self.stone(&key, &dest_node)? {
+            if !t.verified {
+                // The receipt came before any copy: this copy shows its destination is
+                // the signer, so the tombstone now counts (and is reconciled, with the
+                // bundle's own creation time, so peers stop offering it).
+                self.tombstone(
+                    key,
+                    Tombstone {
+                        created: b.primary.created.time.0,
+                        verified: true,
+                        ..t
+                    },
+                );
+            }
+            return Ok(Arrival::AlreadyDelivered);
+        }
+        if !vb.is_sealed() {
+            let (delivered, purged) = self.effects(&vb, None)?;
+            self.put(vb);
+            return Ok(Arrival::New { delivered, purged });
+        }
+        if b.primary.created.time.0 > now.0.saturating_add(MAX_CLOCK_AHEAD_MS) && now.0 != 0 {
+            return Ok(Arrival::Refused(
+                "sealed bundle created in the future".into(),
+            ));
+        }
+        if let Some(tag) = crate::seal::tag_of(b) {
+            if self.tombstoned(&mark_key(&tag), REVEALED_SIGNER)? {
+                // Its recipient revealed its secret before this copy came: delivered.
+                self.sealed_done(key, b.primary.created.time.0, expires);
+                return Ok(Arrival::AlreadyDelivered);
+            }
+        }
+        let mut purged = self.apply_reveals(&vb)?;
+        let mut delivered = false;
+        match opened {
+            Some(o) if !self.has(&o.inner.id().key())? => {
+                let (d, p) = self.effects(&o.inner, Some(o.secret))?;
+                (delivered, purged) = (d, purged + p);
+                self.change.private.push(o.inner.id().key());
+                self.put(o.inner);
+                if o.secret.is_some() {
+                    // Delivered here, and the receipt reveals its secret: nobody needs
+                    // this copy any more, so it is not kept (it stays in the reconciled
+                    // set as a tombstone, so peers do not send it again).
+                    self.sealed_done(key, b.primary.created.time.0, expires);
+                    return Ok(Arrival::New { delivered, purged });
+                }
+            }
+            _ => {}
+        }
+        // Whether it opened here or not, the outer is stored and carried like any other:
+        // a recipient that kept it back would show who it is.
+        if let Some(tag) = from {
+            self.change.relayed.push((key, tag));
+        }
+        self.put(vb);
+        Ok(Arrival::New { delivered, purged })
+    }
+
+    /// Routing duties for a bundle a batch import already stored (sticks, feeds).
+    pub fn settle(&mut self, a: Arriving) -> Result<Settled, DeliveryError<S::Error>> {
+        self.items += 1;
+        let Arriving { vb, opened } = a;
+        let key = vb.id().key();
+        let b = vb.bundle();
+        let dest_node = b.primary.destination.node_id().to_string();
+        let mut out = Settled::default();
+        if vb.is_sealed() {
+            let revealed = match crate::seal::tag_of(b) {
+                Some(tag) => self.tombstoned(&mark_key(&tag), REVEALED_SIGNER)?,
+                None => false,
+            };
+            if revealed {
+                self.sealed_done(key, b.primary.created.time.0, b.expires_at(self.now));
+                self.delete(key);
+                out.dropped = true;
+                return Ok(out);
+            }
+            out.purged = self.apply_reveals(&vb)?;
+            if let Some(o) = opened {
+                if !self.has(&o.inner.id().key())? {
+                    let (d, p) = self.effects(&o.inner, Some(o.secret))?;
+                    out.delivered = d;
+                    out.purged += p;
+                    self.change.private.push(o.inner.id().key());
+                    self.put(o.inner);
+                    if o.secret.is_some() {
+                        self.sealed_done(key, b.primary.created.time.0, b.expires_at(self.now));
+                        self.delete(key);
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        if self.tombstoned(&key, &dest_node)? {
+            if dest_node != self.me.node_id().to_string() {
+                self.delete(key);
+                out.dropped = true;
+            }
+            return Ok(out);
+        }
+        (out.delivered, out.purged) = self.effects(&vb, None)?;
+        Ok(out)
+    }
+
+    /// A sealed bundle whose delivery is known (its secret was revealed): tombstoned so
+    /// it is neither kept, offered nor taken again.
+    fn sealed_done(&mut self, key: [u8; 32], created: u64, expires: DtnTime) {
+        self.tombstone(
             key,
             Tombstone {
-                signer: me.node_id().to_string(),
-                created: b.primary.created.time.0,
+                signer: SEALED_SIGNER.into(),
+                created,
                 expires,
                 verified: true,
             },
-        ));
-        let receipt = adu::encode_receipt(&Receipt {
-            bundle: key,
-            created: b.primary.created.time.0,
+        );
+    }
+
+    /// Apply the delivery secrets a sealed bundle reveals: drop the sealed bundles they
+    /// open, remember the others' tags. Returns how many copies were dropped.
+    fn apply_reveals(&mut self, vb: &VerifiedBundle) -> Result<usize, DeliveryError<S::Error>> {
+        let own = vb.id().key();
+        let expires = vb.bundle().expires_at(self.now);
+        let mut purged = 0;
+        for secret in crate::seal::reveals(vb.bundle()) {
+            let tag = crate::seal::reveal_tag(&secret);
+            match self.sealed_by_tag(&tag)? {
+                Some(k) if k != own => {
+                    let created = self.created_ms(&k)?.unwrap_or(0);
+                    self.sealed_done(k, created, expires);
+                    self.delete(k);
+                    purged += 1;
+                }
+                Some(_) => {}
+                None => {
+                    if self.marks_left > 0 && !self.tombstoned(&mark_key(&tag), REVEALED_SIGNER)? {
+                        self.marks_left -= 1;
+                        self.tombstone(
+                            mark_key(&tag),
+                            Tombstone {
+                                signer: REVEALED_SIGNER.into(),
+                                created: 0,
+                                expires,
+                                verified: false,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Apply "`signer` received `key`": a tombstone, and the copy dropped if the signer
+    /// is its destination. Returns whether a copy was dropped.
+    fn apply_ack(
+        &mut self,
+        signer: &str,
+        key: [u8; 32],
+        created: u64,
+        expires: DtnTime,
+    ) -> Result<bool, DeliveryError<S::Error>> {
+        // Checked against the copy held here, if any: only the destination's word counts.
+        let verified = self.destination_node(&key)?.is_some_and(|d| d == signer);
+        let created = match verified {
+            true => self.created_ms(&key)?.unwrap_or(created),
+            false => created,
+        };
+        if verified {
+            self.delete(key);
+        }
+        self.tombstone(
+            key,
+            Tombstone {
+                signer: signer.to_string(),
+                created,
+                expires,
+                verified,
+            },
+        );
+        Ok(verified)
+    }
+
+    /// What storing `vb` implies besides storing it: receipts applied or owed, sealing
+    /// keys learnt. `sealed`: it arrived sealed (with its delivery secret, for v2), so
+    /// its receipt goes back sealed. Returns (delivered here, copies dropped).
+    fn effects(
+        &mut self,
+        vb: &VerifiedBundle,
+        sealed: Option<Option<[u8; 16]>>,
+    ) -> Result<(bool, usize), DeliveryError<S::Error>> {
+        let key = vb.id().key();
+        let b = vb.bundle();
+        let expires = b.expires_at(self.now);
+        let dest_node = b.primary.destination.node_id();
+        let signer = b.primary.source.node_id().to_string();
+        match adu::decode(b.payload()) {
+            Ok(Adu::Node(rec)) => {
+                // A key that gives no shared secret (low-order point) is never learnt.
+                if crate::seal::usable_key(&rec.x25519) {
+                    self.change.contacts.push((signer, rec.x25519));
+                }
+                Ok((false, 0))
+            }
+            Ok(Adu::Receipt(r)) => {
+                // Never past the receipt's own expiry, whatever the body claims.
+                let until = DtnTime(r.expires).min(expires);
+                let p = self.apply_ack(&signer, r.bundle, r.created, until)?;
+                Ok((false, p as usize))
+            }
+            Ok(Adu::Receipts(r)) => {
+                let until = DtnTime(r.expires).min(expires);
+                let mut purged = 0;
+                for k in r.keys() {
+                    purged += self.apply_ack(&signer, k, 0, until)? as usize;
+                }
+                Ok((false, purged))
+            }
+            _ if dest_node == self.me.node_id() && !b.primary.source.is_null() => {
+                let me = self.me.node_id().to_string();
+                self.tombstone(
+                    key,
+                    Tombstone {
+                        signer: me,
+                        created: b.primary.created.time.0,
+                        expires,
+                        verified: true,
+                    },
+                );
+                let source = b.primary.source.node_id();
+                let secret = sealed.flatten();
+                let owed = match sealed {
+                    Some(_) => &mut self.sealed,
+                    None => &mut self.clear,
+                };
+                owed.entry(signer)
+                    .or_insert_with(|| (source, Vec::new()))
+                    .1
+                    .push(Ack {
+                        key,
+                        expires,
+                        secret,
+                    });
+                Ok((true, 0))
+            }
+            _ => Ok((false, 0)),
+        }
+    }
+
+    /// Sign the receipts owed (in bulk: one per source and [`RECEIPT_BATCH`] deliveries)
+    /// and commit everything in one atomic write.
+    pub fn commit(mut self) -> Result<(), DeliveryError<S::Error>> {
+        let clear = std::mem::take(&mut self.clear);
+        for (_, (source, acks)) in clear {
+            for chunk in acks.chunks(RECEIPT_BATCH) {
+                let rb = self.receipt(&source, chunk)?;
+                self.put(rb);
+            }
+        }
+        let sealed = std::mem::take(&mut self.sealed);
+        for (node, (source, acks)) in sealed {
+            let xpk = self.store.contact(&node).map_err(DeliveryError::Store)?;
+            for chunk in acks.chunks(RECEIPT_BATCH) {
+                let reveals: Vec<[u8; 16]> = chunk.iter().filter_map(|a| a.secret).collect();
+                // Without the source's sealing key the receipt cannot go back to it (one in
+                // clear would show who talks to whom); if it reveals secrets, it still goes,
+                // sealed for nobody, so relays drop the delivered copies.
+                let xpk = match (xpk, reveals.is_empty()) {
+                    (Some(k), _) => k,
+                    (None, false) => crate::seal::nobody(&mut rand_core::OsRng),
+                    (None, true) => continue,
+                };
+                let rb = self.receipt(&source, chunk)?;
+                // Best effort: a receipt that cannot be sealed (no clock, a bad key) is not
+                // sent, and never stops the delivery itself.
+                if let Ok(outer) = crate::seal::seal_revealing(
+                    &rb,
+                    &xpk,
+                    self.now,
+                    &mut rand_core::OsRng,
+                    &reveals,
+                ) {
+                    self.put(outer);
+                }
+            }
+        }
+        let c = &self.change;
+        if c.put.is_empty()
+            && c.tombstones.is_empty()
+            && c.delete.is_empty()
+            && c.contacts.is_empty()
+        {
+            return Ok(());
+        }
+        self.store
+            .commit(self.change, self.now)
+            .map_err(DeliveryError::Store)
+    }
+
+    /// One signed `receipts` bundle for `acks`, addressed to `source`.
+    fn receipt(
+        &self,
+        source: &Eid,
+        acks: &[Ack],
+    ) -> Result<VerifiedBundle, DeliveryError<S::Error>> {
+        let now = self.now;
+        let expires = acks.iter().map(|a| a.expires).max().unwrap_or(now);
+        let body = adu::encode_receipts(&adu::Receipts {
+            bundles: acks.iter().flat_map(|a| a.key).collect(),
             expires: expires.0,
             at: now.0,
         });
-        let ts = store
+        let ts = self
+            .store
             .next_creation_timestamp(now)
             .map_err(DeliveryError::Store)?;
         let lifetime = expires.0.saturating_sub(now.0).max(MIN_RECEIPT_LIFETIME_MS);
-        let rb = BundleBuilder::new(b.primary.source.node_id(), ts, lifetime)
-            .payload(receipt)
-            .sign(me)
-            .map_err(DeliveryError::Receipt)?;
-        if !sealed {
-            change.put.push(rb);
-        } else if let Some(xpk) = store
-            .contact(&b.primary.source.node_id().to_string())
-            .map_err(DeliveryError::Store)?
-        {
-            // Best effort: a receipt that cannot be sealed (no clock, a bad key) is not
-            // sent, and never stops the delivery itself.
-            if let Ok(outer) = crate::seal::seal(&rb, &xpk, now, &mut rand_core::OsRng) {
-                change.put.push(outer);
-            }
-        }
+        BundleBuilder::new(source.clone(), ts, lifetime)
+            .payload(body)
+            .sign(self.me)
+            .map_err(DeliveryError::Receipt)
     }
-    Ok((delivered, purged))
 }
 
 /// The bytes to send for a stored bundle: its hop count incremented. `None` when it is at

@@ -12,7 +12,7 @@ pub mod delivery;
 pub fn priority(kind: &str) -> u8 {
     match kind {
         "payment" | "result" => 0,
-        "receipt" => 1,
+        "receipt" | "receipts" => 1,
         "task" | "message" => 2,
         _ => 3,
     }

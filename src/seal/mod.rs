@@ -34,6 +34,12 @@ pub const KIND_SEALED: &str = "sealed";
 pub const SEALED_NODE: &str = "sealed";
 const KDF_CONTEXT: &str = "mycelium 2026-11 sealed bundle v1 keys";
 const AAD_DOMAIN: &[u8] = b"mycelium/sealed/v1";
+/// Additional data of a sealed bundle that carries delivery secrets in clear.
+const AAD_DOMAIN_REVEALING: &[u8] = b"mycelium/sealed/v2";
+/// A v2 sealed bundle's tag is this hash of its delivery secret (§11.5).
+const TAG_CONTEXT: &str = "mycelium 2026-12 sealed delivery tag v2";
+/// Delivery secrets one sealed bundle may reveal.
+pub const MAX_REVEALS: usize = 4096;
 const STAMP_DOMAIN: &[u8] = b"mycelium/stamp/v1";
 const ID_DOMAIN: &[u8] = b"mycelium/sealed/id/v1";
 /// Longest life of a sealed bundle: a relay cannot be made to keep one for ever.
@@ -79,6 +85,10 @@ struct SealedBody {
     #[serde(with = "serde_bytes")]
     ct: Vec<u8>,
     stamp: u64,
+    /// Delivery secrets revealed (16 bytes each): the sealed bundles they open were
+    /// delivered, and anyone holding one may drop it (§11.5).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    opened: Vec<u8>,
 }
 
 /// A node's X25519 key pair for sealing.
@@ -123,13 +133,33 @@ fn derive(shared: &[u8; 32], epk: &[u8; 32], rpk: &[u8; 32]) -> Derived {
     d
 }
 
-fn aad(epk: &[u8; 32], tag: &[u8; TAG_LEN], time: DtnTime, lifetime: u64) -> Vec<u8> {
-    let mut a = AAD_DOMAIN.to_vec();
+fn aad(
+    epk: &[u8; 32],
+    tag: &[u8; TAG_LEN],
+    time: DtnTime,
+    lifetime: u64,
+    opened: &[u8],
+) -> Vec<u8> {
+    let mut a = match opened.is_empty() {
+        true => AAD_DOMAIN.to_vec(),
+        false => AAD_DOMAIN_REVEALING.to_vec(),
+    };
     a.extend_from_slice(epk);
     a.extend_from_slice(tag);
     a.extend_from_slice(&time.0.to_be_bytes());
     a.extend_from_slice(&lifetime.to_be_bytes());
+    a.extend_from_slice(opened);
     a
+}
+
+/// The tag a delivery secret stands for: a v2 sealed bundle's destination is
+/// `dtn://sealed/<hex of this>`, so whoever learns the secret can match the bundle, and
+/// nobody can find a secret for a tag.
+pub fn reveal_tag(secret: &[u8; TAG_LEN]) -> [u8; TAG_LEN] {
+    let h = blake3::derive_key(TAG_CONTEXT, secret);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&h[..TAG_LEN]);
+    t
 }
 
 /// The outer bundle's sequence number: bound to its content, so nobody can take a sealed
@@ -198,6 +228,25 @@ pub fn seal<R: RngCore + CryptoRng>(
     now: DtnTime,
     rng: &mut R,
 ) -> Result<VerifiedBundle, SealError> {
+    seal_revealing(inner, recipient, now, rng, &[])
+}
+
+/// [`seal`], with delivery secrets of other sealed bundles carried in clear (a receipt's
+/// envelope: every node that sees it drops the bundles those secrets open).
+pub fn seal_revealing<R: RngCore + CryptoRng>(
+    inner: &VerifiedBundle,
+    recipient: &[u8; 32],
+    now: DtnTime,
+    rng: &mut R,
+    reveals: &[[u8; TAG_LEN]],
+) -> Result<VerifiedBundle, SealError> {
+    if reveals.len() > MAX_REVEALS {
+        return Err(SealError::NotSealed(format!(
+            "{} delivery secrets, more than the {MAX_REVEALS} one bundle may reveal",
+            reveals.len()
+        )));
+    }
+    let opened: Vec<u8> = reveals.iter().flatten().copied().collect();
     let rpk = PublicKey::from(*recipient);
     let esk = StaticSecret::random_from_rng(&mut *rng);
     let epk = PublicKey::from(&esk).to_bytes();
@@ -206,6 +255,8 @@ pub fn seal<R: RngCore + CryptoRng>(
         return Err(SealError::WeakKey);
     }
     let d = derive(shared.as_bytes(), &epk, recipient);
+    // v2: the derived 16 bytes are the delivery secret; the tag is its hash.
+    let tag = reveal_tag(&d.tag);
     // Outer timing: minute resolution; expiry rounded up to the hour plus jitter; the
     // sequence number is derived from the content below (no per-node counter).
     if now.0 < 60_000 {
@@ -224,7 +275,7 @@ pub fn seal<R: RngCore + CryptoRng>(
     pt.extend_from_slice(&(raw.len() as u32).to_be_bytes());
     pt.extend_from_slice(raw);
     pt.resize(padded_len(raw.len() + 4), 0);
-    let a = aad(&epk, &d.tag, time, lifetime);
+    let a = aad(&epk, &tag, time, lifetime, &opened);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
     let ct = cipher
         .encrypt(Nonce::from_slice(&d.nonce), Payload { msg: &pt, aad: &a })
@@ -234,11 +285,20 @@ pub fn seal<R: RngCore + CryptoRng>(
         seq: content_seq(&a, &ct),
     };
     let digest = stamp_digest(&a, &ct);
-    let stamp = make_stamp(&digest, required_bits(ct.len()), rng.next_u64());
-    let body = SealedBody { epk, ct, stamp };
+    let stamp = make_stamp(
+        &digest,
+        required_bits(ct.len() + opened.len()),
+        rng.next_u64(),
+    );
+    let body = SealedBody {
+        epk,
+        ct,
+        stamp,
+        opened,
+    };
     let payload = adu::encode_kind(KIND_SEALED, &body);
     let mut tag_hex = String::with_capacity(32);
-    for b in d.tag {
+    for b in tag {
         tag_hex.push_str(&format!("{b:02x}"));
     }
     let destination = Eid::parse(&format!("dtn://{SEALED_NODE}/{tag_hex}"))
@@ -317,7 +377,14 @@ fn parse(b: &Bundle) -> Result<Parsed, SealError> {
         .map_err(|_| SealError::NotSealed("destination tag is not 16 bytes of hex".into()))?;
     let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
         .map_err(|e| SealError::NotSealed(e.to_string()))?;
-    let aad = aad(&body.epk, &tag, p.created.time, p.lifetime_ms);
+    if body.opened.len() % TAG_LEN != 0 || body.opened.len() > MAX_REVEALS * TAG_LEN {
+        return Err(SealError::NotSealed(format!(
+            "its list of delivery secrets is {} bytes, not a multiple of {TAG_LEN} up to {}",
+            body.opened.len(),
+            MAX_REVEALS * TAG_LEN
+        )));
+    }
+    let aad = aad(&body.epk, &tag, p.created.time, p.lifetime_ms, &body.opened);
     Ok(Parsed { tag, body, aad })
 }
 
@@ -330,7 +397,7 @@ pub fn check_stamp(b: &Bundle) -> Result<(), SealError> {
             "its sequence number is not bound to its content".into(),
         ));
     }
-    let need = required_bits(p.body.ct.len());
+    let need = required_bits(p.body.ct.len() + p.body.opened.len());
     let got = stamp_bits(&stamp_digest(&p.aad, &p.body.ct), p.body.stamp);
     if got < need {
         return Err(SealError::Stamp { got, need });
@@ -351,9 +418,61 @@ pub fn is_sealed(b: &Bundle) -> bool {
     b.primary.source.is_null() && b.primary.destination.node_name() == Some(SEALED_NODE)
 }
 
+/// A fresh X25519 public key whose secret is forgotten at once: sealing for it makes a
+/// bundle nobody can open (a receipt whose only use is the secrets it reveals).
+pub fn nobody<R: RngCore + CryptoRng>(rng: &mut R) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::random_from_rng(rng)).to_bytes()
+}
+
+/// The tag in a sealed bundle's destination, if it is one.
+pub fn tag_of(b: &Bundle) -> Option<[u8; TAG_LEN]> {
+    if !is_sealed(b) {
+        return None;
+    }
+    let hex_tag = b
+        .primary
+        .destination
+        .to_string()
+        .strip_prefix(&format!("dtn://{SEALED_NODE}/"))?
+        .to_string();
+    let mut tag = [0u8; TAG_LEN];
+    hex::decode_to_slice(hex_tag, &mut tag).ok()?;
+    Some(tag)
+}
+
+/// The delivery secrets a sealed bundle reveals (none for a malformed one).
+pub fn reveals(b: &Bundle) -> Vec<[u8; TAG_LEN]> {
+    match parse(b) {
+        Ok(p) => p
+            .body
+            .opened
+            .chunks_exact(TAG_LEN)
+            .filter_map(|c| c.try_into().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A sealed bundle opened by its recipient.
+pub struct Opened {
+    /// The inner bundle, verified and addressed to the recipient.
+    pub inner: VerifiedBundle,
+    /// Its delivery secret (v2 tags; `None` for a v1 bundle, which cannot be revealed).
+    pub secret: Option<[u8; TAG_LEN]>,
+}
+
 /// Try to open a sealed bundle with this node's key: `Ok(None)` if it is for someone else;
 /// `Ok(Some(inner))` with the inner bundle verified (signature) and addressed to `me`.
 pub fn open(outer: &Bundle, key: &SealKey, me: &Eid) -> Result<Option<VerifiedBundle>, SealError> {
+    Ok(open_revealing(outer, key, me)?.map(|o| o.inner))
+}
+
+/// [`open`], also returning the delivery secret a receipt reveals.
+pub fn open_revealing(
+    outer: &Bundle,
+    key: &SealKey,
+    me: &Eid,
+) -> Result<Option<Opened>, SealError> {
     let p = parse(outer)?;
     let epk = PublicKey::from(p.body.epk);
     let shared = key.secret.diffie_hellman(&epk);
@@ -361,9 +480,13 @@ pub fn open(outer: &Bundle, key: &SealKey, me: &Eid) -> Result<Option<VerifiedBu
         return Ok(None);
     }
     let d = derive(shared.as_bytes(), &p.body.epk, &key.public());
-    if d.tag != p.tag {
+    let secret = if reveal_tag(&d.tag) == p.tag {
+        Some(d.tag)
+    } else if d.tag == p.tag {
+        None
+    } else {
         return Ok(None);
-    }
+    };
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
     let pt = cipher
         .decrypt(
@@ -392,7 +515,7 @@ pub fn open(outer: &Bundle, key: &SealKey, me: &Eid) -> Result<Option<VerifiedBu
     if dest != me.node_id() {
         return Err(SealError::Misaddressed(dest.to_string()));
     }
-    Ok(Some(inner))
+    Ok(Some(Opened { inner, secret }))
 }
 
 #[cfg(test)]

@@ -73,7 +73,11 @@ pub mod cf {
     /// bundle key → contact tag (16) ‖ arrived (u64 BE, DTN ms) ‖ size (u64 BE): sealed
     /// bundles taken from a contact to relay, the ones the sealed bound counts and evicts
     pub const SEALED_FROM: &str = "sealed_from";
-    pub const ALL: [&str; 19] = [
+    /// sealed bundle's destination tag (16 bytes) → its bundle key: how a revealed
+    /// delivery secret finds the copy it lets this node drop (route::delivery)
+    pub const BY_TAG: &str = "idx_sealed_tag";
+    pub const ALL: [&str; 20] = [
+        BY_TAG,
         SEALED_FROM,
         LEDGER,
         CONTACTS,
@@ -363,6 +367,9 @@ impl Store {
             [],
         );
         batch.put_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, &key), []);
+        if let Some(tag) = crate::seal::tag_of(b) {
+            batch.put_cf(self.cf(cf::BY_TAG), tag, key);
+        }
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -579,6 +586,9 @@ impl Store {
             );
             batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), key));
             batch.delete_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, key));
+            if let Some(tag) = sealed_tag(&rec.destination) {
+                batch.delete_cf(self.cf(cf::BY_TAG), tag);
+            }
         }
         batch.delete_cf(self.cf(cf::BUNDLES), key);
         batch.delete_cf(self.cf(cf::RECORDS), key);
@@ -587,6 +597,28 @@ impl Store {
         // The private mark outlives the bundle while a tombstone for its key exists, so the
         // key never enters a reconciliation (purge_tombstones and purge_expired clear it).
         Ok(())
+    }
+}
+
+/// The tag of a sealed bundle's destination (`dtn://sealed/<hex>`).
+fn sealed_tag(dest: &str) -> Option<[u8; 16]> {
+    let hex_tag = dest.strip_prefix("dtn://sealed/")?;
+    let mut tag = [0u8; 16];
+    hex::decode_to_slice(hex_tag, &mut tag).ok()?;
+    Some(tag)
+}
+
+/// The key of the stored sealed bundle with this destination tag.
+impl Store {
+    pub fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, StoreError> {
+        match self
+            .db
+            .get_cf(self.cf(cf::BY_TAG), tag)
+            .map_err(|e| self.db_err(e))?
+        {
+            Some(v) => Ok(Some(key32(&v)?)),
+            None => Ok(None),
+        }
     }
 }
 

@@ -378,7 +378,13 @@ impl RouteStore for Store {
         let mut batch = WriteBatch::default();
         let mut staged = HashSet::new();
         let mut new_sizes = HashMap::new();
+        // A bundle the same change drops (a receipt for it came in the same batch) is
+        // not stored at all: its index entries would outlive it.
+        let dropped: HashSet<[u8; 32]> = change.delete.iter().copied().collect();
         for vb in &change.put {
+            if dropped.contains(&vb.id().key()) {
+                continue;
+            }
             if self.stage_put(&mut batch, vb, now, &mut staged)? == super::PutOutcome::New {
                 new_sizes.insert(vb.id().key(), vb.raw().len() as u64);
             }
@@ -418,5 +424,9 @@ impl RouteStore for Store {
 
     fn contact(&self, node: &str) -> Result<Option<[u8; 32]>, StoreError> {
         Store::contact(self, node)
+    }
+
+    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, StoreError> {
+        Store::sealed_by_tag(self, tag)
     }
 }

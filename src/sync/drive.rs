@@ -26,10 +26,27 @@ pub trait BundleIo {
     fn incoming_sprayed(&mut self, bytes: Vec<u8>, _copies: u32) -> Result<[u8; 32], String> {
         self.incoming(bytes)
     }
+
+    /// Commit what `incoming` took but has not stored yet (an implementation may verify
+    /// and store arrivals in batches). Called when the peer says `Done`, when the
+    /// session ends or is cut, and at [`BundleIo::flush_due`]. `Err(reason)` when a
+    /// bundle in the batch was forged or malformed (the others are stored).
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// When the arrivals waiting in a batch should be committed at the latest.
+    fn flush_due(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Feed one frame from the peer into the session.
 pub fn on_frame(s: &mut Session, io: &mut impl BundleIo, frame: Frame) -> Result<(), SyncError> {
+    if matches!(frame, Frame::Done) {
+        // Everything the peer sent is on disk before this side can say `Done` too.
+        io.flush().map_err(SyncError::BadBundle)?;
+    }
     if let Some(inc) = s.on_frame(frame)? {
         let key = match inc.copies {
             None => io.incoming(inc.bundle),
@@ -154,6 +171,9 @@ pub fn run_pair(
                 };
                 let Some(out) = out else { break };
                 if cut_after.is_some_and(|c| ex.frames >= c) {
+                    // A cut link: what each side took before the cut is kept.
+                    a_io.flush().map_err(|e| (true, SyncError::BadBundle(e)))?;
+                    b_io.flush().map_err(|e| (false, SyncError::BadBundle(e)))?;
                     return Ok(ex);
                 }
                 progressed = true;
@@ -176,6 +196,8 @@ pub fn run_pair(
             }
         }
         if a.is_finished() && b.is_finished() {
+            a_io.flush().map_err(|e| (true, SyncError::BadBundle(e)))?;
+            b_io.flush().map_err(|e| (false, SyncError::BadBundle(e)))?;
             ex.finished = true;
             ex.round_trips = turns.div_ceil(2);
             return Ok(ex);

@@ -9,7 +9,7 @@
 //! neither side can deadlock the other with full buffers; every frame must arrive within
 //! `frame_timeout` (slow peers are cut off) and lengths are checked before allocation.
 
-use crate::bundle::{Eid, VerifiedBundle};
+use crate::bundle::Eid;
 use crate::identity::{node_id_for_key, Identity};
 use crate::node::Node;
 use crate::route::delivery::{self, Arrival};
@@ -363,13 +363,72 @@ pub struct SessionReport {
     pub elapsed: Duration,
 }
 
-/// A session's view of the node's store.
+/// Arrivals from one session are committed together once this many are waiting...
+const FLUSH_COUNT: usize = 512;
+/// ...or this many bytes...
+const FLUSH_BYTES: usize = 8 << 20;
+/// ...or the oldest has waited this long (and always before this side says `Done`).
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+/// A session's view of the node's store. Arriving bundles are checked for structure at
+/// once (their key tells the session what came) and verified, opened and committed in
+/// batches: signatures and sealed bundles in parallel across the cores, one synced write
+/// per batch, receipts in bulk. What a report counts is on disk.
 pub struct NodeIo<'a> {
     pub node: &'a Node,
     pub now: DtnTime,
     pub report: SessionReport,
     /// Sealed bundles this session may still store.
     pub sealed_left: u64,
+    /// Arrived, not yet committed: bytes and the spray copies handed over.
+    pending: Vec<(Vec<u8>, Option<u32>)>,
+    pending_bytes: usize,
+    pending_since: Option<Instant>,
+}
+
+impl<'a> NodeIo<'a> {
+    pub fn new(node: &'a Node, now: DtnTime, peer: Option<Eid>, sealed_quota: u64) -> NodeIo<'a> {
+        NodeIo {
+            node,
+            now,
+            report: SessionReport {
+                peer,
+                ..Default::default()
+            },
+            sealed_left: sealed_quota,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_since: None,
+        }
+    }
+
+    fn take(&mut self, bytes: Vec<u8>, copies: Option<u32>) -> Result<[u8; 32], String> {
+        let b = crate::bundle::Bundle::decode(&bytes).map_err(|e| e.to_string())?;
+        let id = b.id();
+        // The quota counts what is new to this store; a bundle refused for it is not
+        // remembered, so a later session may bring it.
+        if crate::seal::is_sealed(&b) {
+            let known = self
+                .node
+                .store
+                .contains(&id)
+                .map_err(|e| format!("local store: {e}"))?;
+            if !known {
+                if self.sealed_left == 0 {
+                    self.report.refused += 1;
+                    return Ok(id.key());
+                }
+                self.sealed_left -= 1;
+            }
+        }
+        self.pending_bytes += bytes.len();
+        self.pending.push((bytes, copies));
+        self.pending_since.get_or_insert_with(Instant::now);
+        if self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(id.key())
+    }
 }
 
 impl BundleIo for NodeIo<'_> {
@@ -396,35 +455,27 @@ impl BundleIo for NodeIo<'_> {
 
     fn incoming_sprayed(&mut self, bytes: Vec<u8>, copies: u32) -> Result<[u8; 32], String> {
         // A peer cannot hand out more copies than anyone may ask for.
-        let copies = copies.min(MAX_COPIES);
-        let before = self.report.new;
-        let key = self.incoming(bytes)?;
-        if self.report.new > before {
-            self.node
-                .store
-                .set_copies(&key, copies)
-                .map_err(|e| format!("local store: {e}"))?;
-        }
-        Ok(key)
+        self.take(bytes, Some(copies.min(MAX_COPIES)))
     }
 
     fn incoming(&mut self, bytes: Vec<u8>) -> Result<[u8; 32], String> {
-        let vb = VerifiedBundle::decode(&bytes).map_err(|e| e.to_string())?;
-        let key = vb.id().key();
-        // The quota counts what is new to this store; a bundle refused for it is not
-        // remembered, so a later session may bring it.
-        let known = self
-            .node
-            .store
-            .contains(&vb.id())
-            .map_err(|e| format!("local store: {e}"))?;
-        if vb.is_sealed() && !known {
-            if self.sealed_left == 0 {
-                self.report.refused += 1;
-                return Ok(key);
-            }
-            self.sealed_left -= 1;
+        self.take(bytes, None)
+    }
+
+    fn flush_due(&self) -> Option<Instant> {
+        self.pending_since.map(|t| t + FLUSH_AFTER)
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.pending_since = None;
+        self.pending_bytes = 0;
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        let (raws, copies): (Vec<Vec<u8>>, Vec<Option<u32>>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
+        let node = self.node;
+        let prepared = delivery::prepare(raws, &node.identity);
         // Sealed bundles are held for relaying on this peer's account (the store's bound
         // evicts from the peers holding the most first).
         let from = self
@@ -432,22 +483,55 @@ impl BundleIo for NodeIo<'_> {
             .peer
             .as_ref()
             .map(|p| delivery::contact_tag(&p.to_string()));
-        let arrival =
-            delivery::accept_from(&self.node.store, &self.node.identity, vb, self.now, from)
-                .map_err(|e| format!("local store: {e}"))?;
-        let r = &mut self.report;
-        match arrival {
-            Arrival::New { delivered, purged } => {
-                r.new += 1;
-                r.delivered += delivered as u64;
-                r.purged += purged as u64;
+        let mut batch = delivery::Batch::new(&node.store, &node.identity, self.now);
+        let (mut bad, mut sprayed) = (None, Vec::new());
+        let mut counts = SessionReport::default();
+        for (p, c) in prepared.into_iter().zip(copies) {
+            let a = match p {
+                Ok(a) => a,
+                Err(e) => {
+                    // Forged or malformed: the session ends, once the good ones are stored.
+                    bad.get_or_insert(e.to_string());
+                    continue;
+                }
+            };
+            let key = a.vb.id().key();
+            match batch
+                .add(a, from)
+                .map_err(|e| format!("local store: {e}"))?
+            {
+                Arrival::New { delivered, purged } => {
+                    counts.new += 1;
+                    counts.delivered += delivered as u64;
+                    counts.purged += purged as u64;
+                    if let Some(c) = c {
+                        sprayed.push((key, c));
+                    }
+                }
+                Arrival::Duplicate => counts.duplicate += 1,
+                Arrival::AlreadyDelivered => counts.already_delivered += 1,
+                Arrival::Expired => counts.expired += 1,
+                Arrival::Refused(_) => counts.refused += 1,
             }
-            Arrival::Duplicate => r.duplicate += 1,
-            Arrival::AlreadyDelivered => r.already_delivered += 1,
-            Arrival::Expired => r.expired += 1,
-            Arrival::Refused(_) => r.refused += 1,
         }
-        Ok(key)
+        batch.commit().map_err(|e| format!("local store: {e}"))?;
+        let r = &mut self.report;
+        r.new += counts.new;
+        r.delivered += counts.delivered;
+        r.purged += counts.purged;
+        r.duplicate += counts.duplicate;
+        r.already_delivered += counts.already_delivered;
+        r.expired += counts.expired;
+        r.refused += counts.refused;
+        for (key, c) in sprayed {
+            node.store
+                .set_copies(&key, c)
+                .map_err(|e| format!("local store: {e}"))?;
+        }
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -555,7 +639,13 @@ pub async fn run_session(
         let _ = send.stopped().await;
         Ok(())
     });
-    let result = drive_loop(&mut session, io, &mut in_rx, &out_tx).await;
+    let mut result = drive_loop(&mut session, io, &mut in_rx, &out_tx).await;
+    // What arrived before the end (or the cut) is stored either way.
+    if let Err(e) = io.flush() {
+        if result.is_ok() {
+            result = Err(QuicError::Sync(SyncError::BadBundle(e)));
+        }
+    }
     if let Err(e) = &result {
         let reason = e.to_string();
         let _ = out_tx.try_send(Output::Frame(Frame::Error(reason).encode()));
@@ -590,7 +680,11 @@ async fn drive_loop(
         if pending.is_none() && session.is_finished() {
             return Ok(());
         }
+        let due = io.flush_due();
         tokio::select! {
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                io.flush().map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
+            }
             permit = out_tx.reserve(), if pending.is_some() => {
                 let permit = permit.map_err(|_| QuicError::PeerClosed)?;
                 if let Some(out) = pending.take() {
@@ -660,15 +754,7 @@ pub async fn sync_with(
         .open_bi()
         .await
         .map_err(|e| QuicError::Connection(e.to_string()))?;
-    let mut io = NodeIo {
-        node,
-        now,
-        report: SessionReport {
-            peer: Some(peer.clone()),
-            ..Default::default()
-        },
-        sealed_left: cfg.sealed_quota,
-    };
+    let mut io = NodeIo::new(node, now, Some(peer.clone()), cfg.sealed_quota);
     let mut result = run_session(session, &mut io, send, recv, cfg).await;
     // A connection the server closed says why (a refused key, say): report that.
     if let (Err(QuicError::Connection(_) | QuicError::PeerClosed), Some(why)) =
@@ -798,15 +884,7 @@ async fn accept_one(
             .sync_items(&node.node_id(), Some(&peer), now)
             .map_err(|e| QuicError::Connection(format!("local store: {e}")))?;
         let session = Session::responder(items, cfg.limits)?;
-        let mut io = NodeIo {
-            node,
-            now,
-            report: SessionReport {
-                peer: Some(peer.clone()),
-                ..Default::default()
-            },
-            sealed_left: cfg.sealed_quota,
-        };
+        let mut io = NodeIo::new(node, now, Some(peer.clone()), cfg.sealed_quota);
         let stats = run_session(session, &mut io, send, recv, cfg).await;
         // The initiator closes once it has our Done; wait for that (bounded).
         if stats.is_ok() {
