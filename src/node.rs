@@ -280,14 +280,24 @@ impl Node {
         now: DtnTime,
     ) -> Result<SettleReport, NodeError> {
         use crate::route::delivery::{self, Batch};
+        /// Bytes of bundles read back at once: memory stays bounded by this, however
+        /// large the import.
+        const SETTLE_BYTES: usize = 4 << 20;
         let mut out = SettleReport::default();
-        for chunk in keys.chunks(delivery::RECEIPT_BATCH) {
-            let mut raws = Vec::with_capacity(chunk.len());
-            for key in chunk {
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let (mut raws, mut bytes, mut taken) = (Vec::new(), 0, 0);
+            for key in rest {
+                if raws.len() >= delivery::RECEIPT_BATCH || (bytes >= SETTLE_BYTES && taken > 0) {
+                    break;
+                }
+                taken += 1;
                 if let Some(raw) = self.store.get_raw(key)? {
+                    bytes += raw.len();
                     raws.push(raw);
                 }
             }
+            rest = &rest[taken..];
             let mut batch = Batch::new(&self.store, &self.identity, now);
             // What fails to verify now was stored before by this node: it stays as it is.
             for a in delivery::prepare(raws, &self.identity)

@@ -218,7 +218,9 @@ fn demo_runs_end_to_end() {
     assert!(v["stick2"]["c_rejected"].as_u64().unwrap() >= 1);
     assert!(v["feed"]["c_new"].as_u64() >= v["feed"]["notices"].as_u64());
     assert_eq!(v["quic"]["answer_delivered"], true);
-    assert_eq!(v["quic"]["a_purged"], 4);
+    // A's private copies of its four sealed bundles (by M's signed receipts) and their
+    // travelling sealed copies (by the delivery secrets those receipts reveal).
+    assert_eq!(v["quic"]["a_purged"], 8);
     // The marketplace: two honest workers agree, the liar is outvoted, the payments
     // reach the workers' wallets by the feed, A holds 100 − 30 + 10 refunded − 20.
     assert_eq!(v["market"]["agreeing"], 2);

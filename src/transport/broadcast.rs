@@ -833,8 +833,16 @@ fn try_segment(
         }
     };
     let mut ok = Vec::new();
-    for raw in bundles {
-        match VerifiedBundle::decode(raw) {
+    // Signatures and stamps checked on every core.
+    let decoded: Vec<_> = {
+        use rayon::prelude::*;
+        bundles
+            .par_iter()
+            .map(|raw| VerifiedBundle::decode(raw))
+            .collect()
+    };
+    for d in decoded {
+        match d {
             Ok(vb) => {
                 if vb.bundle().expires_at(opts.now) <= opts.now {
                     continue;

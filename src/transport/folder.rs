@@ -500,6 +500,15 @@ impl Pending {
     }
 }
 
+/// A rebuilt object waiting for the next commit: its bytes (or why it could not be
+/// rebuilt), and whether parity was needed.
+struct Queued {
+    object: ObjectId,
+    bytes: Result<Vec<u8>, String>,
+    had_partial: bool,
+    parity: bool,
+}
+
 struct Importer<'a> {
     node: &'a Node,
     now: DtnTime,
@@ -508,7 +517,7 @@ struct Importer<'a> {
     done: HashSet<ObjectId>,
     /// Complete objects waiting for data shards that may be in later files.
     ready: HashSet<ObjectId>,
-    queue: Vec<(Rebuilt, bool)>,
+    queue: Vec<Queued>,
     queue_bytes: usize,
     report: ImportReport,
     /// Sealed bundles new to this store taken from this stick so far (flood defence: a
@@ -585,49 +594,17 @@ impl Importer<'_> {
         self.incomplete.remove(&obj);
         let refs: Vec<&Shard> = p.shards.values().collect();
         self.queue_bytes += p.params.object_len as usize;
-        let (result, parity) = match fec::rebuild(&p.params, &refs) {
-            Ok((bytes, parity)) => (
-                VerifiedBundle::decode(&bytes)
-                    .map_err(|e| format!("rebuilt bundle refused: {e}"))
-                    .and_then(|vb| {
-                        let exp = vb.bundle().expires_at(self.now);
-                        if exp <= self.now {
-                            Err(format!("bundle expired at {}", exp.to_rfc3339()))
-                        } else {
-                            Ok(vec![vb])
-                        }
-                    })
-                    .and_then(|v| {
-                        // Only what this store does not hold yet counts against the quota
-                        // (a store error counts it too: the quota errs on the safe side).
-                        let store = &self.node.store;
-                        if v.iter().any(|vb| {
-                            vb.is_sealed() && !store.contains(&vb.id()).unwrap_or(false)
-                        }) {
-                            self.sealed += 1;
-                            let quota = store.limits().sealed_per_contact;
-                            if self.sealed > quota {
-                                // Refused for this contact, not for what it is: nothing of
-                                // it is kept, so another contact may bring it.
-                                return Err(format!(
-                                    "over this stick's quota of {quota} sealed bundles: not kept (another contact may bring it)"
-                                ));
-                            }
-                        }
-                        Ok(v)
-                    }),
-                parity,
-            ),
+        // Verified at the next commit, in parallel with the other objects rebuilt by then.
+        let (bytes, parity) = match fec::rebuild(&p.params, &refs) {
+            Ok((bytes, parity)) => (Ok(bytes), parity),
             Err(e) => (Err(format!("rebuild failed: {e}")), false),
         };
-        self.queue.push((
-            Rebuilt {
-                object: obj,
-                result,
-                had_partial: p.in_store,
-            },
+        self.queue.push(Queued {
+            object: obj,
+            bytes,
+            had_partial: p.in_store,
             parity,
-        ));
+        });
     }
 
     /// Rebuild every object that has enough shards but waited for missing data shards.
@@ -638,14 +615,55 @@ impl Importer<'_> {
         }
     }
 
-    /// Durably store everything rebuilt so far.
+    /// Verify (in parallel) and durably store everything rebuilt so far.
     fn commit(&mut self) -> Result<(), FolderError> {
+        use rayon::prelude::*;
         if self.queue.is_empty() {
             return Ok(());
         }
         self.queue_bytes = 0;
-        let (items, parity): (Vec<Rebuilt>, Vec<bool>) =
-            std::mem::take(&mut self.queue).into_iter().unzip();
+        let queued = std::mem::take(&mut self.queue);
+        let now = self.now;
+        let decoded: Vec<Result<VerifiedBundle, String>> = queued
+            .par_iter()
+            .map(|q| {
+                let bytes = q.bytes.as_ref().map_err(String::clone)?;
+                let vb = VerifiedBundle::decode(bytes)
+                    .map_err(|e| format!("rebuilt bundle refused: {e}"))?;
+                let exp = vb.bundle().expires_at(now);
+                if exp <= now {
+                    return Err(format!("bundle expired at {}", exp.to_rfc3339()));
+                }
+                Ok(vb)
+            })
+            .collect();
+        let mut items = Vec::with_capacity(queued.len());
+        let mut parity = Vec::with_capacity(queued.len());
+        for (q, d) in queued.into_iter().zip(decoded) {
+            let result = d.and_then(|vb| {
+                // Only what this store does not hold yet counts against the quota (a
+                // store error counts it too: the quota errs on the safe side).
+                let store = &self.node.store;
+                if vb.is_sealed() && !store.contains(&vb.id()).unwrap_or(false) {
+                    self.sealed += 1;
+                    let quota = store.limits().sealed_per_contact;
+                    if self.sealed > quota {
+                        // Refused for this contact, not for what it is: nothing of it is
+                        // kept, so another contact may bring it.
+                        return Err(format!(
+                            "over this stick's quota of {quota} sealed bundles: not kept (another contact may bring it)"
+                        ));
+                    }
+                }
+                Ok(vec![vb])
+            });
+            items.push(Rebuilt {
+                object: q.object,
+                result,
+                had_partial: q.had_partial,
+            });
+            parity.push(q.parity);
+        }
         let committed =
             self.node
                 .store
