@@ -94,9 +94,10 @@ pub trait RouteStore {
     fn contact(&self, _node: &str) -> Result<Option<[u8; 32]>, Self::Error> {
         Ok(None)
     }
-    /// The stored sealed bundle whose destination tag is `tag`, if any.
-    fn sealed_by_tag(&self, _tag: &[u8; 16]) -> Result<Option<[u8; 32]>, Self::Error> {
-        Ok(None)
+    /// The stored sealed bundles whose destination tag is `tag` (one, unless someone
+    /// copied a tag onto junk).
+    fn sealed_by_tag(&self, _tag: &[u8; 16]) -> Result<Vec<[u8; 32]>, Self::Error> {
+        Ok(Vec::new())
     }
 }
 
@@ -266,7 +267,7 @@ pub struct Batch<'a, S: RouteStore> {
     change: Change,
     /// Staged bundles: destination node and creation time.
     staged: HashMap<[u8; 32], (String, u64)>,
-    staged_tags: HashMap<[u8; 16], [u8; 32]>,
+    staged_tags: HashMap<[u8; 16], Vec<[u8; 32]>>,
     deleted: HashSet<[u8; 32]>,
     /// Staged tombstones, by key and signer.
     stones: HashMap<([u8; 32], String), Tombstone>,
@@ -350,25 +351,25 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         Ok(self.stone(key, signer)?.is_some())
     }
 
-    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, DeliveryError<S::Error>> {
-        if let Some(k) = self.staged_tags.get(tag) {
-            return Ok(Some(*k));
-        }
-        match self
+    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Vec<[u8; 32]>, DeliveryError<S::Error>> {
+        let mut keys: Vec<[u8; 32]> = self
             .store
             .sealed_by_tag(tag)
             .map_err(DeliveryError::Store)?
-        {
-            Some(k) if !self.deleted.contains(&k) => Ok(Some(k)),
-            _ => Ok(None),
-        }
+            .into_iter()
+            .filter(|k| !self.deleted.contains(k))
+            .collect();
+        keys.extend(self.staged_tags.get(tag).into_iter().flatten());
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     fn put(&mut self, vb: VerifiedBundle) {
         let b = vb.bundle();
         let key = vb.id().key();
         if let Some(tag) = crate::seal::tag_of(b) {
-            self.staged_tags.insert(tag, key);
+            self.staged_tags.entry(tag).or_default().push(key);
         }
         self.staged.insert(
             key,
@@ -383,7 +384,9 @@ impl<'a, S: RouteStore> Batch<'a, S> {
 
     fn delete(&mut self, key: [u8; 32]) {
         self.staged.remove(&key);
-        self.staged_tags.retain(|_, k| *k != key);
+        for keys in self.staged_tags.values_mut() {
+            keys.retain(|k| *k != key);
+        }
         self.deleted.insert(key);
         self.change.delete.push(key);
     }
@@ -540,28 +543,31 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         let mut purged = 0;
         for secret in crate::seal::reveals(vb.bundle()) {
             let tag = crate::seal::reveal_tag(&secret);
-            match self.sealed_by_tag(&tag)? {
-                Some(k) if k != own => {
-                    let created = self.created_ms(&k)?.unwrap_or(0);
-                    self.sealed_done(k, created, expires);
-                    self.delete(k);
-                    purged += 1;
-                }
-                Some(_) => {}
-                None => {
-                    if self.marks_left > 0 && !self.tombstoned(&mark_key(&tag), REVEALED_SIGNER)? {
-                        self.marks_left -= 1;
-                        self.tombstone(
-                            mark_key(&tag),
-                            Tombstone {
-                                signer: REVEALED_SIGNER.into(),
-                                created: 0,
-                                expires,
-                                verified: false,
-                            },
-                        );
-                    }
-                }
+            let held: Vec<[u8; 32]> = self
+                .sealed_by_tag(&tag)?
+                .into_iter()
+                .filter(|k| *k != own)
+                .collect();
+            for k in &held {
+                let created = self.created_ms(k)?.unwrap_or(0);
+                self.sealed_done(*k, created, expires);
+                self.delete(*k);
+                purged += 1;
+            }
+            if held.is_empty()
+                && self.marks_left > 0
+                && !self.tombstoned(&mark_key(&tag), REVEALED_SIGNER)?
+            {
+                self.marks_left -= 1;
+                self.tombstone(
+                    mark_key(&tag),
+                    Tombstone {
+                        signer: REVEALED_SIGNER.into(),
+                        created: 0,
+                        expires,
+                        verified: false,
+                    },
+                );
             }
         }
         Ok(purged)

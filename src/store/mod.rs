@@ -73,7 +73,7 @@ pub mod cf {
     /// bundle key → contact tag (16) ‖ arrived (u64 BE, DTN ms) ‖ size (u64 BE): sealed
     /// bundles taken from a contact to relay, the ones the sealed bound counts and evicts
     pub const SEALED_FROM: &str = "sealed_from";
-    /// sealed bundle's destination tag (16 bytes) → its bundle key: how a revealed
+    /// sealed bundle's destination tag (16 bytes) ‖ 0x00 ‖ bundle key → (): how a revealed
     /// delivery secret finds the copy it lets this node drop (route::delivery)
     pub const BY_TAG: &str = "idx_sealed_tag";
     pub const ALL: [&str; 20] = [
@@ -368,7 +368,7 @@ impl Store {
         );
         batch.put_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, &key), []);
         if let Some(tag) = crate::seal::tag_of(b) {
-            batch.put_cf(self.cf(cf::BY_TAG), tag, key);
+            batch.put_cf(self.cf(cf::BY_TAG), index_key(&tag, &key), []);
         }
         self.pending
             .lock()
@@ -587,7 +587,7 @@ impl Store {
             batch.delete_cf(self.cf(cf::BY_KIND), index_key(rec.kind.as_bytes(), key));
             batch.delete_cf(self.cf(cf::BY_EXPIRY), expiry_key(rec.expires_at, key));
             if let Some(tag) = sealed_tag(&rec.destination) {
-                batch.delete_cf(self.cf(cf::BY_TAG), tag);
+                batch.delete_cf(self.cf(cf::BY_TAG), index_key(&tag, key));
             }
         }
         batch.delete_cf(self.cf(cf::BUNDLES), key);
@@ -610,15 +610,8 @@ fn sealed_tag(dest: &str) -> Option<[u8; 16]> {
 
 /// The key of the stored sealed bundle with this destination tag.
 impl Store {
-    pub fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, StoreError> {
-        match self
-            .db
-            .get_cf(self.cf(cf::BY_TAG), tag)
-            .map_err(|e| self.db_err(e))?
-        {
-            Some(v) => Ok(Some(key32(&v)?)),
-            None => Ok(None),
-        }
+    pub fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.index_scan(cf::BY_TAG, tag)
     }
 }
 

@@ -426,7 +426,7 @@ impl RouteStore for Store {
         Store::contact(self, node)
     }
 
-    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Option<[u8; 32]>, StoreError> {
+    fn sealed_by_tag(&self, tag: &[u8; 16]) -> Result<Vec<[u8; 32]>, StoreError> {
         Store::sealed_by_tag(self, tag)
     }
 }
