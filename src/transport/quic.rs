@@ -364,11 +364,11 @@ pub struct SessionReport {
 }
 
 /// Arrivals from one session are committed together once this many are waiting...
-const FLUSH_COUNT: usize = 512;
+const FLUSH_COUNT: usize = 2048;
 /// ...or this many bytes...
 const FLUSH_BYTES: usize = 8 << 20;
 /// ...or the oldest has waited this long (and always before this side says `Done`).
-const FLUSH_AFTER: Duration = Duration::from_millis(20);
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// A session's view of the node's store. Arriving bundles are checked for structure at
 /// once (their key tells the session what came) and verified, opened and committed in
