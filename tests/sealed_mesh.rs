@@ -25,6 +25,43 @@ use std::collections::{HashMap, HashSet};
 const NODES: usize = 8;
 const DAY: u64 = 86_400_000;
 
+/// Nodes in `dir` that know each other's sealing keys (as their node records would
+/// have taught them).
+fn acquainted<const N: usize>(dir: &std::path::Path, names: [&str; N]) -> [Node; N] {
+    let nodes = names.map(|n| Node::init(&dir.join(n)).unwrap());
+    introduce(&nodes);
+    nodes
+}
+
+fn introduce(nodes: &[Node]) {
+    for x in nodes {
+        for y in nodes {
+            x.store
+                .set_contact(&y.node_id().to_string(), &y.identity.seal_key().public())
+                .unwrap();
+        }
+    }
+}
+
+/// `from` sends `text` sealed to `to`; the sealed (outer) bundle.
+fn send_sealed(
+    from: &Node,
+    to: &Node,
+    text: &str,
+    now: DtnTime,
+) -> mycelium::bundle::VerifiedBundle {
+    let (_, outer) = from
+        .send(
+            to.node_id(),
+            adu::encode_message(&Message::Text(text.into())),
+            DAY,
+            now,
+            true,
+        )
+        .unwrap();
+    outer.unwrap()
+}
+
 fn session(a: &Node, b: &Node, now: DtnTime, cut: Option<usize>) {
     let a_items = a
         .store
@@ -49,13 +86,7 @@ fn run_seed(seed: u64) -> (usize, usize) {
     let nodes: Vec<Node> = (0..NODES)
         .map(|i| Node::init(&dir.path().join(format!("n{i}"))).unwrap())
         .collect();
-    for a in &nodes {
-        for b in &nodes {
-            a.store
-                .set_contact(&b.node_id().to_string(), &b.identity.seal_key().public())
-                .unwrap();
-        }
-    }
+    introduce(&nodes);
     let now = DtnTime::now();
     // (sender, recipient, inner key, outer key)
     let mut sent = Vec::new();
@@ -135,25 +166,9 @@ fn run_seed(seed: u64) -> (usize, usize) {
 #[test]
 fn a_late_copy_of_a_delivered_sealed_bundle_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let [a, r, b, late] = ["a", "r", "b", "late"].map(|n| Node::init(&dir.path().join(n)).unwrap());
-    for x in [&a, &r, &b, &late] {
-        for y in [&a, &r, &b, &late] {
-            x.store
-                .set_contact(&y.node_id().to_string(), &y.identity.seal_key().public())
-                .unwrap();
-        }
-    }
+    let [a, r, b, late] = acquainted(dir.path(), ["a", "r", "b", "late"]);
     let now = DtnTime::now();
-    let (_, outer) = a
-        .send(
-            b.node_id(),
-            adu::encode_message(&Message::Text("hello".into())),
-            DAY,
-            now,
-            true,
-        )
-        .unwrap();
-    let outer = outer.unwrap();
+    let outer = send_sealed(&a, &b, "hello", now);
     session(&a, &r, now, None); // r relays it
     session(&r, &b, now, None); // delivered; b's receipt is made
     session(&r, &b, now, None); // the receipt reaches r: r drops its copy
@@ -175,25 +190,9 @@ fn a_late_copy_of_a_delivered_sealed_bundle_is_refused() {
 #[test]
 fn made_up_delivery_secrets_drop_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let [a, r, b] = ["a", "r", "b"].map(|n| Node::init(&dir.path().join(n)).unwrap());
-    for x in [&a, &r, &b] {
-        for y in [&a, &r, &b] {
-            x.store
-                .set_contact(&y.node_id().to_string(), &y.identity.seal_key().public())
-                .unwrap();
-        }
-    }
+    let [a, r, b] = acquainted(dir.path(), ["a", "r", "b"]);
     let now = DtnTime::now();
-    let (_, outer) = a
-        .send(
-            b.node_id(),
-            adu::encode_message(&Message::Text("keep me".into())),
-            DAY,
-            now,
-            true,
-        )
-        .unwrap();
-    let outer = outer.unwrap();
+    let outer = send_sealed(&a, &b, "keep me", now);
     session(&a, &r, now, None);
     // A hostile node reveals 4096 random "secrets", and the tag itself (not a secret).
     let mut rng = Rng::new(7);
