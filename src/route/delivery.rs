@@ -188,15 +188,6 @@ pub fn prepare(raws: Vec<Vec<u8>>, me: &Identity) -> Vec<Result<Arriving, Bundle
         .collect()
 }
 
-/// [`prepare`] for bundles already verified (read back from the store, rebuilt by an
-/// import): only the sealed ones are tried with this node's key, in parallel.
-pub fn prepare_verified(vbs: Vec<VerifiedBundle>, me: &Identity) -> Vec<Arriving> {
-    use rayon::prelude::*;
-    vbs.into_par_iter()
-        .map(|vb| Arriving::new(vb, me))
-        .collect()
-}
-
 /// Handle a verified bundle that arrived from outside, at time `now`.
 pub fn accept<S: RouteStore>(
     store: &S,
@@ -222,22 +213,7 @@ pub fn accept_from<S: RouteStore>(
     Ok(a)
 }
 
-/// For a bundle stored by a path that does not go through [`accept`] (a stick's or a
-/// feed's batch import): issue the receipt, apply a receipt, or drop a bundle whose
-/// delivery was already confirmed (then `dropped`).
-pub fn settle<S: RouteStore>(
-    store: &S,
-    me: &Identity,
-    vb: &VerifiedBundle,
-    now: DtnTime,
-) -> Result<Settled, DeliveryError<S::Error>> {
-    let mut batch = Batch::new(store, me, now);
-    let s = batch.settle(Arriving::new(vb.clone(), me))?;
-    batch.commit()?;
-    Ok(s)
-}
-
-/// What [`settle`] did.
+/// What [`Batch::settle`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
     /// Addressed to this node: a receipt was issued.
