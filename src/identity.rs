@@ -76,16 +76,29 @@ impl Identity {
         node_id_for_key(&self.public_key())
     }
 
-    /// This node's X25519 key for sealed bundles, derived from the Ed25519 seed (so the
-    /// key file stays one secret). Published in the node's signed node record.
+    /// This node's X25519 key for sealed bundles: the scalar of its Ed25519 key (RFC 7748's
+    /// birational map, libsodium's `crypto_sign_ed25519_sk_to_curve25519`), so anyone who
+    /// knows the node ID can seal for it ([`seal_key_for_node_id`]). Published in the
+    /// node's signed node record too.
     pub fn seal_key(&self) -> crate::seal::SealKey {
-        let mut k = blake3::derive_key(
+        let s = Zeroizing::new(self.key.to_scalar_bytes());
+        crate::seal::SealKey::from_bytes(*s)
+    }
+
+    /// The sealing key nodes published before first contact by node ID (2026-11): derived
+    /// from the seed apart from the signing key. Still tried when opening, since other
+    /// nodes may hold it from an old node record.
+    pub fn legacy_seal_key(&self) -> crate::seal::SealKey {
+        let k = Zeroizing::new(blake3::derive_key(
             "mycelium 2026-11 x25519 key from node seed v1",
             self.key.as_bytes(),
-        );
-        let sk = crate::seal::SealKey::from_bytes(k);
-        k.iter_mut().for_each(|b| *b = 0);
-        sk
+        ));
+        crate::seal::SealKey::from_bytes(*k)
+    }
+
+    /// Every key a sealed bundle for this node may be sealed to, the node-ID key first.
+    pub fn seal_keys(&self) -> [crate::seal::SealKey; 2] {
+        [self.seal_key(), self.legacy_seal_key()]
     }
 
     /// The key as PKCS#8 v1 DER (RFC 8410), for TLS libraries. Zeroised on drop.
@@ -188,6 +201,16 @@ pub fn key_for_node_id(eid: &Eid) -> Result<VerifyingKey, IdentityError> {
     let bytes = base32().decode(name.as_bytes()).map_err(|_| not())?;
     let arr: [u8; 32] = bytes.try_into().map_err(|_| not())?;
     VerifyingKey::from_bytes(&arr).map_err(|_| not())
+}
+
+/// The X25519 sealing key of a node, from its node ID alone: the Montgomery form of its
+/// Ed25519 public key. `None` for a node ID whose key is of small order (unusable).
+pub fn seal_key_for_node_id(eid: &Eid) -> Result<[u8; 32], IdentityError> {
+    let k = key_for_node_id(eid)?;
+    if k.is_weak() {
+        return Err(IdentityError::NotANodeId(eid.to_string()));
+    }
+    Ok(k.to_montgomery().to_bytes())
 }
 
 /// Verify an Ed25519 signature by the node `signer` (strict verification: rejects

@@ -11,6 +11,8 @@
 //!   node ID `dtn://<base32 public key>/`.
 //! - [`seal`]: sealed bundles: a signed bundle encrypted for its recipient inside an
 //!   anonymous outer bundle with a proof-of-work stamp. Pure.
+//! - [`qr`]: QR frames: bundles fountain-coded into a sequence of QR codes for screens and
+//!   paper, each frame proved to its sequence; drawing and finding codes in pictures. Pure.
 //! - [`time`]: DTN time (ms since 2000-01-01); the core takes times as values.
 //! - [`store`]: the RocksDB store in the node's home: bundles, indexes, metadata; durable
 //!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
@@ -25,6 +27,7 @@ pub mod bundle;
 pub mod fec;
 pub mod identity;
 pub mod market;
+pub mod qr;
 pub mod route;
 pub mod seal;
 pub mod sim;

@@ -21,7 +21,7 @@ pub enum NodeError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Seal(#[from] crate::seal::SealError),
-    #[error("no sealing key known for {0}: its node record has not reached this node yet (it travels with any sync, feed or `bundle load`); `mycelium contact add` it, or send with --no-seal")]
+    #[error("no sealing key known for {0}: it is not a Mycelium node ID (dtn://<52 base32 characters>/) and no node record or `mycelium contact add` named one; send with --no-seal")]
     NoSealKey(String),
     #[error("cannot create home directory {path}: {source}")]
     Home {
@@ -141,11 +141,9 @@ impl Node {
         if !seal {
             return Ok((self.originate(to, payload, lifetime_ms, now)?, None));
         }
-        let node = to.node_id().to_string();
         let xpk = self
-            .store
-            .contact(&node)?
-            .ok_or_else(|| NodeError::NoSealKey(node.clone()))?;
+            .seal_key_for(&to)?
+            .ok_or_else(|| NodeError::NoSealKey(to.node_id().to_string()))?;
         let ts = self.store.next_creation_timestamp(now)?;
         let inner = BundleBuilder::new(to, ts, lifetime_ms)
             .payload(payload)
@@ -158,6 +156,16 @@ impl Node {
         };
         crate::route::delivery::RouteStore::commit(&self.store, change, now)?;
         Ok((inner, Some(outer)))
+    }
+
+    /// The X25519 key to seal for `to`: the one its latest node record (or `contact add`)
+    /// gave, else the one its node ID stands for (first contact needs nothing but the ID).
+    pub fn seal_key_for(&self, to: &Eid) -> Result<Option<[u8; 32]>, NodeError> {
+        let node = to.node_id();
+        if let Some(k) = self.store.contact(&node.to_string())? {
+            return Ok(Some(k));
+        }
+        Ok(crate::identity::seal_key_for_node_id(&node).ok())
     }
 
     /// Sign payloads for sending (`to` = `None`: for everyone) and, if `seal`, seal each
@@ -176,7 +184,7 @@ impl Node {
         let mut xpks = Vec::with_capacity(out.len());
         for (to, _, _) in out {
             xpks.push(match (seal, to) {
-                (true, Some(to)) => self.store.contact(&to.node_id().to_string())?,
+                (true, Some(to)) => self.seal_key_for(to)?,
                 _ => None,
             });
         }

@@ -15,6 +15,7 @@ mod model_cmds;
 mod net;
 mod node_cmds;
 pub mod out;
+mod qr_cmds;
 pub mod safe;
 mod sneakernet;
 mod task_cmds;
@@ -51,8 +52,8 @@ pub struct Cli {
 pub enum Command {
     /// Create this node's identity and store
     Init,
-    /// Print this node's ID
-    Id,
+    /// Print this node's ID (--qr: also as a QR code, on the terminal and as PNG)
+    Id(node_cmds::IdArgs),
     /// Create a signed message bundle for EID and store it for the next contact
     Send(messages::SendArgs),
     /// List stored bundles
@@ -74,6 +75,9 @@ pub enum Command {
     /// Which nodes this node trusts, and for what
     #[command(subcommand)]
     Trust(broadcast::TrustCommand),
+    /// Bundles as QR frames for screens and paper, and photos of them read back
+    #[command(subcommand)]
+    Qr(qr_cmds::QrCommand),
     /// Sealing keys of other nodes
     #[command(subcommand)]
     Contact(node_cmds::ContactCommand),
@@ -318,6 +322,9 @@ fn absolutize(cli: &mut Cli, cwd: &Path) {
         Command::Bundle(bundle_cmds::BundleCommand::Dump { output, .. }) => abs(output),
         Command::Bundle(bundle_cmds::BundleCommand::Load { file }) => abs(file),
         Command::Export(a) => abs(&mut a.dir),
+        Command::Qr(qr_cmds::QrCommand::Export(a)) => abs(&mut a.out_dir),
+        Command::Qr(qr_cmds::QrCommand::Import(a)) => a.images.iter_mut().for_each(abs),
+        Command::Id(node_cmds::IdArgs { png: Some(p), .. }) => abs(p),
         Command::Import(a) => abs(&mut a.dir),
         Command::Broadcast(broadcast::BroadcastCommand::Publish(a)) => abs(&mut a.out_dir),
         Command::Broadcast(broadcast::BroadcastCommand::Ingest(a)) => abs(&mut a.dir),
@@ -332,7 +339,8 @@ fn absolutize(cli: &mut Cli, cwd: &Path) {
 pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Init => node_cmds::init(cli),
-        Command::Id => node_cmds::id(cli),
+        Command::Id(a) => node_cmds::id(cli, a),
+        Command::Qr(c) => qr_cmds::run(cli, c),
         Command::Send(a) => messages::send(cli, a),
         Command::List => messages::list(cli),
         Command::Show { id } => messages::show(cli, id),

@@ -5,8 +5,9 @@ use super::{home, print_json, Cli};
 use crate::node::Node;
 use crate::time::DtnTime;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum ContactCommand {
@@ -34,18 +35,41 @@ pub fn init(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-pub fn id(cli: &Cli) -> Result<()> {
+#[derive(Args, Debug)]
+pub struct IdArgs {
+    /// Also show the ID as a QR code on the terminal, and write it as a PNG
+    #[arg(long)]
+    pub qr: bool,
+    /// Where --qr writes the PNG (default: node-id.png in the home)
+    #[arg(long, value_name = "FILE", requires = "qr")]
+    pub png: Option<PathBuf>,
+}
+
+pub fn id(cli: &Cli, a: &IdArgs) -> Result<()> {
     let node = super::open(cli)?;
     let h = node.home.clone();
+    let id = node.node_id().to_string();
+    let png = a.png.clone().unwrap_or_else(|| h.join("node-id.png"));
+    let drawn = match a.qr {
+        true => Some(super::qr_cmds::id_qr(&id, &png)?),
+        false => None,
+    };
     if cli.json {
         print_json(&json!({
-            "node_id": node.node_id().to_string(),
+            "node_id": id,
             "public_key": hex::encode(node.identity.public_key()),
             "x25519": hex::encode(node.identity.seal_key().public()),
             "home": h.display().to_string(),
+            "qr_png": drawn.as_ref().map(|_| png.display().to_string()),
         }));
     } else {
-        outln!("{}", node.node_id());
+        if let Some(t) = &drawn {
+            outln!("{t}");
+        }
+        outln!("{id}");
+        if drawn.is_some() {
+            outln!("QR code written to {}", png.display());
+        }
     }
     Ok(())
 }

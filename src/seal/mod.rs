@@ -473,20 +473,37 @@ pub fn open_revealing(
     key: &SealKey,
     me: &Eid,
 ) -> Result<Option<Opened>, SealError> {
+    open_with_any(outer, std::slice::from_ref(key), me)
+}
+
+/// [`open_revealing`] with each of a node's keys in turn (the node-ID key and an older
+/// one): the bundle is parsed once, and the first key whose tag matches opens it.
+pub fn open_with_any(
+    outer: &Bundle,
+    keys: &[SealKey],
+    me: &Eid,
+) -> Result<Option<Opened>, SealError> {
     let p = parse(outer)?;
     let epk = PublicKey::from(p.body.epk);
-    let shared = key.secret.diffie_hellman(&epk);
-    if !shared.was_contributory() {
-        return Ok(None);
+    let mut found = None;
+    for key in keys {
+        let shared = key.secret.diffie_hellman(&epk);
+        if !shared.was_contributory() {
+            continue;
+        }
+        let d = derive(shared.as_bytes(), &p.body.epk, &key.public());
+        if reveal_tag(&d.tag) == p.tag {
+            found = Some((d, true));
+            break;
+        } else if d.tag == p.tag {
+            found = Some((d, false));
+            break;
+        }
     }
-    let d = derive(shared.as_bytes(), &p.body.epk, &key.public());
-    let secret = if reveal_tag(&d.tag) == p.tag {
-        Some(d.tag)
-    } else if d.tag == p.tag {
-        None
-    } else {
+    let Some((d, v2)) = found else {
         return Ok(None);
     };
+    let secret = v2.then_some(d.tag);
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
     let pt = cipher
         .decrypt(

@@ -126,6 +126,57 @@ pub struct ExportReport {
     pub warnings: Vec<String>,
 }
 
+/// What should travel to `for_node` (or to anyone), most wanted first, within `budget`
+/// bytes of `cost`: every stored bundle (node records only with `node_records`) that is
+/// not delivered, not listed by the peer's or its destination's last have-summary, and
+/// not `already` on the medium. Returns the plan, why the rest stayed, and how many were
+/// looked at. Sticks and QR frames choose alike.
+pub fn travel_plan(
+    node: &Node,
+    for_node: Option<&Eid>,
+    node_records: bool,
+    now: DtnTime,
+    budget: u64,
+    already: impl Fn(&[u8; 32]) -> bool,
+    cost: impl Fn(u64) -> u64,
+) -> Result<(Vec<Candidate>, Skipped, usize), StoreError> {
+    let summary_of = |node_id: &str| -> Option<HaveSummary> {
+        let raw = node.store.peer_summary(node_id).ok()??;
+        HaveSummary::decode_verified(&raw).ok()
+    };
+    let peer = for_node.and_then(|e| summary_of(&e.node_id().to_string()));
+    let mut dest_summaries: HashMap<String, Option<HaveSummary>> = HashMap::new();
+    let mut delivered = node.store.held_back(&node.node_id())?;
+    let mut cands = Vec::new();
+    for (key, rec) in node.store.records()? {
+        let dest_node = Eid::parse(&rec.destination)
+            .map(|e| e.node_id().to_string())
+            .unwrap_or_else(|_| rec.destination.clone());
+        let ds = dest_summaries
+            .entry(dest_node.clone())
+            .or_insert_with(|| summary_of(&dest_node));
+        if ds.as_ref().is_some_and(|s| s.contains(&key)) {
+            delivered.insert(key);
+        }
+        if rec.kind == crate::adu::KIND_NODE && !node_records {
+            continue;
+        }
+        cands.push(Candidate {
+            key,
+            kind: rec.kind,
+            expires_at: rec.expires_at,
+            cost: cost(rec.size),
+        });
+    }
+    let n = cands.len();
+    let (plan, skipped) = route::plan(cands, now, budget, |c| {
+        already(&c.key)
+            || delivered.contains(&c.key)
+            || peer.as_ref().is_some_and(|p| p.contains(&c.key))
+    });
+    Ok((plan, skipped, n))
+}
+
 /// Write shards of the bundles that should travel into `dir/mycelium/`.
 pub fn export(
     node: &Node,
@@ -155,51 +206,21 @@ pub fn export(
     }
     let on_drive = read_catalogs(&catalog_dir, &mut report.warnings);
 
-    let summary_of = |node_id: &str| -> Option<HaveSummary> {
-        let raw = node.store.peer_summary(node_id).ok()??;
-        HaveSummary::decode_verified(&raw).ok()
-    };
-    let peer = opts
-        .for_node
-        .as_ref()
-        .and_then(|e| summary_of(&e.node_id().to_string()));
-    let mut dest_summaries: HashMap<String, Option<HaveSummary>> = HashMap::new();
-    let mut delivered = node.store.held_back(&node.node_id())?;
-    let mut cands = Vec::new();
-    for (key, rec) in node.store.records()? {
-        let dest_node = Eid::parse(&rec.destination)
-            .map(|e| e.node_id().to_string())
-            .unwrap_or_else(|_| rec.destination.clone());
-        let ds = dest_summaries
-            .entry(dest_node.clone())
-            .or_insert_with(|| summary_of(&dest_node));
-        if ds.as_ref().is_some_and(|s| s.contains(&key)) {
-            delivered.insert(key);
-        }
-        if rec.kind == crate::adu::KIND_NODE && !opts.node_records {
-            continue;
-        }
-        cands.push(Candidate {
-            key,
-            kind: rec.kind,
-            expires_at: rec.expires_at,
-            cost: drive_cost(&opts.policy, rec.size),
-        });
-    }
-    report.candidates = cands.len();
     let free = fs4::available_space(&shards_dir).unwrap_or(u64::MAX);
     let budget = opts
         .max_bytes
         .unwrap_or(u64::MAX)
         .min(free.saturating_sub(RESERVE));
-    let (plan, skipped) = route::plan(cands, opts.now, budget, |c| {
-        if on_drive.contains(&c.key) {
-            return true;
-        }
-        delivered.contains(&c.key) || peer.as_ref().is_some_and(|p| p.contains(&c.key))
-    });
-    report.already_on_drive = plan.len(); // fixed below
-    report.already_on_drive = 0;
+    let (plan, skipped, candidates) = travel_plan(
+        node,
+        opts.for_node.as_ref(),
+        opts.node_records,
+        opts.now,
+        budget,
+        |key| on_drive.contains(key),
+        |size| drive_cost(&opts.policy, size),
+    )?;
+    report.candidates = candidates;
     report.skipped = skipped;
     pb.set_length(plan.iter().map(|c| c.cost).sum());
 

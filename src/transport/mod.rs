@@ -5,11 +5,13 @@
 //!   have-summaries.
 //! - [`broadcast`]: the one-way feed (publish, ingest, watch).
 //! - [`discovery`]: signed LAN beacons and rate-limited syncs with neighbours.
+//! - [`qr`]: QR frames as PNG files and pages to play or print; photos of them read back.
 //! - [`quic`]: sync sessions over QUIC with Ed25519 raw-public-key TLS.
 
 pub mod broadcast;
 pub mod discovery;
 pub mod folder;
+pub mod qr;
 pub mod quic;
 
 use std::fs;
