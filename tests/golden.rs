@@ -82,3 +82,36 @@ fn bp7_decodes_every_vector_and_agrees_on_fields() {
         assert_eq!(theirs.canonicals.len(), ours.blocks.len());
     }
 }
+
+/// Sealing keys from node IDs agree with vectors made by an independent implementation
+/// (`bundles/vectors/node_id_keys.py`: OpenSSL's X25519 and the birational map by hand).
+#[test]
+fn sealing_keys_from_node_ids_match_independent_vectors() {
+    use mycelium::bundle::Eid;
+    use mycelium::identity::{seal_key_for_node_id, Identity};
+    let text = std::fs::read_to_string(dir().join("node-id-keys.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = v.as_array().unwrap();
+    assert!(list.len() >= 4);
+    let hex32 = |k: &str, e: &serde_json::Value| -> [u8; 32] {
+        hex::decode(e[k].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    for e in list {
+        let id = Identity::from_seed(hex32("seed", e));
+        assert_eq!(id.public_key(), hex32("ed25519_public", e));
+        assert_eq!(id.node_id().to_string(), e["node_id"].as_str().unwrap());
+        let xpk = hex32("x25519_public", e);
+        assert_eq!(id.seal_key().public(), xpk, "{}", e["name"]);
+        let node = Eid::parse(e["node_id"].as_str().unwrap()).unwrap();
+        assert_eq!(seal_key_for_node_id(&node).unwrap(), xpk, "{}", e["name"]);
+        // the secret, clamped, is the same scalar
+        let sk = mycelium::seal::SealKey::from_bytes(hex32("x25519_secret", e));
+        assert_eq!(sk.public(), xpk);
+        // the key published before (2026-11) is a different one, still held
+        assert_ne!(id.legacy_seal_key().public(), xpk);
+    }
+    assert!(seal_key_for_node_id(&Eid::parse("dtn://relay/").unwrap()).is_err());
+}

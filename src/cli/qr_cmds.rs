@@ -204,7 +204,7 @@ fn import(cli: &Cli, a: &QrImportArgs) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     if cli.json {
         print_json(&json!({
-            "pictures": r.pictures, "codes": r.codes, "unreadable": r.unreadable,
+            "pictures": r.pictures, "codes": r.codes,
             "not_ours": r.not_ours, "refused": r.refused,
             "sequences": r.sequences.iter().map(|s| json!({
                 "sequence": s.seq, "frames": s.frames, "needed": s.needed, "held": s.held,
@@ -219,10 +219,9 @@ fn import(cli: &Cli, a: &QrImportArgs) -> Result<()> {
         }));
     } else {
         outln!(
-            "read {} picture(s): {} QR code(s), {} unreadable, {} not ours, {} refused",
+            "read {} picture(s): {} QR code(s), {} not ours, {} refused",
             r.pictures,
             r.codes,
-            r.unreadable,
             r.not_ours,
             r.refused
         );

@@ -1,6 +1,6 @@
 //! QR symbols as pictures: text to a symbol (`qrcode`) and to PNG, terminal blocks or SVG;
 //! photos and screenshots (PNG, JPEG via `image`) to the texts of every code found in them
-//! (`rqrr`). Pure: bytes in, bytes out; hostile pictures are bounded in size and a decoder
+//! (`rxing`). Pure: bytes in, bytes out; hostile pictures are bounded in size and a decoder
 //! fault is an error, not a crash.
 
 use super::QrError;
@@ -147,61 +147,64 @@ pub fn load(bytes: &[u8]) -> Result<GrayImage, String> {
     Ok(img.into_luma8())
 }
 
-/// What a picture held.
-#[derive(Debug, Default, Clone)]
-pub struct Scan {
-    /// Text of every code decoded (each once).
-    pub texts: Vec<String>,
-    /// Codes found whose modules could not be read (too blurred, cut off).
-    pub unreadable: usize,
-}
-
-/// Find and decode every QR code in a picture. Codes that do not decode at full size are
-/// tried again at half size (which evens out blur and noise).
-pub fn scan(img: &GrayImage) -> Scan {
-    let mut out = Scan::default();
-    let mut failed = scan_once(img, &mut out.texts);
-    if (failed > 0 || out.texts.is_empty()) && img.width().min(img.height()) >= 200 {
-        let half = image::imageops::resize(
-            img,
-            img.width() / 2,
-            img.height() / 2,
-            image::imageops::FilterType::Triangle,
-        );
-        let before = out.texts.len();
-        scan_once(&half, &mut out.texts);
-        failed = failed.saturating_sub(out.texts.len() - before);
-    }
-    out.unreadable = failed;
-    out
-}
-
-/// One detection pass; returns how many codes were found but not decoded.
-fn scan_once(img: &GrayImage, texts: &mut Vec<String>) -> usize {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    // A decoder fault on a hostile picture must not take the node down.
-    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut prep = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
-            img.get_pixel(x as u32, y as u32)[0]
-        });
-        prep.detect_grids()
-            .into_iter()
-            .map(|g| g.decode().map(|(_, t)| t).ok())
-            .collect::<Vec<_>>()
-    }));
-    let Ok(found) = found else {
-        tracing::warn!("the QR decoder failed on a picture; skipped");
-        return 1;
-    };
-    let mut failed = 0;
-    for t in found {
-        match t {
-            Some(t) if !texts.contains(&t) => texts.push(t),
-            Some(_) => {}
-            None => failed += 1,
+/// Find and decode every QR code in a picture (each text once). The picture is also read
+/// smoothed and enlarged: averaging out sensor noise and blur finds codes the binarizer
+/// misses in the raw pixels.
+pub fn scan(img: &GrayImage) -> Vec<String> {
+    let mut texts = Vec::new();
+    scan_once(img, &mut texts);
+    let smooth = image::imageops::blur(img, 1.0);
+    let before = texts.len();
+    scan_once(&smooth, &mut texts);
+    if texts.len() > before || texts.is_empty() {
+        scan_once(&image::imageops::blur(img, 1.6), &mut texts);
+        let (w, h) = smooth.dimensions();
+        if w.max(h) <= 4000 {
+            let big = image::imageops::resize(
+                &smooth,
+                w * 3 / 2,
+                h * 3 / 2,
+                image::imageops::FilterType::Triangle,
+            );
+            scan_once(&big, &mut texts);
         }
     }
-    failed
+    texts
+}
+
+/// One pass of ZXing's multi-code QR reader over the picture.
+fn scan_once(img: &GrayImage, texts: &mut Vec<String>) {
+    use rxing::multi::MultipleBarcodeReader;
+    // A decoder fault on a hostile picture must not take the node down.
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let src = rxing::Luma8LuminanceSource::new(img.as_raw().clone(), img.width(), img.height())
+            .ok()?;
+        let mut bitmap = rxing::BinaryBitmap::new(rxing::common::HybridBinarizer::new(src));
+        let hints = rxing::DecodeHints {
+            TryHarder: Some(true),
+            ..Default::default()
+        };
+        let mut reader = rxing::multi::qrcode::QRCodeMultiReader::new();
+        reader
+            .decode_multiple_with_hints(&mut bitmap, &hints)
+            .ok()
+            .map(|v| {
+                v.into_iter()
+                    .map(|r| r.getText().to_string())
+                    .collect::<Vec<_>>()
+            })
+    }));
+    match found {
+        Ok(Some(found)) => {
+            for t in found {
+                if !texts.contains(&t) {
+                    texts.push(t);
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(_) => tracing::warn!("the QR decoder failed on a picture; skipped"),
+    }
 }
 
 #[cfg(test)]
@@ -221,8 +224,7 @@ mod tests {
         assert_eq!(s.width, 77);
         let too_long = format!("{text}AA");
         assert!(symbol(&too_long, Some(DEFAULT_VERSION)).is_err());
-        let scan = scan(&s.to_image(4));
-        assert_eq!(scan.texts, vec![text]);
+        assert_eq!(scan(&s.to_image(4)), vec![text]);
         assert!(frame_bytes(4).is_err() && frame_bytes(26).is_err());
     }
 
@@ -231,8 +233,7 @@ mod tests {
         assert!(load(b"not a picture").is_err());
         assert!(load(&[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0]).is_err());
         let blank = GrayImage::from_pixel(300, 200, Luma([255]));
-        let s = scan(&blank);
-        assert!(s.texts.is_empty());
+        assert!(scan(&blank).is_empty());
         let back = load(&png(&blank).unwrap()).unwrap();
         assert_eq!(back.dimensions(), (300, 200));
     }

@@ -264,8 +264,6 @@ pub struct ImportReport {
     pub pictures: usize,
     /// QR codes decoded.
     pub codes: usize,
-    /// Codes found that could not be read.
-    pub unreadable: usize,
     /// Codes that are not Mycelium frames.
     pub not_ours: usize,
     /// Frames refused: forged, damaged, malformed.
@@ -298,7 +296,7 @@ pub fn import(
     };
     pb.set_length(files.len() as u64);
     // Pictures decoded on every core.
-    let scans: Vec<(String, Result<qimg::Scan, String>)> = files
+    let scans: Vec<(String, Result<Vec<String>, String>)> = files
         .par_iter()
         .map(|p| {
             let r = std::fs::read(p)
@@ -324,21 +322,14 @@ pub fn import(
                 continue;
             }
         };
-        report.unreadable += scan.unreadable;
-        if scan.unreadable > 0 {
+        if scan.is_empty() {
             problem(
                 &mut report,
                 &file,
-                format!(
-                    "{} QR code(s) found but unreadable (blurred, cut off or too small)",
-                    scan.unreadable
-                ),
+                "no readable QR code found (blurred, cut off or too small?)".into(),
             );
         }
-        if scan.texts.is_empty() && scan.unreadable == 0 {
-            problem(&mut report, &file, "no QR code found".into());
-        }
-        for t in scan.texts {
+        for t in scan {
             report.codes += 1;
             match Frame::from_text(&t) {
                 Ok(f) => by_seq.entry(f.seq).or_default().push(f),
