@@ -62,6 +62,30 @@ fn main() {
             assert_eq!(inner.bundle().primary.source, a.node_id());
         }
         let open_s = t.elapsed().as_secs_f64();
+        // What every other node pays to find a sealed bundle is not its own: one X25519 per
+        // key it holds (the node-ID key, and the one published before 2026-12).
+        let c = Identity::from_seed([3; 32]);
+        let (one, both) = (c.seal_key(), c.seal_keys());
+        let t = Instant::now();
+        for o in &outers {
+            assert!(seal::open(o.bundle(), &one, &c.node_id())
+                .expect("try")
+                .is_none());
+        }
+        let try_one = t.elapsed().as_secs_f64() / n as f64;
+        let t = Instant::now();
+        for o in &outers {
+            assert!(seal::open_with_any(o.bundle(), &both, &c.node_id())
+                .expect("try")
+                .is_none());
+        }
+        let try_both = t.elapsed().as_secs_f64() / n as f64;
+        println!(
+            "         not ours: {:.1} µs with one key, {:.1} µs with both ({:.2}x)",
+            try_one * 1e6,
+            try_both * 1e6,
+            try_both / try_one
+        );
         let inner_len: usize = inners.iter().map(|i| i.raw().len()).sum();
         let outer_len: usize = outers.iter().map(|o| o.raw().len()).sum();
         let mb = inner_len as f64 / 1e6;

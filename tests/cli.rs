@@ -238,6 +238,9 @@ fn demo_runs_end_to_end() {
     assert!(v["wallets"]["similar"].as_f64() > v["wallets"]["dissimilar"].as_f64());
     assert!(!v["wallets"]["generated"].as_str().unwrap().is_empty());
     assert!(v["feed"]["deleted"].as_u64().unwrap() > 0);
+    // First contact by node ID alone, over QR frames with 30% lost.
+    assert_eq!(v["qr"]["read"], true);
+    assert!(v["qr"]["photographed"].as_u64() < v["qr"]["frames"].as_u64());
 }
 
 #[test]

@@ -283,29 +283,37 @@ fn zbarimg_reads_every_frame_we_draw_and_we_read_frames_qrencode_draws() {
     let (b, b_id) = init(t.path(), "b");
     let text: String = (0..300).map(|i| format!("word{i} ")).collect();
     let sent = json(&a, &["send", "--to", &b_id, "--text", &text]);
-    let out = t.path().join("frames");
-    let ex = json(
-        &a,
-        &[
-            "qr",
-            "export",
-            out.to_str().unwrap(),
-            sent["sealed"]["id"].as_str().unwrap(),
-            "--size",
-            "10",
-        ],
-    );
-    let texts: Vec<String> = std::fs::read_to_string(ex["texts"].as_str().unwrap())
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let pngs: Vec<&str> = ex["pngs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let sealed = sent["sealed"]["id"].as_str().unwrap().to_string();
+    // The default version, and the largest we draw.
+    let mut texts: Vec<String> = Vec::new();
+    let mut pngs: Vec<String> = Vec::new();
+    for size in ["15", "25"] {
+        let out = t.path().join(format!("frames-{size}"));
+        let ex = json(
+            &a,
+            &[
+                "qr",
+                "export",
+                out.to_str().unwrap(),
+                &sealed,
+                "--size",
+                size,
+            ],
+        );
+        texts.extend(
+            std::fs::read_to_string(ex["texts"].as_str().unwrap())
+                .unwrap()
+                .lines()
+                .map(str::to_string),
+        );
+        pngs.extend(
+            ex["pngs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+    }
     assert_eq!(texts.len(), pngs.len());
     // zbarimg, one file at a time so each answer is matched to its frame.
     for (png, want) in pngs.iter().zip(&texts) {
@@ -333,6 +341,8 @@ fn zbarimg_reads_every_frame_we_draw_and_we_read_frames_qrencode_draws() {
     assert_eq!(r["codes"].as_u64().unwrap() as usize, texts.len(), "{r}");
     assert_eq!(r["refused"], 0, "{r}");
     assert_eq!(r["delivered"], 1, "{r}");
+    // both sequences rebuilt: the second brings the same bundle, already here
+    assert_eq!(r["sequences"].as_array().unwrap().len(), 2, "{r}");
     assert!(json(&b, &["inbox"]).to_string().contains("word299"));
 }
 

@@ -11,6 +11,8 @@
 //! output and M pays the honest two (`demo_market`). Then M publishes a two-pass satellite
 //! feed; the recording loses a quarter of its files and a burst is corrupted; C ingests it
 //! and still gets every bulletin, and the workers' payments and A's verdict come home on it.
+//! Last, first contact on paper: D knows only C's node ID (read off C's QR code), seals a
+//! message for it and prints it as QR frames; 30% are lost; C photographs the rest.
 
 use super::bundle_cmds::{read_bundle_file, write_atomic};
 use super::messages::adu_text;
@@ -409,6 +411,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         feed_in[3]
     ));
     let wallets = super::demo_market::home(&say, &alice, &workers, &tasks)?;
+    let qr = qr_first_contact(&root, &carol, &say)?;
     let took = started.elapsed();
     say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC; the task was run by three workers, checked by quorum and paid; the payments came home by satellite.".into());
     say(format!("({:.2} s)", took.as_secs_f64()));
@@ -427,6 +430,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
             "quic": quic_summary,
             "market": market_summary,
             "wallets": wallets,
+            "qr": qr,
             "elapsed_ms": took.as_millis() as u64,
             "photo_intact": got_photo,
             "feed": {"bundles": pr.bundles, "notices": n_feed, "files": pr.files, "deleted": deleted,
@@ -435,6 +439,62 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
         }));
     }
     Ok(())
+}
+
+/// Step 18: first contact with nothing but a node ID, over QR frames on paper.
+fn qr_first_contact(root: &Path, carol: &Node, say: &dyn Fn(String)) -> Result<serde_json::Value> {
+    use crate::qr::image as qimg;
+    use crate::transport::qr as tqr;
+    let dave = Node::init(&root.join("node-d"))?;
+    // D points a camera at the QR code C shows (`mycelium id --qr`).
+    let shown = qimg::symbol(&carol.node_id().to_string(), None)?.to_image(8);
+    let read = qimg::scan(&shown);
+    let id = read.first().context("C's ID QR code did not scan")?;
+    let c_id = crate::bundle::Eid::parse(id)?;
+    let text = "Salam C, this is D: I got your ID from the poster at the pharmacy.";
+    let now = DtnTime::now();
+    let (_, outer) = dave.send(
+        c_id,
+        adu::encode_message(&Message::Text(text.into())),
+        7 * 24 * 3600 * 1000,
+        now,
+        true,
+    )?;
+    let outer = outer.context("sealing produced no outer bundle")?;
+    let dir = root.join("qr-frames");
+    let ex = tqr::export(
+        &[outer],
+        &dir,
+        &tqr::ExportOptions::default(),
+        &ProgressBar::hidden(),
+    )?;
+    // Three frames in ten are lost (torn, smudged, never photographed).
+    let kept: Vec<PathBuf> = ex
+        .pngs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| (i * 7) % 10 >= 3)
+        .map(|(_, p)| p.clone())
+        .collect();
+    let ir = tqr::import(carol, &kept, DtnTime::now(), &ProgressBar::hidden())?;
+    let got = carol
+        .inbox()?
+        .into_iter()
+        .any(|i| matches!(&i.adu, Ok(Adu::Message(Message::Text(t))) if t == text));
+    if ir.delivered != 1 || !got {
+        bail!("C did not read D's message from the QR frames: {ir:?}");
+    }
+    say(format!(
+        "18. first contact on paper: D knows only C's node ID (scanned from C's QR code) and seals a message for the key that ID stands for; printed as {} QR frames (any {} rebuild it), {} are lost; C photographs the other {}, rebuilds, opens and reads it",
+        ex.frames,
+        ex.needed,
+        ex.frames - kept.len(),
+        kept.len()
+    ));
+    Ok(
+        json!({"frames": ex.frames, "needed": ex.needed, "photographed": kept.len(),
+              "delivered": ir.delivered, "read": got}),
+    )
 }
 
 /// Steps 10-12: gateway B syncs the cell with marketplace M over QUIC (on loopback),

@@ -233,10 +233,7 @@ pub fn encode(bundles: &[&[u8]], layout: Layout) -> Result<Vec<Frame>, QrError> 
     // The proof's length depends on the frame count, which depends on the symbol size:
     // try deeper trees until the count fits the depth assumed.
     for d in 0..=16usize {
-        let room = layout
-            .frame_bytes
-            .checked_sub(HEADER_LEN + d * HASH_LEN)
-            .unwrap_or(0);
+        let room = layout.frame_bytes.saturating_sub(HEADER_LEN + d * HASH_LEN);
         let symbol_size = (room / 8 * 8).min(u16::MAX as usize / 8 * 8);
         if symbol_size < 8 {
             break;

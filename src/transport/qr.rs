@@ -104,7 +104,9 @@ pub fn export(
     let n = frames.len();
     // Each frame drawn twice: large for the PNG file, one pixel per module for the pages
     // (scaled up there without smoothing).
-    let drawn: Vec<Result<(String, Vec<u8>, Vec<u8>), QrTransportError>> = frames
+    // (text, PNG to keep, PNG for the pages)
+    type Drawn = (String, Vec<u8>, Vec<u8>);
+    let drawn: Vec<Result<Drawn, QrTransportError>> = frames
         .par_iter()
         .map(|f| {
             let text = f.to_text();
