@@ -50,6 +50,9 @@ fn base32() -> &'static Encoding {
 /// A node's signing identity.
 pub struct Identity {
     key: SigningKey,
+    /// Whether this node published its pre-2026-12 sealing key (so bundles may still be
+    /// sealed to it): only then is that key tried too, at the cost of a second X25519.
+    legacy_seal: bool,
 }
 
 impl Identity {
@@ -57,6 +60,7 @@ impl Identity {
     pub fn generate() -> Identity {
         Identity {
             key: SigningKey::generate(&mut rand_core::OsRng),
+            legacy_seal: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl Identity {
     pub fn from_seed(seed: [u8; 32]) -> Identity {
         Identity {
             key: SigningKey::from_bytes(&seed),
+            legacy_seal: false,
         }
     }
 
@@ -96,9 +101,18 @@ impl Identity {
         crate::seal::SealKey::from_bytes(*k)
     }
 
+    /// Also try [`Identity::legacy_seal_key`] when opening: for a home that published it.
+    pub fn with_legacy_seal_key(mut self, yes: bool) -> Identity {
+        self.legacy_seal = yes;
+        self
+    }
+
     /// Every key a sealed bundle for this node may be sealed to, the node-ID key first.
-    pub fn seal_keys(&self) -> [crate::seal::SealKey; 2] {
-        [self.seal_key(), self.legacy_seal_key()]
+    pub fn seal_keys(&self) -> Vec<crate::seal::SealKey> {
+        match self.legacy_seal {
+            true => vec![self.seal_key(), self.legacy_seal_key()],
+            false => vec![self.seal_key()],
+        }
     }
 
     /// The key as PKCS#8 v1 DER (RFC 8410), for TLS libraries. Zeroised on drop.

@@ -101,6 +101,11 @@ impl Node {
     pub fn open(home: &Path) -> Result<Node, NodeError> {
         let identity = Identity::load(&home.join(KEY_FILE))?;
         let store = Store::open(&home.join(STORE_DIR))?;
+        // A home made before 2026-12 published its old sealing key in its node record
+        // (and keeps it as its own contact): others may still seal to it.
+        let legacy = identity.legacy_seal_key().public();
+        let published = store.contact(&identity.node_id().to_string())?;
+        let identity = identity.with_legacy_seal_key(published == Some(legacy));
         Ok(Node {
             home: home.to_path_buf(),
             identity,

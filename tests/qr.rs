@@ -366,3 +366,74 @@ fn id_qr_shows_the_node_id_on_the_terminal_and_in_a_png_zbarimg_reads() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&z.stdout).trim(), id);
 }
+
+#[test]
+fn the_player_page_plays_the_frames_offline_in_a_real_browser() {
+    use common::browser::Browser;
+    use std::time::Duration;
+    const T: Duration = Duration::from_secs(20);
+    let t = tempfile::tempdir().unwrap();
+    let (a, _) = init(t.path(), "a");
+    let (_, b_id) = init(t.path(), "b");
+    let sent = json(&a, &["send", "--to", &b_id, "--text", "on a screen"]);
+    let out = t.path().join("frames");
+    let ex = json(
+        &a,
+        &[
+            "qr",
+            "export",
+            out.to_str().unwrap(),
+            sent["sealed"]["id"].as_str().unwrap(),
+            "--fps",
+            "10",
+        ],
+    );
+    let n = ex["frames"].as_u64().unwrap();
+    let player = ex["player"].as_str().unwrap();
+    let mut page = Browser::launch(&format!("file://{player}")).unwrap();
+    // It plays on by itself: frame 3 comes up, drawn.
+    page.wait_for(
+        &format!("document.getElementById('where').textContent.startsWith('frame 3 of {n}')"),
+        T,
+    )
+    .unwrap();
+    let shown = page
+        .eval(
+            "(() => { const i = document.getElementById('f'); \
+             return [document.getElementById('where').textContent, i.src, i.complete && i.naturalWidth]; })()",
+            T,
+        )
+        .unwrap();
+    let label = shown[0].as_str().unwrap();
+    let index: u16 = label["frame ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        shown[2].as_u64().unwrap() > 0,
+        "the frame is drawn: {shown}"
+    );
+    // The frame on screen is the frame it says, and decodes.
+    let b64 = shown[1]
+        .as_str()
+        .unwrap()
+        .strip_prefix("data:image/png;base64,")
+        .unwrap();
+    let png = data_encoding::BASE64.decode(b64.as_bytes()).unwrap();
+    let img = mycelium::qr::image::load(&png).unwrap();
+    let big = image::imageops::resize(
+        &img,
+        img.width() * 4,
+        img.height() * 4,
+        image::imageops::FilterType::Nearest,
+    );
+    let texts = mycelium::qr::image::scan(&big);
+    let frame = mycelium::qr::Frame::from_text(&texts[0]).unwrap();
+    assert_eq!(frame.index + 1, index, "{label}");
+    assert_eq!(
+        hex::encode(&frame.seq[..6]),
+        ex["sequence"].as_str().unwrap()
+    );
+}

@@ -334,3 +334,67 @@ fn nobody_can_take_a_sealed_bundles_identity_with_other_content() {
     let e = VerifiedBundle::decode(&extra.encode()).unwrap_err();
     assert!(e.to_string().contains("blocks other than"), "{e}");
 }
+
+/// Sealing keys come from node IDs now; a home made before (whose node record published
+/// the old derived key) still opens bundles sealed to that key, and a new home does not
+/// spend a second X25519 on every sealed bundle trying a key it never published.
+#[test]
+fn homes_that_published_the_old_sealing_key_still_open_bundles_sealed_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Identity::from_seed([1; 32]);
+    let home = dir.path().join("old");
+    let old = Node::init(&home).unwrap();
+    let old_key = old.identity.legacy_seal_key().public();
+    // What `init` recorded before 2026-12: its own old key as its published contact.
+    old.store
+        .set_contact(&old.node_id().to_string(), &old_key)
+        .unwrap();
+    drop(old);
+    let old = Node::open(&home).unwrap();
+    assert_eq!(old.identity.seal_keys().len(), 2);
+    let to_old = |seq| {
+        let i = BundleBuilder::new(old.node_id(), CreationTimestamp { time: NOW, seq }, DAY)
+            .payload(adu::encode_message(&Message::Text(format!("note {seq}"))))
+            .sign(&a)
+            .unwrap();
+        i
+    };
+    let by_old_key = seal::seal(&to_old(1), &old_key, NOW, &mut rng()).unwrap();
+    let by_id_key = seal::seal(
+        &to_old(2),
+        &old.identity.seal_key().public(),
+        NOW,
+        &mut rng(),
+    )
+    .unwrap();
+    old.receive(by_old_key.raw(), NOW).unwrap();
+    old.receive(by_id_key.raw(), NOW).unwrap();
+    let texts: HashSet<String> = old
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m.adu {
+            Ok(Adu::Message(Message::Text(t))) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, HashSet::from(["note 1".into(), "note 2".into()]));
+
+    // A new home tries its node-ID key alone: a bundle sealed to its old key is carried,
+    // not opened.
+    let new = Node::init(&dir.path().join("new")).unwrap();
+    assert_eq!(new.identity.seal_keys().len(), 1);
+    let i = BundleBuilder::new(new.node_id(), CreationTimestamp { time: NOW, seq: 3 }, DAY)
+        .payload(adu::encode_message(&Message::Text("old key".into())))
+        .sign(&a)
+        .unwrap();
+    let o = seal::seal(
+        &i,
+        &new.identity.legacy_seal_key().public(),
+        NOW,
+        &mut rng(),
+    )
+    .unwrap();
+    new.receive(o.raw(), NOW).unwrap();
+    assert!(new.inbox().unwrap().is_empty());
+}

@@ -2,9 +2,9 @@
 //! paper, and photos of them read back.
 
 use super::out::outln;
-use super::sneakernet::{parse_bytes, print_problems};
+use super::sneakernet::{parse_bytes, parse_for, print_problems};
 use super::{print_json, Cli};
-use crate::bundle::{Eid, VerifiedBundle};
+use crate::bundle::VerifiedBundle;
 use crate::qr::image as qimg;
 use crate::time::DtnTime;
 use crate::transport::qr::{self as tqr, ExportOptions};
@@ -99,12 +99,7 @@ fn export(cli: &Cli, a: &QrExportArgs) -> Result<()> {
     let now = DtnTime::now();
     let mut bundles: Vec<VerifiedBundle> = Vec::new();
     if a.ids.is_empty() {
-        let for_node = a
-            .for_node
-            .as_deref()
-            .map(Eid::parse)
-            .transpose()
-            .context("--for")?;
+        let for_node = parse_for(a.for_node.as_deref())?;
         let budget = parse_bytes(&a.max_bytes)?;
         let (plan, _, _) = crate::transport::folder::travel_plan(
             &node,

@@ -72,6 +72,11 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
+/// The node an export is `--for`, if any.
+pub fn parse_for(arg: Option<&str>) -> Result<Option<Eid>> {
+    arg.map(Eid::parse).transpose().context("--for")
+}
+
 /// A byte progress bar on a terminal; hidden with `--json` or when stderr is not a TTY.
 pub fn progress(cli: &Cli, what: &str) -> ProgressBar {
     if !super::out::interactive(cli.json) {
@@ -110,12 +115,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&a.parity) {
         bail!("--parity must be between 0 and 1 (0.25 = 25% extra shards)");
     }
-    let for_node = a
-        .for_node
-        .as_deref()
-        .map(Eid::parse)
-        .transpose()
-        .context("--for")?;
+    let for_node = parse_for(a.for_node.as_deref())?;
     let max_bytes = a.max_bytes.as_deref().map(parse_bytes).transpose()?;
     let shard = parse_bytes(&a.shard_size)?;
     if !(512..=(8 << 20)).contains(&shard) {

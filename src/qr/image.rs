@@ -33,9 +33,18 @@ fn qr_err(e: qrcode::types::QrError) -> QrError {
 }
 
 /// Encode `text` as a symbol at ECC level M: of exactly `version`, or (None) the smallest
-/// that holds it.
+/// that holds it. Text entirely in QR's alphanumeric set (every frame) is one alphanumeric
+/// segment, so what fits is exactly [`frame_bytes`]; other text takes the encoder's mix.
 pub fn symbol(text: &str, version: Option<i16>) -> Result<Symbol, QrError> {
+    let alnum = text.bytes().all(|c| super::B45.contains(&c));
     let code = match version {
+        Some(v) if alnum => {
+            let mut bits = qrcode::bits::Bits::new(Version::Normal(v));
+            bits.push_alphanumeric_data(text.as_bytes())
+                .and_then(|_| bits.push_terminator(EC_LEVEL))
+                .map_err(qr_err)?;
+            QrCode::with_bits(bits, EC_LEVEL)
+        }
         Some(v) => QrCode::with_version(text.as_bytes(), Version::Normal(v), EC_LEVEL),
         None => QrCode::with_error_correction_level(text.as_bytes(), EC_LEVEL),
     }
@@ -63,7 +72,7 @@ pub fn frame_bytes(version: i16) -> Result<usize, QrError> {
     }
     let fits = |b: usize| {
         let text = format!("{}{}", super::PREFIX, "A".repeat(b / 2 * 3 + (b % 2) * 2));
-        QrCode::with_version(text.as_bytes(), Version::Normal(version), EC_LEVEL).is_ok()
+        symbol(&text, Some(version)).is_ok()
     };
     let (mut lo, mut hi) = (0usize, 4096usize);
     while lo + 1 < hi {

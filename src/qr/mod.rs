@@ -15,8 +15,10 @@ use crate::fec::fountain::{self, SegmentParams};
 
 /// Every frame's text starts with this.
 pub const PREFIX: &str = "MYC1:";
-/// Bytes of the sequence id, and of each hash in a frame's proof.
-pub const HASH_LEN: usize = 16;
+/// Bytes of the sequence id, and of each hash in a frame's proof: 96 bits, so forging a
+/// frame (a second preimage) is out of reach, while a proof stays small enough to leave
+/// most of a frame for data.
+pub const HASH_LEN: usize = 12;
 /// Fixed header bytes: sequence id, frames, payload length, symbol size, frame index.
 pub const HEADER_LEN: usize = HASH_LEN + 2 + 4 + 2 + 2;
 /// Most frames in one sequence (the index is 16 bits).
@@ -165,7 +167,7 @@ impl Frame {
     }
 }
 
-fn h16(context: &str, parts: &[&[u8]]) -> [u8; HASH_LEN] {
+fn short_hash(context: &str, parts: &[&[u8]]) -> [u8; HASH_LEN] {
     let mut h = blake3::Hasher::new_derive_key(context);
     for p in parts {
         h.update(p);
@@ -179,11 +181,11 @@ fn leaf(fixed: &[u8], symbol: &[u8]) -> [u8; HASH_LEN] {
     // The leaf's own sequence id field is zeroed: the id is the root, made after.
     let mut f = fixed.to_vec();
     f[..HASH_LEN].fill(0);
-    h16(LEAF, &[&f, symbol])
+    short_hash(LEAF, &[&f, symbol])
 }
 
 fn node(l: &[u8; HASH_LEN], r: &[u8; HASH_LEN]) -> [u8; HASH_LEN] {
-    h16(NODE, &[l, r])
+    short_hash(NODE, &[l, r])
 }
 
 fn depth(frames: u16) -> u32 {
@@ -325,7 +327,7 @@ pub fn decode(frames: &[Frame]) -> Result<Option<Vec<Vec<u8>>>, QrError> {
     Ok(Some(bundles.into_iter().map(<[u8]>::to_vec).collect()))
 }
 
-const B45: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
+pub(crate) const B45: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
 
 /// RFC 9285 base45: two bytes become three characters of QR's alphanumeric set.
 pub fn base45_encode(b: &[u8]) -> String {
