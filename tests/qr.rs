@@ -133,6 +133,11 @@ fn a_sealed_message_to_a_bare_node_id_arrives_as_distorted_frames_with_30_percen
         &["send", "--to", &b_id, "--file", photo.to_str().unwrap()],
     );
     let sealed2 = sent2["sealed"]["id"].as_str().unwrap().to_string();
+    // a keeps its signed messages, private, until a receipt says they arrived
+    let held = json(&a, &["list"]).to_string();
+    assert!(
+        held.contains(sent["id"].as_str().unwrap()) && held.contains(sent2["id"].as_str().unwrap())
+    );
     let out = t.path().join("frames");
     let ex = json(
         &a,
@@ -274,6 +279,18 @@ fn a_sealed_message_to_a_bare_node_id_arrives_as_distorted_frames_with_30_percen
     let r3 = json(&b, &argv);
     assert_eq!(r3["new"], 0);
     assert_eq!(json(&b, &["inbox"]).as_array().unwrap().len(), 2);
+
+    // b's receipt goes home the same way, sealed for the key a's node ID stands for (b
+    // has no record of a either): a drops its private copies of what was delivered.
+    let back = t.path().join("back");
+    let rx = json(&b, &["qr", "export", back.to_str().unwrap()]);
+    assert!(rx["bundles"].as_u64().unwrap() >= 1, "{rx}");
+    let ra = json(&a, &["qr", "import", back.to_str().unwrap()]);
+    assert!(ra["purged"].as_u64().unwrap() >= 2, "{ra}");
+    let left = json(&a, &["list"]).to_string();
+    for s in [&sent, &sent2] {
+        assert!(!left.contains(s["id"].as_str().unwrap()), "{left}");
+    }
 }
 
 #[test]

@@ -206,7 +206,7 @@ fn import(cli: &Cli, a: &QrImportArgs) -> Result<()> {
                 "new_frames": s.new_frames, "missing": (s.needed as usize).saturating_sub(s.held),
                 "rebuilt": s.rebuilt, "already_rebuilt": s.already,
             })).collect::<Vec<_>>(),
-            "new": r.new, "duplicate": r.duplicate, "delivered": r.delivered,
+            "new": r.new, "duplicate": r.duplicate, "delivered": r.delivered, "purged": r.purged,
             "stored": r.stored.iter().map(hex::encode).collect::<Vec<_>>(),
             "problems": r.problems.iter().map(|p| json!({"file": p.file, "reason": p.reason})).collect::<Vec<_>>(),
             "problems_total": r.problems.total(),

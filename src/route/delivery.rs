@@ -657,12 +657,17 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         }
         let sealed = std::mem::take(&mut self.sealed);
         for (node, (source, acks)) in sealed {
-            let xpk = self.store.contact(&node).map_err(DeliveryError::Store)?;
+            // The key its node record named, else the one its node ID stands for.
+            let xpk = match self.store.contact(&node).map_err(DeliveryError::Store)? {
+                Some(k) => Some(k),
+                None => crate::identity::seal_key_for_node_id(&source.node_id()).ok(),
+            };
             for chunk in acks.chunks(RECEIPT_BATCH) {
                 let reveals: Vec<[u8; 16]> = chunk.iter().filter_map(|a| a.secret).collect();
-                // Without the source's sealing key the receipt cannot go back to it (one in
-                // clear would show who talks to whom); if it reveals secrets, it still goes,
-                // sealed for nobody, so relays drop the delivered copies.
+                // Without a sealing key for the source (not a Mycelium node ID) the receipt
+                // cannot go back to it (one in clear would show who talks to whom); if it
+                // reveals secrets, it still goes, sealed for nobody, so relays drop the
+                // delivered copies.
                 let xpk = match (xpk, reveals.is_empty()) {
                     (Some(k), _) => k,
                     (None, false) => crate::seal::nobody(&mut rand_core::OsRng),

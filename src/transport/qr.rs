@@ -277,6 +277,8 @@ pub struct ImportReport {
     pub stored: Vec<[u8; 32]>,
     /// Delivered here: addressed to this node.
     pub delivered: usize,
+    /// Bundles dropped because receipts brought here show them delivered.
+    pub purged: usize,
     pub problems: Capped<Problem>,
 }
 
@@ -461,5 +463,6 @@ pub fn import(
     report.new -= dropped.len().min(report.new);
     report.stored.retain(|k| !dropped.contains(k));
     report.delivered = settled.delivered;
+    report.purged = settled.purged;
     Ok(report)
 }
