@@ -41,8 +41,8 @@ pub struct QrExportArgs {
     /// Share of frames that may be lost or unreadable (0 to 0.9)
     #[arg(long, default_value_t = crate::qr::DEFAULT_LOSS, value_name = "F")]
     pub loss: f64,
-    /// Bytes of bundles at most when no ids are given, e.g. 256KiB
-    #[arg(long, default_value = "1MiB", value_name = "N")]
+    /// Bytes of bundles at most when no ids are given (64 KiB is some 300 frames)
+    #[arg(long, default_value = "64KiB", value_name = "N")]
     pub max_bytes: String,
     /// Pixels per module in the PNG files
     #[arg(long, default_value_t = 6, value_name = "PX")]
