@@ -386,11 +386,12 @@ pub fn import(
                 continue;
             }
             if let std::collections::btree_map::Entry::Vacant(v) = held.entry(f.index) {
+                let record = f.to_bytes();
                 fresh.push(PartialShard {
                     object: obj,
                     leaf: u64::from(f.index),
-                    need: f.to_bytes().len() as u64 * u64::from(f.needed()),
-                    record: f.to_bytes(),
+                    need: record.len() as u64 * u64::from(f.needed()),
+                    record,
                 });
                 v.insert(f);
             }
