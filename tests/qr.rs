@@ -382,6 +382,11 @@ fn id_qr_shows_the_node_id_on_the_terminal_and_in_a_png_zbarimg_reads() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&z.stdout).trim(), id);
+    // Another node photographs it: a node ID, not a stray code.
+    let (b, _) = init(t.path(), "b");
+    let r = json(&b, &["qr", "import", png.to_str().unwrap()]);
+    assert_eq!(r["node_ids"], serde_json::json!([id]), "{r}");
+    assert_eq!(r["not_ours"], 0, "{r}");
 }
 
 #[test]

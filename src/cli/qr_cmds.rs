@@ -200,7 +200,7 @@ fn import(cli: &Cli, a: &QrImportArgs) -> Result<()> {
     if cli.json {
         print_json(&json!({
             "pictures": r.pictures, "codes": r.codes,
-            "not_ours": r.not_ours, "refused": r.refused,
+            "not_ours": r.not_ours, "refused": r.refused, "node_ids": r.node_ids,
             "sequences": r.sequences.iter().map(|s| json!({
                 "sequence": s.seq, "frames": s.frames, "needed": s.needed, "held": s.held,
                 "new_frames": s.new_frames, "missing": (s.needed as usize).saturating_sub(s.held),
@@ -220,6 +220,13 @@ fn import(cli: &Cli, a: &QrImportArgs) -> Result<()> {
             r.not_ours,
             r.refused
         );
+        for id in &r.node_ids {
+            outln!(
+                "  node ID {}: send to it with `mycelium send --to {} --text ...`",
+                super::safe::line(id),
+                super::safe::line(id)
+            );
+        }
         for s in &r.sequences {
             let state = if s.already {
                 "already rebuilt earlier".to_string()

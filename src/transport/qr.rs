@@ -266,8 +266,10 @@ pub struct ImportReport {
     pub pictures: usize,
     /// QR codes decoded.
     pub codes: usize,
-    /// Codes that are not Mycelium frames.
+    /// Codes that are not Mycelium frames (node IDs aside).
     pub not_ours: usize,
+    /// Node IDs read (`mycelium id --qr` codes).
+    pub node_ids: Vec<String>,
     /// Frames refused: forged, damaged, malformed.
     pub refused: usize,
     pub sequences: Vec<SequenceReport>,
@@ -337,6 +339,17 @@ pub fn import(
             report.codes += 1;
             match Frame::from_text(&t) {
                 Ok(f) => by_seq.entry(f.seq).or_default().push(f),
+                Err(QrError::NotOurs)
+                    if crate::bundle::Eid::parse(t.trim())
+                        .ok()
+                        .is_some_and(|e| crate::identity::key_for_node_id(&e).is_ok()) =>
+                {
+                    // `mycelium id --qr`: someone's node ID, enough to send to it sealed.
+                    let id = t.trim().to_string();
+                    if !report.node_ids.contains(&id) {
+                        report.node_ids.push(id);
+                    }
+                }
                 Err(QrError::NotOurs) => {
                     report.not_ours += 1;
                     let shown: String = t.chars().take(40).collect();
