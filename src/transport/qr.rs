@@ -5,6 +5,7 @@
 //! feed symbols), and stores the bundles of every sequence that has enough frames, each
 //! verified as on every other medium.
 
+use super::broadcast::Problem;
 use super::{write_atomic, Capped};
 use crate::bundle::VerifiedBundle;
 use crate::node::Node;
@@ -237,13 +238,6 @@ fn print_page(seq: &str, frames: &[Vec<u8>], needed: u32) -> String {
 "#,
         n = frames.len()
     )
-}
-
-/// One picture's trouble.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub file: String,
-    pub reason: String,
 }
 
 /// How far one sequence got.
