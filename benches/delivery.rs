@@ -175,6 +175,7 @@ fn media(
             now,
             have_summary: false,
             node_records: false,
+            only: None,
         },
         &ProgressBar::hidden(),
     )
@@ -233,7 +234,10 @@ fn media(
         let base = cp_sync(&out, &root.join(format!("{label}-feed-copy")));
         let b = recipient(root, &format!("{label}-b-feed"), key_file, sender);
         b.store
-            .set_trust(&sender.node_id().to_string(), true)
+            .add_trust(
+                &sender.node_id().to_string(),
+                mycelium::store::TRUST_BROADCAST,
+            )
             .expect("trust");
         let t = Instant::now();
         let g = broadcast::ingest(

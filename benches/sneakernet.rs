@@ -52,6 +52,7 @@ fn run(label: &str, count: usize, size: usize) {
         now,
         have_summary: true,
         node_records: false,
+        only: None,
     };
     let t0 = Instant::now();
     let e = folder::export(&a, &stick, &opts, &ProgressBar::hidden()).unwrap();

@@ -17,6 +17,8 @@
 //! - [`store`]: the RocksDB store in the node's home: bundles, indexes, metadata; durable
 //!   (synced WAL) writes, dedup on BPv7 identity, expiry purge.
 //! - [`node`]: a node's home directory, wiring identity and store together.
+//! - [`release`]: releases of Mycelium as signed bundles: publish, judge (trusted, newer,
+//!   complete, matching), `update` and `--rollback`, `spread` to a stick.
 //! - [`guild`]: this node's guild charters and its consent to them (memberships).
 //! - [`daemon`]: `serve`, the node as one process: every role of a home as tasks over one
 //!   node, woken by store commits; the local API on a Unix socket; the status page.
@@ -42,6 +44,8 @@ pub mod daemon;
 pub mod guild;
 #[cfg(feature = "store")]
 pub mod node;
+#[cfg(feature = "store")]
+pub mod release;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]

@@ -76,7 +76,10 @@ fn ingest(s: &Setup, any: bool) -> broadcast::IngestReport {
 fn trust_market(s: &Setup) {
     s.user
         .store
-        .set_trust(&s.market.node_id().to_string(), true)
+        .add_trust(
+            &s.market.node_id().to_string(),
+            mycelium::store::TRUST_BROADCAST,
+        )
         .unwrap();
 }
 
@@ -328,7 +331,10 @@ fn ingest_memory_does_not_grow_with_the_feed() {
     let user_home = t.path().join("user");
     let user = Node::init(&user_home).unwrap();
     user.store
-        .set_trust(&market.node_id().to_string(), true)
+        .add_trust(
+            &market.node_id().to_string(),
+            mycelium::store::TRUST_BROADCAST,
+        )
         .unwrap();
     let user_id = user.node_id();
     drop(user);

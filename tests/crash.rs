@@ -195,6 +195,7 @@ fn sigkill_during_import_and_export_loses_nothing_reported() {
                 now: DtnTime::now(),
                 have_summary: true,
                 node_records: false,
+                only: None,
             };
             let an = Node::open(&a).unwrap();
             folder::export(&an, &d, &opts, &ProgressBar::hidden()).unwrap();

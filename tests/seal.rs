@@ -243,6 +243,7 @@ fn a_seized_stick_names_nobody_and_shows_no_words() {
             now: NOW,
             have_summary: false,
             node_records: false,
+            only: None,
         },
         &ProgressBar::hidden(),
     )

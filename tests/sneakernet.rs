@@ -63,6 +63,7 @@ fn export_opts(parity: f64) -> ExportOptions {
         now: NOW,
         have_summary: true,
         node_records: false,
+        only: None,
     }
 }
 

@@ -36,6 +36,7 @@ fn export(n: &Node, stick: &Path, parity: f64) -> usize {
             now: NOW,
             have_summary: false,
             node_records: false,
+            only: None,
         },
         &ProgressBar::hidden(),
     )

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod market;
 pub mod model;
+pub mod release;
 
 /// The envelope version this code writes and fully understands.
 pub const ENVELOPE_VERSION: u64 = 1;

@@ -4,6 +4,7 @@ use super::out::outln;
 use super::sneakernet::{parse_bytes, print_problems, progress};
 use super::{print_json, Cli};
 use crate::bundle::Eid;
+use crate::store::{TRUST_BROADCAST, TRUST_RELEASE};
 use crate::time::DtnTime;
 use crate::transport::broadcast::{self, IngestOptions, IngestReport, PublishOptions, SeenFiles};
 use anyhow::{bail, Context, Result};
@@ -52,11 +53,15 @@ pub struct IngestArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TrustCommand {
-    /// Trust a node (for now: its broadcast feeds and the bundles it signs in them)
+    /// Trust a node: for its broadcast feeds and the bundles it signs in them
+    /// (--broadcast), for the releases of Mycelium it signs (--release), or both
     Add {
         node_id: String,
         #[arg(long)]
         broadcast: bool,
+        /// Install the releases it signs (`mycelium update`)
+        #[arg(long)]
+        release: bool,
     },
     /// Stop trusting a node
     Remove { node_id: String },
@@ -214,18 +219,43 @@ fn ingest(cli: &Cli, a: &IngestArgs) -> Result<()> {
     Ok(())
 }
 
+/// What trust bits mean, in words.
+fn uses_text(uses: u8) -> String {
+    let mut v = Vec::new();
+    if uses & TRUST_BROADCAST != 0 {
+        v.push("broadcast feeds");
+    }
+    if uses & TRUST_RELEASE != 0 {
+        v.push("releases");
+    }
+    if v.is_empty() {
+        v.push("nothing");
+    }
+    v.join(" and ")
+}
+
 pub fn trust(cli: &Cli, c: &TrustCommand) -> Result<()> {
     let node = super::open(cli)?;
     match c {
-        TrustCommand::Add { node_id, broadcast } => {
+        TrustCommand::Add {
+            node_id,
+            broadcast,
+            release,
+        } => {
             let eid = Eid::parse(node_id).context("NODE_ID")?;
             crate::identity::key_for_node_id(&eid)?;
-            if !broadcast {
-                bail!("say what to trust the node for: --broadcast (the only use so far)");
+            let uses =
+                (u8::from(*broadcast) * TRUST_BROADCAST) | (u8::from(*release) * TRUST_RELEASE);
+            if uses == 0 {
+                bail!("say what to trust the node for: --broadcast, --release, or both");
             }
-            node.store.set_trust(&eid.node_id().to_string(), true)?;
+            node.store.add_trust(&eid.node_id().to_string(), uses)?;
             if !cli.json {
-                outln!("trusting {} for broadcast feeds", eid.node_id());
+                outln!(
+                    "trusting {} for {}",
+                    eid.node_id(),
+                    uses_text(node.store.trust_of(&eid.node_id().to_string())?)
+                );
             }
         }
         TrustCommand::Remove { node_id } => {
@@ -239,11 +269,14 @@ pub fn trust(cli: &Cli, c: &TrustCommand) -> Result<()> {
             if cli.json {
                 print_json(&json!(l
                     .iter()
-                    .map(|(n, b)| json!({"node_id": n, "broadcast": b}))
+                    .map(
+                        |(n, u)| json!({"node_id": n, "broadcast": u & TRUST_BROADCAST != 0,
+                        "release": u & TRUST_RELEASE != 0})
+                    )
                     .collect::<Vec<_>>()));
             } else {
-                for (n, b) in l {
-                    outln!("{n}{}", if b { "  broadcast" } else { "" });
+                for (n, u) in l {
+                    outln!("{n}  {}", uses_text(u));
                 }
             }
         }

@@ -57,6 +57,7 @@ fn export(node: &Node, stick: &Path, now: DtnTime) -> Result<folder::ExportRepor
         now,
         have_summary: false,
         node_records: false,
+        only: None,
     };
     Ok(folder::export(node, stick, &opts, &ProgressBar::hidden())?)
 }
@@ -355,7 +356,9 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     say(format!(
         "15. the receiver's recording loses {deleted} of {total_files} files at random and {burst} consecutive files are corrupted"
     ));
-    carol.store.set_trust(&market.node_id().to_string(), true)?;
+    carol
+        .store
+        .add_trust(&market.node_id().to_string(), crate::store::TRUST_BROADCAST)?;
     let ir = broadcast::ingest(
         &carol,
         &feed,
@@ -389,7 +392,8 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     ));
     let mut feed_in = Vec::new();
     for n in workers.iter().map(|w| &**w).chain([&alice]) {
-        n.store.set_trust(&market.node_id().to_string(), true)?;
+        n.store
+            .add_trust(&market.node_id().to_string(), crate::store::TRUST_BROADCAST)?;
         let r = broadcast::ingest(
             n,
             &feed,

@@ -16,6 +16,7 @@ mod net;
 mod node_cmds;
 pub mod out;
 mod qr_cmds;
+mod release_cmds;
 pub mod safe;
 mod sneakernet;
 mod task_cmds;
@@ -111,6 +112,15 @@ pub enum Command {
     /// Guilds: groups of workers sharing tasks and payments
     #[command(subcommand)]
     Guild(guild_cmds::GuildCommand),
+    /// Releases of Mycelium as signed bundles: publish one, list those held
+    #[command(subcommand)]
+    Release(release_cmds::ReleaseCommand),
+    /// Install the newest trusted release for this machine (--check: only say; --rollback:
+    /// put the previous binary back)
+    Update(release_cmds::UpdateArgs),
+    /// Write what a person without Mycelium needs to a stick or folder: binaries for every
+    /// target, a guide (English, Persian), checksums, and the release for nodes to import
+    Spread(release_cmds::SpreadArgs),
     /// Run the end-to-end demo on temporary homes
     Demo(demo::DemoArgs),
 }
@@ -331,6 +341,20 @@ fn absolutize(cli: &mut Cli, cwd: &Path) {
         Command::Task(task_cmds::TaskCommand::Submit(a)) => abs(&mut a.input),
         Command::Model(model_cmds::ModelCommand::Add { path, .. }) => abs(path),
         Command::Verify { file } => abs(file),
+        Command::Release(release_cmds::ReleaseCommand::Publish(a)) => {
+            a.paths.iter_mut().for_each(abs)
+        }
+        Command::Release(release_cmds::ReleaseCommand::List(a)) => {
+            if let Some(b) = &mut a.binary {
+                abs(b)
+            }
+        }
+        Command::Update(a) => {
+            if let Some(b) = &mut a.machine.binary {
+                abs(b)
+            }
+        }
+        Command::Spread(a) => abs(&mut a.dir),
         _ => {}
     }
 }
@@ -363,6 +387,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Model(c) => model_cmds::run(cli, c),
         Command::Worker(a) => worker_cmds::worker_cmd(cli, a),
         Command::Guild(c) => guild_cmds::guild(cli, c),
+        Command::Release(c) => release_cmds::run(cli, c),
+        Command::Update(a) => release_cmds::update(cli, a),
+        Command::Spread(a) => release_cmds::spread(cli, a),
         Command::Demo(a) => demo::run(cli, a),
     }
 }

@@ -140,6 +140,7 @@ pub fn export(cli: &Cli, a: &ExportArgs) -> Result<()> {
             now,
             have_summary: a.have,
             node_records: a.with_records,
+            only: None,
         },
         &pb,
     )?;

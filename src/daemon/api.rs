@@ -309,6 +309,7 @@ async fn status(Extract(s): Extract<State>) -> Response {
     v["listen"] = json!(s.shared.listen);
     v["feed"] = json!(s.shared.feeds());
     v["gateway"] = json!(s.shared.gateway());
+    v["update"] = json!(s.shared.update());
     v["events_subscribers"] = json!(s.hub.subscribers());
     v["pid"] = json!(std::process::id());
     for (field, argv) in [

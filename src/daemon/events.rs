@@ -68,6 +68,13 @@ pub enum Event {
         exported: usize,
         error: Option<String>,
     },
+    /// A trusted, newer release for this machine is complete here: `mycelium update`
+    /// installs it (the daemon never does by itself).
+    UpdateWaiting {
+        version: String,
+        installed: String,
+        signer: String,
+    },
     /// A role failed at something; it carries on.
     Error { role: String, message: String },
     /// The daemon is stopping.
@@ -183,6 +190,14 @@ fn log(e: &Event) {
             None => info!("stick {dir}: imported {imported} bundles, exported {exported}"),
             Some(e) => warn!("stick {dir}: {e}"),
         },
+        Event::UpdateWaiting {
+            version,
+            installed,
+            signer,
+        } => warn!(
+            "update waiting: Mycelium {version} (this is {installed}), signed by {signer}: \
+             run `mycelium update` to install it, then restart"
+        ),
         Event::Error { role, message } => warn!("{role}: {message}"),
         Event::Stopping => info!("stopping"),
     }

@@ -68,6 +68,7 @@ pub struct Shared {
     pub listen: Option<String>,
     feeds: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
     gateway: Mutex<Option<serde_json::Value>>,
+    update: Mutex<Option<serde_json::Value>>,
 }
 
 impl Shared {
@@ -90,6 +91,18 @@ impl Shared {
         }));
     }
 
+    /// The release waiting to be installed (`None`: none).
+    pub fn set_update(&self, v: Option<serde_json::Value>) {
+        *self.update.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    pub fn update(&self) -> Option<serde_json::Value> {
+        self.update
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn feeds(&self) -> Vec<serde_json::Value> {
         let f = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         f.values().cloned().collect()
@@ -101,6 +114,46 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// Whether a release waits to be installed over the running binary: set on the status
+/// page, and said (event and log) when it is not the one `told` already. Returns the
+/// release now told.
+fn check_update(
+    node: &Node,
+    shared: &Shared,
+    hub: &Hub,
+    told: Option<[u8; 32]>,
+) -> Option<[u8; 32]> {
+    let seen = match crate::release::waiting(node) {
+        Ok(s) => s,
+        Err(e) => {
+            hub.emit(Event::Error {
+                role: "update check".into(),
+                message: e.to_string(),
+            });
+            return told;
+        }
+    };
+    let Some(s) = seen else {
+        shared.set_update(None);
+        return None;
+    };
+    let installed = crate::release::running_binary()
+        .and_then(|p| crate::release::installed_version(node, &p))
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| crate::release::RUNNING.to_string());
+    shared.set_update(Some(serde_json::json!({
+        "version": s.version, "installed": installed, "signer": s.signer, "notes": s.notes,
+    })));
+    if told != Some(s.key) {
+        hub.emit(Event::UpdateWaiting {
+            version: s.version.clone(),
+            installed,
+            signer: s.signer.clone(),
+        });
+    }
+    Some(s.key)
 }
 
 /// The control socket of `home`.
@@ -250,6 +303,39 @@ pub async fn run(
                     }),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
+                }
+            }
+        });
+    }
+
+    // A release that `update` would install: said once in the log and on the status page,
+    // at start and after release bundles arrive (when they stop arriving for a moment).
+    {
+        let mut rx = node.store.subscribe();
+        let (n, s, hub, stop) = (node.clone(), shared.clone(), hub.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            let mut told: Option<[u8; 32]> = None;
+            loop {
+                let (n2, s2, hub2) = (n.clone(), s.clone(), hub.clone());
+                let prev = told;
+                told = tokio::task::spawn_blocking(move || check_update(&n2, &s2, &hub2, prev))
+                    .await
+                    .unwrap_or(prev);
+                // Wait for a release bundle, then for a quiet second.
+                loop {
+                    let r = tokio::select! {
+                        _ = roles::stopped(stop.clone()) => return,
+                        r = rx.recv() => r,
+                    };
+                    match r {
+                        Ok(s) if s.kind.starts_with("release") => break,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await
+                {
                 }
             }
         });

@@ -450,6 +450,7 @@ pub fn scan_sticks(node: &Node, mount: &Path, handled: &mut Handled, hub: &Hub) 
                 now,
                 have_summary: false,
                 node_records: false,
+                only: None,
             },
             &pb,
         );

@@ -23,7 +23,9 @@ mod ledger;
 mod objects;
 mod routing;
 pub use bounds::{Limits, Tally};
-pub use objects::{Committed, ObjectStatus, PartialShard, PartialSummary, Rebuilt};
+pub use objects::{
+    Committed, ObjectStatus, PartialShard, PartialSummary, Rebuilt, TRUST_BROADCAST, TRUST_RELEASE,
+};
 pub use routing::PeerRecord;
 
 /// Column families.

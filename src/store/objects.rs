@@ -9,6 +9,11 @@ use crate::fec::ObjectId;
 use crate::route::delivery::ContactTag;
 use crate::time::DtnTime;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+
+/// Trust bits (`trust add`): feeds and the bundles in them from this node are taken.
+pub const TRUST_BROADCAST: u8 = 1;
+/// Trust bits: releases this node signs are installed by `update`.
+pub const TRUST_RELEASE: u8 = 2;
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -184,13 +189,15 @@ impl Store {
         Ok(n)
     }
 
-    /// Mark a node as trusted (or not) for broadcast feeds.
-    pub fn set_trust(&self, node: &str, broadcast: bool) -> Result<(), StoreError> {
+    /// Trust a node for `uses` ([`TRUST_BROADCAST`], [`TRUST_RELEASE`], or both), on top
+    /// of what it was trusted for already.
+    pub fn add_trust(&self, node: &str, uses: u8) -> Result<(), StoreError> {
+        let had = self.trust_of(node)?;
         self.db
             .put_cf_opt(
                 self.cf(cf::TRUST),
                 node.as_bytes(),
-                [u8::from(broadcast)],
+                [had | uses],
                 &Self::synced(),
             )
             .map_err(|e| self.db_err(e))
@@ -208,22 +215,33 @@ impl Store {
         Ok(had)
     }
 
-    pub fn trusted_for_broadcast(&self, node: &str) -> Result<bool, StoreError> {
+    /// What a node is trusted for: a set of `TRUST_*` bits (0: nothing).
+    pub fn trust_of(&self, node: &str) -> Result<u8, StoreError> {
         Ok(self
             .db
             .get_cf(self.cf(cf::TRUST), node.as_bytes())
             .map_err(|e| self.db_err(e))?
-            .is_some_and(|v| v.first() == Some(&1)))
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0))
     }
 
-    /// Every trusted node and whether it is trusted for broadcast.
-    pub fn trust_list(&self) -> Result<Vec<(String, bool)>, StoreError> {
+    pub fn trusted_for_broadcast(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self.trust_of(node)? & TRUST_BROADCAST != 0)
+    }
+
+    /// Whether this node installs releases signed by `node`.
+    pub fn trusted_for_release(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self.trust_of(node)? & TRUST_RELEASE != 0)
+    }
+
+    /// Every trusted node and what for (`TRUST_*` bits).
+    pub fn trust_list(&self) -> Result<Vec<(String, u8)>, StoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf::TRUST), IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             out.push((
                 String::from_utf8_lossy(&k).into_owned(),
-                v.first() == Some(&1),
+                v.first().copied().unwrap_or(0),
             ));
         }
         Ok(out)

@@ -109,6 +109,8 @@ pub struct ExportOptions {
     pub have_summary: bool,
     /// Also carry node records (signed, in clear: they name their nodes).
     pub node_records: bool,
+    /// Carry only these bundles (by key), if they should travel at all.
+    pub only: Option<HashSet<[u8; 32]>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -217,7 +219,7 @@ pub fn export(
         opts.node_records,
         opts.now,
         budget,
-        |key| on_drive.contains(key),
+        |key| on_drive.contains(key) || opts.only.as_ref().is_some_and(|o| !o.contains(key)),
         |size| drive_cost(&opts.policy, size),
     )?;
     report.candidates = candidates;
