@@ -492,6 +492,12 @@ fn a_daemon_says_an_update_waits_and_does_not_install_it() {
     });
     assert_eq!(w["version"], "99.0.0", "{w}");
     assert_eq!(w["signer"], p_id.as_str(), "{w}");
+    // Said in its log too.
+    let said = std::iter::from_fn(|| d.stderr.recv_timeout(Duration::from_secs(60)).ok())
+        .find(|l| l.contains("update waiting"));
+    assert!(said.is_some_and(|l| l.contains("99.0.0")), "no log line");
+    let status = mycelium::daemon::client::get(&r, "/api/status").unwrap();
+    assert_eq!(status["update"]["version"], "99.0.0", "{status}");
     let st = json(&r, &["update", "--check"]);
     assert_eq!(st["ready"], "99.0.0", "{st}");
     drop(d);

@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Keep the demo's homes and sticks in this folder instead of a temporary one
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Time a worker may take for each inference task (longer on slow or emulated CPUs,
+    /// as `scripts/release.sh` runs the demo under qemu)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub task_limit: std::time::Duration,
 }
 
 fn pack_files(stick: &Path) -> Result<Vec<PathBuf>> {
@@ -143,7 +147,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     let ask = "A to the marketplace: who can supply insulin to the clinic?";
     let (request, _) = sealed(&market, adu::encode_message(&Message::Text(ask.into())))?;
     let models = super::demo_market::setup(&alice, &market, &workers, now)?;
-    let tasks = super::demo_market::submit(&alice, &models, now)?;
+    let tasks = super::demo_market::submit(&alice, &models, now, a.task_limit.as_millis() as u64)?;
     let task = tasks.digest;
     say(format!(
         "2. A signs three BPv7 bundles: for C a message ({} B) and a photo ({} B), for the marketplace M a request ({} B),",

@@ -104,14 +104,14 @@ pub fn setup(alice: &Node, market: &Node, workers: &[Arc<Node>], now: DtnTime) -
 
 /// A's tasks: the digest of the clinic's inventory (three workers), embeddings of three
 /// sentences and an answer to a question (two workers each).
-pub fn submit(alice: &Node, models: &Models, now: DtnTime) -> Result<Tasks> {
+pub fn submit(alice: &Node, models: &Models, now: DtnTime, max_ms: u64) -> Result<Tasks> {
     let t = Task {
         job: JobKind::Digest,
         model: [0; 32],
         input: INPUT.to_vec(),
         limits: Limits {
             max_tokens: 0,
-            max_ms: 60_000,
+            max_ms,
         },
         reward: REWARD,
         deadline: now.0 + 2 * 24 * 3600 * 1000,
