@@ -23,6 +23,11 @@ pub enum NodeError {
     Seal(#[from] crate::seal::SealError),
     #[error("no sealing key known for {0}: it is not a Mycelium node ID (dtn://<52 base32 characters>/) and no node record or `mycelium contact add` named one; send with --no-seal")]
     NoSealKey(String),
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create home directory {path}: {source}")]
     Home {
         path: String,
@@ -171,6 +176,55 @@ impl Node {
             return Ok(Some(k));
         }
         Ok(crate::identity::seal_key_for_node_id(&node).ok())
+    }
+
+    /// Sign payloads for everyone (destination `dtn:none`, not sealed) and store them in
+    /// one synced write, for travel: models, releases. Returns how many.
+    pub fn store_for_everyone(
+        &self,
+        payloads: Vec<Vec<u8>>,
+        lifetime_ms: u64,
+        now: DtnTime,
+    ) -> Result<usize, NodeError> {
+        let out: Vec<(Option<Eid>, Vec<u8>, u64)> = payloads
+            .into_iter()
+            .map(|p| (None, p, lifetime_ms))
+            .collect();
+        let c = self.compose(&out, now, false)?;
+        self.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
+        Ok(out.len())
+    }
+
+    /// Store the file at `path` (`size` bytes) for everyone in pieces of at most `chunk`
+    /// bytes (one empty piece for an empty file), each made into a payload by
+    /// `payload(index, data)`, committed four at a time so memory stays bounded. Returns
+    /// how many bundles.
+    pub fn store_file_chunks(
+        &self,
+        path: &Path,
+        size: u64,
+        chunk: usize,
+        lifetime_ms: u64,
+        now: DtnTime,
+        mut payload: impl FnMut(u32, Vec<u8>) -> Vec<u8>,
+    ) -> Result<usize, NodeError> {
+        let err = |source| NodeError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(err)?;
+        let (mut n, mut batch) = (0, Vec::new());
+        let pieces = size.div_ceil(chunk as u64).max(1) as u32;
+        for index in 0..pieces {
+            let left = size.saturating_sub(u64::from(index) * chunk as u64);
+            let mut data = vec![0u8; (chunk as u64).min(left) as usize];
+            std::io::Read::read_exact(&mut file, &mut data).map_err(err)?;
+            batch.push(payload(index, data));
+            if batch.len() == 4 || index + 1 == pieces {
+                n += self.store_for_everyone(std::mem::take(&mut batch), lifetime_ms, now)?;
+            }
+        }
+        Ok(n)
     }
 
     /// Sign payloads for sending (`to` = `None`: for everyone) and, if `seal`, seal each

@@ -18,7 +18,6 @@ use crate::adu::release::{
     self as ar, ReleaseChunk, ReleaseFile, ReleaseManifest, Version, KIND_RELEASE,
     KIND_RELEASE_CHUNK,
 };
-use crate::bundle::Eid;
 use crate::node::Node;
 use crate::time::DtnTime;
 use serde::{Deserialize, Serialize};
@@ -154,41 +153,19 @@ pub fn publish(
     manifest.check().map_err(ReleaseError::Bad)?;
     let id = manifest.id();
     let mut bundles = 0;
-    let mut store = |payloads: Vec<Vec<u8>>| -> Result<(), ReleaseError> {
-        let out: Vec<(Option<Eid>, Vec<u8>, u64)> = payloads
-            .into_iter()
-            .map(|p| (None, p, LIFETIME_MS))
-            .collect();
-        let c = node.compose(&out, now, false)?;
-        node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
-        bundles += out.len();
-        Ok(())
-    };
     // Chunks first, manifest last: a node that holds the manifest here holds it all.
     for (fi, (f, (_, path))) in manifest.files.iter().zip(files).enumerate() {
-        let mut file = std::fs::File::open(path).map_err(io(path))?;
-        let mut batch = Vec::new();
-        for index in 0..f.chunks() {
-            let left = f.size - u64::from(index) * ar::CHUNK as u64;
-            let mut data = vec![0u8; (ar::CHUNK as u64).min(left) as usize];
-            file.read_exact(&mut data).map_err(|e| {
-                ReleaseError::Bad(format!("{} changed while it was read: {e}", path.display()))
+        bundles +=
+            node.store_file_chunks(path, f.size, ar::CHUNK, LIFETIME_MS, now, |index, data| {
+                ar::encode_chunk(&ReleaseChunk {
+                    release: id,
+                    file: fi as u32,
+                    index,
+                    data,
+                })
             })?;
-            batch.push(ar::encode_chunk(&ReleaseChunk {
-                release: id,
-                file: fi as u32,
-                index,
-                data,
-            }));
-            if batch.len() == 4 {
-                store(std::mem::take(&mut batch))?;
-            }
-        }
-        if !batch.is_empty() {
-            store(batch)?;
-        }
     }
-    store(vec![ar::encode_manifest(&manifest)])?;
+    bundles += node.store_for_everyone(vec![ar::encode_manifest(&manifest)], LIFETIME_MS, now)?;
     Ok(Published {
         id,
         version: manifest.version.clone(),
@@ -339,6 +316,7 @@ struct Held {
     manifest: Result<ReleaseManifest, String>,
 }
 
+/// Every release manifest held, newest version first (undecodable ones last).
 fn held_manifests(node: &Node) -> Result<Vec<Held>, ReleaseError> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -364,6 +342,14 @@ fn held_manifests(node: &Node) -> Result<Vec<Held>, ReleaseError> {
             });
         }
     }
+    out.sort_by_key(|h| {
+        std::cmp::Reverse(
+            h.manifest
+                .as_ref()
+                .ok()
+                .and_then(|m| m.parsed_version().ok()),
+        )
+    });
     Ok(out)
 }
 
@@ -378,16 +364,7 @@ pub fn survey(
     let chunks = chunk_index(node)?;
     let mut out = Vec::new();
     let mut ready = false;
-    let mut held = held_manifests(node)?;
-    // Newest first; undecodable ones last.
-    held.sort_by_key(|h| {
-        std::cmp::Reverse(
-            h.manifest
-                .as_ref()
-                .ok()
-                .and_then(|m| m.parsed_version().ok()),
-        )
-    });
+    let held = held_manifests(node)?;
     for h in held {
         let m = match h.manifest {
             Ok(m) => m,
@@ -744,15 +721,7 @@ fn sha256_file(path: &Path) -> Result<String, ReleaseError> {
 /// as `export` writes them, so a node that imports the folder learns the release too.
 pub fn spread(node: &Node, dir: &Path, now: DtnTime) -> Result<Spread, ReleaseError> {
     let chunks = chunk_index(node)?;
-    let mut held = held_manifests(node)?;
-    held.sort_by_key(|h| {
-        std::cmp::Reverse(
-            h.manifest
-                .as_ref()
-                .ok()
-                .and_then(|m| m.parsed_version().ok()),
-        )
-    });
+    let held = held_manifests(node)?;
     let mut why = Vec::new();
     for h in held {
         let Ok(m) = &h.manifest else { continue };

@@ -6,7 +6,6 @@
 //! not install it.
 
 use mycelium::adu::release::{self as ar, ReleaseChunk, ReleaseFile, ReleaseManifest};
-use mycelium::bundle::Eid;
 use mycelium::node::Node;
 use mycelium::release::{self, Machine, Status};
 use mycelium::time::DtnTime;
@@ -204,19 +203,6 @@ fn carry(from: &Node, to: &Node, skip: impl Fn(&[u8]) -> bool) -> usize {
     n
 }
 
-/// Store payloads signed by `node` for everyone.
-fn sign_and_store(node: &Node, payloads: Vec<Vec<u8>>) {
-    let now = DtnTime::now();
-    let out: Vec<(Option<Eid>, Vec<u8>, u64)> = payloads
-        .into_iter()
-        .map(|p| (None, p, release::LIFETIME_MS))
-        .collect();
-    let c = node.compose(&out, now, false).unwrap();
-    node.store
-        .commit_ledger(&[], &c.bundles, &c.private, now)
-        .unwrap();
-}
-
 #[test]
 fn forged_downgraded_partial_and_tampered_releases_are_refused_and_nothing_changes() {
     let t = tempfile::tempdir().unwrap();
@@ -312,7 +298,12 @@ fn forged_downgraded_partial_and_tampered_releases_are_refused_and_nothing_chang
         index: 0,
         data: evil,
     };
-    sign_and_store(&p, vec![ar::encode_chunk(&chunk), ar::encode_manifest(&m)]);
+    p.store_for_everyone(
+        vec![ar::encode_chunk(&chunk), ar::encode_manifest(&m)],
+        release::LIFETIME_MS,
+        DtnTime::now(),
+    )
+    .unwrap();
     carry(&p, &r, lost);
     refused(
         "tampered",

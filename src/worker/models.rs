@@ -18,7 +18,6 @@
 //! Owns: the local model registry and the `mfail/` ledger entries.
 
 use crate::adu::model::{self as am, model_hash, Blob, ModelFile, ModelManifest};
-use crate::bundle::Eid;
 use crate::node::Node;
 use crate::time::DtnTime;
 use std::io::Read;
@@ -333,44 +332,25 @@ pub fn publish(node: &Node, held: &Held, now: DtnTime) -> Result<usize, ModelErr
         files,
     };
     manifest.check().map_err(ModelError::Bad)?;
-    let mut n = 0;
-    let mut store = |payloads: Vec<Vec<u8>>| -> Result<(), ModelError> {
-        let out: Vec<(Option<Eid>, Vec<u8>, u64)> = payloads
-            .into_iter()
-            .map(|p| (None, p, MODEL_LIFETIME_MS))
-            .collect();
-        let c = node.compose(&out, now, false)?;
-        node.store.commit_ledger(&[], &c.bundles, &c.private, now)?;
-        n += out.len();
-        Ok(())
-    };
-    store(vec![am::encode_manifest(&manifest)])?;
+    let mut n =
+        node.store_for_everyone(vec![am::encode_manifest(&manifest)], MODEL_LIFETIME_MS, now)?;
     for (fi, f) in manifest.files.iter().enumerate() {
         let path = held.dir.join(&f.name);
-        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-        let mut batch = Vec::new();
-        for index in 0..f.chunks() {
-            let mut data = vec![
-                0u8;
-                am::CHUNK.min(
-                    f.size.saturating_sub(u64::from(index) * am::CHUNK as u64) as usize
-                )
-            ];
-            file.read_exact(&mut data).map_err(io(&path))?;
-            batch.push(am::encode_blob(&Blob {
-                model: held.hash,
-                file: fi as u32,
-                index,
-                data,
-            }));
-            // Commit a few chunks at a time: memory stays bounded for large models.
-            if batch.len() == 4 {
-                store(std::mem::take(&mut batch))?;
-            }
-        }
-        if !batch.is_empty() {
-            store(batch)?;
-        }
+        n += node.store_file_chunks(
+            &path,
+            f.size,
+            am::CHUNK,
+            MODEL_LIFETIME_MS,
+            now,
+            |index, data| {
+                am::encode_blob(&Blob {
+                    model: held.hash,
+                    file: fi as u32,
+                    index,
+                    data,
+                })
+            },
+        )?;
     }
     Ok(n)
 }
