@@ -67,8 +67,10 @@ fn names(dir: &Path) -> Vec<String> {
 #[test]
 fn a_release_on_a_lossy_feed_reaches_a_node_and_update_installs_it_then_rolls_back() {
     let t = tempfile::tempdir().unwrap();
-    let (p, r) = (t.path().join("p"), t.path().join("r"));
+    // P holds the release key; G, the uplink, publishes the feed; R receives it.
+    let (p, g, r) = (t.path().join("p"), t.path().join("g"), t.path().join("r"));
     let p_id = init(&p);
+    let g_id = init(&g);
     init(&r);
 
     // The publisher's dist/ (binaries of a few hundred kB: a multi-chunk binary is
@@ -96,10 +98,14 @@ fn a_release_on_a_lossy_feed_reaches_a_node_and_update_installs_it_then_rolls_ba
     assert_eq!(pubd["version"], "0.2.0");
     assert_eq!(pubd["bundles"], 3, "{pubd}"); // a chunk of each binary and the manifest
 
-    // On a feed with half again as many symbols; every fourth file is lost.
+    // By stick to the uplink, then on a feed with half again as many symbols; every
+    // fourth file is lost.
+    let stick = t.path().join("stick");
+    my(&p).arg("export").arg(&stick).assert().success();
+    json(&g, &["import", stick.to_str().unwrap()]);
     let feed = t.path().join("feed");
     json(
-        &p,
+        &g,
         &[
             "broadcast",
             "publish",
@@ -124,8 +130,13 @@ fn a_release_on_a_lossy_feed_reaches_a_node_and_update_installs_it_then_rolls_ba
     }
     assert!(lost * 4 >= files.len() - 3, "{lost} of {}", files.len());
 
+    // R takes G's feed, and releases from P: P's release is not one of G's bundles.
     my(&r)
-        .args(["trust", "add", &p_id, "--broadcast", "--release"])
+        .args(["trust", "add", &g_id, "--broadcast"])
+        .assert()
+        .success();
+    my(&r)
+        .args(["trust", "add", &p_id, "--release"])
         .assert()
         .success();
     let ing = json(&r, &["broadcast", "ingest", feed.to_str().unwrap()]);

@@ -850,7 +850,16 @@ fn try_segment(
                 // A sealed bundle has no signer to trust (its source is dtn:none); it is
                 // taken on the word of the trusted publisher who signed this feed file,
                 // and already carries a valid stamp.
-                if vb.is_sealed() || trusted(node, &vb.bundle().primary.source)? {
+                // Releases come from the keys trusted for them, whoever's feed carries them.
+                let release = || -> Result<bool, StoreError> {
+                    let kind = crate::adu::kind_label(vb.bundle().payload());
+                    Ok((kind == crate::adu::release::KIND_RELEASE
+                        || kind == crate::adu::release::KIND_RELEASE_CHUNK)
+                        && node.store.trusted_for_release(
+                            &vb.bundle().primary.source.node_id().to_string(),
+                        )?)
+                };
+                if vb.is_sealed() || trusted(node, &vb.bundle().primary.source)? || release()? {
                     ok.push(vb);
                 } else {
                     report.untrusted_bundles += 1;
