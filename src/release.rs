@@ -212,6 +212,8 @@ pub struct Seen {
     pub signer: String,
     pub targets: Vec<String>,
     pub status: Status,
+    /// For a ready release: the binary for the machine and its chunk bundles, in order.
+    binary: Option<(ReleaseFile, Vec<[u8; 32]>)>,
 }
 
 impl Seen {
@@ -377,12 +379,14 @@ pub fn survey(
                     signer: h.signer,
                     targets: vec![],
                     status: Status::Bad(why),
+                    binary: None,
                 });
                 continue;
             }
         };
         let id = m.id();
         let version = m.parsed_version().map_err(ReleaseError::Bad)?;
+        let mut binary = None;
         let status = if !trusted(node, &h.signer)? {
             Status::Untrusted
         } else if version == *installed {
@@ -404,6 +408,7 @@ pub fn survey(
                 let keys: Vec<[u8; 32]> = keys.into_iter().flatten().collect();
                 if stream_binary(node, f, &keys, &mut std::io::sink())? {
                     ready = true;
+                    binary = Some((f.clone(), keys));
                     Status::Ready {
                         target: f.target.clone(),
                         size: f.size,
@@ -427,6 +432,7 @@ pub fn survey(
             signer: h.signer,
             targets: m.files.iter().map(|f| f.target.clone()).collect(),
             status,
+            binary,
         });
     }
     Ok(out)
@@ -557,29 +563,18 @@ pub fn update(node: &Node, machine: &Machine, path: &Path) -> Result<Updated, Re
             why.join("; ")
         )));
     };
-    // Read the manifest again from the store: what survey checked, by key.
-    let vb = node
-        .store
-        .get(&pick.key)?
-        .ok_or_else(|| ReleaseError::Bad("the release vanished while installing".into()))?;
-    let m =
-        ar::decode_manifest(vb.bundle().payload()).map_err(|e| ReleaseError::Bad(e.to_string()))?;
-    let (fi, f) = m
-        .binary_for(&machine.arch, &machine.os, &machine.libc)
-        .ok_or_else(|| ReleaseError::Bad("the release lost its binary".into()))?;
-    let chunks = chunk_index(node)?;
-    let keys: Vec<[u8; 32]> = chunk_keys(&chunks, &pick.signer, m.id(), fi, f)
-        .into_iter()
-        .collect::<Option<_>>()
-        .ok_or_else(|| ReleaseError::Bad("a chunk vanished while installing".into()))?;
-
+    let Some((f, keys)) = &pick.binary else {
+        return Err(ReleaseError::Bad(
+            "a ready release without its binary".into(),
+        ));
+    };
     let mut tmp = tmp_beside(path, "new");
     {
         let mut out = std::fs::File::create(&tmp.0).map_err(io(&tmp.0))?;
-        if !stream_binary(node, f, &keys, &mut out)? {
+        if !stream_binary(node, f, keys, &mut out)? {
             return Err(ReleaseError::Refused(format!(
                 "{} refused: the {} binary does not match its manifest",
-                m.version, f.target
+                pick.version, f.target
             )));
         }
         out.sync_all().map_err(io(&tmp.0))?;
@@ -594,7 +589,7 @@ pub fn update(node: &Node, machine: &Machine, path: &Path) -> Result<Updated, Re
     if hash_file(&tmp.0)? != (f.hash, f.size) {
         return Err(ReleaseError::Refused(format!(
             "{} refused: the written binary does not match its manifest",
-            m.version
+            pick.version
         )));
     }
     let previous = previous_path(path);
@@ -610,15 +605,15 @@ pub fn update(node: &Node, machine: &Machine, path: &Path) -> Result<Updated, Re
         node,
         path,
         &Installed {
-            version: m.version.clone(),
+            version: pick.version.clone(),
             hash: hex::encode(f.hash),
             previous: prev_note,
         },
     )?;
-    tracing::info!(version = %m.version, path = %path.display(), "release installed");
+    tracing::info!(version = %pick.version, path = %path.display(), "release installed");
     Ok(Updated {
         from,
-        to: m.version.clone(),
+        to: pick.version.clone(),
         target: f.target.clone(),
         path: path.to_path_buf(),
         previous,
@@ -676,14 +671,15 @@ pub fn rollback(node: &Node, path: &Path) -> Result<RolledBack, ReleaseError> {
     })
 }
 
-/// The release `update` would install over the running binary, if any: for a daemon to
-/// tell its person (it never installs one itself).
-pub fn waiting(node: &Node) -> Result<Option<Seen>, ReleaseError> {
+/// The release `update` would install over the running binary, if any, with the version
+/// installed: for a daemon to tell its person (it never installs one itself).
+pub fn waiting(node: &Node) -> Result<Option<(Seen, Version)>, ReleaseError> {
     let path = running_binary()?;
     let installed = installed_version(node, &path)?;
     Ok(survey(node, &Machine::this(), &installed)?
         .into_iter()
-        .find(|s| matches!(s.status, Status::Ready { .. })))
+        .find(|s| matches!(s.status, Status::Ready { .. }))
+        .map(|s| (s, installed)))
 }
 
 /// What [`spread`] wrote.

@@ -140,25 +140,7 @@ pub fn run(cli: &Cli, c: &ReleaseCommand) -> Result<()> {
                 );
             }
         }
-        ReleaseCommand::List(a) => {
-            let m = machine(a)?;
-            let installed = release::installed_version(&node, &binary(a)?)?;
-            let seen = release::survey(&node, &m, &installed)?;
-            if cli.json {
-                print_json(&json!({
-                    "installed": installed.to_string(), "machine": m.to_string(),
-                    "releases": seen.iter().map(|s| seen_json(s, &installed, &m)).collect::<Vec<_>>(),
-                }));
-                return Ok(());
-            }
-            say!("installed {installed} on {m}");
-            if seen.is_empty() {
-                outln!("no releases held here");
-            }
-            for s in &seen {
-                say!("{}", s.reason(&installed, &m));
-            }
-        }
+        ReleaseCommand::List(a) => report(cli, &node, a)?,
     }
     Ok(())
 }
@@ -182,6 +164,40 @@ fn seen_json(s: &release::Seen, installed: &Version, m: &Machine) -> serde_json:
         "reason": s.reason(installed, m), "notes": s.notes})
 }
 
+/// Every release held and whether `update` would install it, or why not (`release list`
+/// and `update --check`).
+fn report(cli: &Cli, node: &crate::node::Node, a: &MachineArgs) -> Result<()> {
+    let (m, path) = (machine(a)?, binary(a)?);
+    let installed = release::installed_version(node, &path)?;
+    let seen = release::survey(node, &m, &installed)?;
+    let ready = seen
+        .iter()
+        .find(|s| matches!(s.status, Status::Ready { .. }));
+    if cli.json {
+        print_json(&json!({
+            "installed": installed.to_string(), "machine": m.to_string(),
+            "binary": path.display().to_string(),
+            "ready": ready.map(|s| s.version.clone()),
+            "releases": seen.iter().map(|s| seen_json(s, &installed, &m)).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    match ready {
+        Some(s) => say!(
+            "update waiting: {} (installed {installed}); `mycelium update` installs it",
+            s.version
+        ),
+        None => say!("no update to install (installed {installed} on {m})"),
+    }
+    if seen.is_empty() {
+        outln!("  no releases held here");
+    }
+    for s in &seen {
+        say!("  {}", s.reason(&installed, &m));
+    }
+    Ok(())
+}
+
 pub fn update(cli: &Cli, a: &UpdateArgs) -> Result<()> {
     let node = super::open(cli)?;
     let path = binary(&a.machine)?;
@@ -198,31 +214,7 @@ pub fn update(cli: &Cli, a: &UpdateArgs) -> Result<()> {
     }
     let m = machine(&a.machine)?;
     if a.check {
-        let installed = release::installed_version(&node, &path)?;
-        let seen = release::survey(&node, &m, &installed)?;
-        let ready = seen
-            .iter()
-            .find(|s| matches!(s.status, Status::Ready { .. }));
-        if cli.json {
-            print_json(&json!({
-                "installed": installed.to_string(), "machine": m.to_string(),
-                "binary": path.display().to_string(),
-                "ready": ready.map(|s| s.version.clone()),
-                "releases": seen.iter().map(|s| seen_json(s, &installed, &m)).collect::<Vec<_>>(),
-            }));
-        } else {
-            match ready {
-                Some(s) => say!(
-                    "update waiting: {} (installed {installed}); `mycelium update` installs it",
-                    s.version
-                ),
-                None => say!("no update to install (installed {installed} on {m})"),
-            }
-            for s in &seen {
-                say!("  {}", s.reason(&installed, &m));
-            }
-        }
-        return Ok(());
+        return report(cli, &node, &a.machine);
     }
     let u = release::update(&node, &m, &path)?;
     if cli.json {

@@ -135,14 +135,11 @@ fn check_update(
             return told;
         }
     };
-    let Some(s) = seen else {
+    let Some((s, installed)) = seen else {
         shared.set_update(None);
         return None;
     };
-    let installed = crate::release::running_binary()
-        .and_then(|p| crate::release::installed_version(node, &p))
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| crate::release::RUNNING.to_string());
+    let installed = installed.to_string();
     shared.set_update(Some(serde_json::json!({
         "version": s.version, "installed": installed, "signer": s.signer, "notes": s.notes,
     })));
