@@ -20,6 +20,8 @@
 //! - [`release`]: releases of Mycelium as signed bundles: publish, judge (trusted, newer,
 //!   complete, matching), `update` and `--rollback`, `spread` to a stick.
 //! - [`guild`]: this node's guild charters and its consent to them (memberships).
+//! - [`telegram`]: the Telegram bridge, a role of `serve` at a gateway: one mesh identity
+//!   per linked chat, commands, messages pushed to chats as they arrive.
 //! - [`daemon`]: `serve`, the node as one process: every role of a home as tasks over one
 //!   node, woken by store commits; the local API on a Unix socket; the status page.
 //! - [`cli`]: the `mycelium` command tree (clap); `anyhow` lives only here and in `main`.
@@ -48,6 +50,8 @@ pub mod node;
 pub mod release;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "store")]
+pub mod telegram;
 #[cfg(feature = "store")]
 pub mod transport;
 #[cfg(feature = "store")]

@@ -20,6 +20,7 @@ mod release_cmds;
 pub mod safe;
 mod sneakernet;
 mod task_cmds;
+mod telegram_cmds;
 mod wallet_cmds;
 mod worker_cmds;
 
@@ -121,6 +122,9 @@ pub enum Command {
     /// Write what a person without Mycelium needs to a stick or folder: binaries for every
     /// target, a guide (English, Persian), checksums, and the release for nodes to import
     Spread(release_cmds::SpreadArgs),
+    /// The Telegram bridge (`serve --telegram`): invite codes, allowed chats, linked chats
+    #[command(subcommand)]
+    Telegram(telegram_cmds::TelegramCommand),
     /// Run the end-to-end demo on temporary homes
     Demo(demo::DemoArgs),
 }
@@ -390,6 +394,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Release(c) => release_cmds::run(cli, c),
         Command::Update(a) => release_cmds::update(cli, a),
         Command::Spread(a) => release_cmds::spread(cli, a),
+        Command::Telegram(c) => telegram_cmds::run(cli, c),
         Command::Demo(a) => demo::run(cli, a),
     }
 }

@@ -74,6 +74,19 @@ pub struct ServeArgs {
     /// Send results and payments in clear instead of sealed
     #[arg(long)]
     pub no_seal: bool,
+    /// Run the Telegram bridge; the bot token comes from --telegram-token-file, the
+    /// config's token_file or MYCELIUM_TELEGRAM_TOKEN (never a flag)
+    #[arg(long)]
+    pub telegram: bool,
+    /// File holding the bot token
+    #[arg(long, value_name = "FILE")]
+    pub telegram_token_file: Option<PathBuf>,
+    /// The Bot API's base URL (default https://api.telegram.org)
+    #[arg(long, value_name = "URL")]
+    pub telegram_api: Option<String>,
+    /// Proxy for the Bot API, e.g. socks5://127.0.0.1:9050 (default: HTTPS_PROXY/ALL_PROXY)
+    #[arg(long, value_name = "URL")]
+    pub telegram_proxy: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -282,7 +295,9 @@ pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
         .map(|s| s.parse::<SocketAddr>())
         .transpose()
         .context("http in config.toml")?);
+    let telegram = telegram_role(a, c.telegram)?;
     let roles = Roles {
+        telegram,
         listen,
         allowlist: a.allowlist || c.allowlist.unwrap_or(false),
         discovery,
@@ -301,6 +316,44 @@ pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
     };
     roles.check()?;
     Ok(roles)
+}
+
+/// The Telegram bridge from `serve`'s flags over `[telegram]`: on with `--telegram` or
+/// `enabled = true`; the token from a file (flag, then config) or the environment.
+fn telegram_role(
+    a: &ServeArgs,
+    f: Option<config::TelegramFile>,
+) -> Result<Option<crate::telegram::TelegramRole>> {
+    let f = f.unwrap_or_default();
+    if !(a.telegram || f.enabled.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let token = match a.telegram_token_file.as_ref().or(f.token_file.as_ref()) {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the bot token file {}", p.display()))?,
+        None => std::env::var(crate::telegram::TOKEN_ENV).map_err(|_| {
+            anyhow!(
+                "the Telegram bridge needs the bot token: --telegram-token-file FILE, token_file in config.toml, or {}",
+                crate::telegram::TOKEN_ENV
+            )
+        })?,
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the bot token is empty");
+    }
+    Ok(Some(crate::telegram::TelegramRole {
+        api_url: a
+            .telegram_api
+            .clone()
+            .or(f.api_url)
+            .unwrap_or_else(|| crate::telegram::DEFAULT_API.into()),
+        token,
+        proxy: a.telegram_proxy.clone().or(f.proxy),
+        allow: f.allow,
+        per_minute: f.per_minute.unwrap_or(20).max(1),
+        poll: Duration::from_secs(25),
+    }))
 }
 
 fn parse_interval(s: Option<&str>) -> Result<Duration> {

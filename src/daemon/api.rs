@@ -310,6 +310,7 @@ async fn status(Extract(s): Extract<State>) -> Response {
     v["feed"] = json!(s.shared.feeds());
     v["gateway"] = json!(s.shared.gateway());
     v["update"] = json!(s.shared.update());
+    v["telegram"] = json!(s.shared.telegram());
     v["events_subscribers"] = json!(s.hub.subscribers());
     v["pid"] = json!(std::process::id());
     for (field, argv) in [

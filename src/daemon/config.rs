@@ -32,6 +32,14 @@
 //! [market]                         # the marketplace's rules (global side only)
 //! enabled = false
 //! seal = true
+//!
+//! [telegram]                       # the Telegram bridge (at a gateway)
+//! enabled = false
+//! token_file = "/etc/mycelium/bot-token"   # or MYCELIUM_TELEGRAM_TOKEN; never here
+//! api_url = "https://api.telegram.org"
+//! proxy = "socks5://127.0.0.1:9050"        # else HTTPS_PROXY / ALL_PROXY
+//! allow = [123456789]              # chats that may link without an invite code
+//! per_minute = 20
 //! ```
 
 use super::DaemonError;
@@ -56,6 +64,19 @@ pub struct FileConfig {
     pub stick: Option<StickFile>,
     pub worker: Option<WorkerFile>,
     pub market: Option<MarketFile>,
+    pub telegram: Option<TelegramFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramFile {
+    pub enabled: Option<bool>,
+    pub token_file: Option<PathBuf>,
+    pub api_url: Option<String>,
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<i64>,
+    pub per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +175,8 @@ pub struct Roles {
     pub worker: Option<WorkerRole>,
     pub market: Option<MarketRole>,
     pub http: Option<HttpRole>,
+    /// The Telegram bridge.
+    pub telegram: Option<crate::telegram::TelegramRole>,
     /// The control socket `<home>/daemon.sock` (the CLI's way in).
     pub socket: bool,
 }
@@ -172,6 +195,7 @@ impl Default for Roles {
             worker: None,
             market: None,
             http: None,
+            telegram: None,
             socket: true,
         }
     }
@@ -204,6 +228,9 @@ impl Roles {
         }
         if self.http.is_some() {
             v.push("http".into());
+        }
+        if self.telegram.is_some() {
+            v.push("telegram".into());
         }
         v
     }

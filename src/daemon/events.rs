@@ -55,6 +55,13 @@ pub enum Event {
     },
     /// The marketplace's rules decided something.
     Market { text: String },
+    /// The Telegram bridge: a chat linked, a message sent or pushed, a refusal; `up`
+    /// false when the Bot API cannot be reached, true when it answers again.
+    Telegram {
+        chat: Option<i64>,
+        text: String,
+        up: Option<bool>,
+    },
     /// A pass over a broadcast feed folder.
     Feed {
         dir: String,
@@ -173,6 +180,11 @@ fn log(e: &Event) {
             Some(w) => warn!("worker: task {task} failed: {w}"),
         },
         Event::Market { text } => info!("market: {text}"),
+        Event::Telegram { chat, text, up } => match (chat, up) {
+            (_, Some(false)) => warn!("telegram: {text}"),
+            (Some(c), _) => info!("telegram: chat {c}: {text}"),
+            (None, _) => info!("telegram: {text}"),
+        },
         Event::Feed { dir, summary, .. } => {
             if summary["files_read"].as_u64().unwrap_or(0) > 0 {
                 info!(

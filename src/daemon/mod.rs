@@ -69,6 +69,7 @@ pub struct Shared {
     feeds: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
     gateway: Mutex<Option<serde_json::Value>>,
     update: Mutex<Option<serde_json::Value>>,
+    telegram: Mutex<Option<serde_json::Value>>,
 }
 
 impl Shared {
@@ -98,6 +99,20 @@ impl Shared {
 
     pub fn update(&self) -> Option<serde_json::Value> {
         self.update
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The Telegram bridge: whether the Bot API answers, and its last word.
+    pub fn set_telegram(&self, up: Option<bool>, last: &str) {
+        let mut t = self.telegram.lock().unwrap_or_else(|p| p.into_inner());
+        let was = t.as_ref().and_then(|v| v["up"].as_bool());
+        *t = Some(serde_json::json!({"up": up.or(was), "last": last}));
+    }
+
+    pub fn telegram(&self) -> Option<serde_json::Value> {
+        self.telegram
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -412,6 +427,10 @@ pub async fn run(
     if let Some(m) = roles.market {
         let (n, h, stop) = (node.clone(), hub.clone(), stop_rx.clone());
         tasks.spawn(roles::market(n, m, h, stop));
+    }
+    if let Some(t) = roles.telegram.clone() {
+        let (n, s, h, stop) = (node.clone(), shared.clone(), hub.clone(), stop_rx.clone());
+        tasks.spawn(roles::telegram(n, t, s, h, stop));
     }
     for dir in &roles.feeds {
         let (tx, rx) = std::sync::mpsc::channel();

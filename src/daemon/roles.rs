@@ -169,6 +169,42 @@ pub async fn market(node: Arc<Node>, role: MarketRole, hub: Hub, stop: watch::Re
     }
 }
 
+/// The Telegram bridge, its reports as events.
+pub async fn telegram(
+    node: Arc<Node>,
+    role: crate::telegram::TelegramRole,
+    shared: Arc<super::Shared>,
+    hub: Hub,
+    stop: watch::Receiver<bool>,
+) {
+    use crate::telegram::Report;
+    shared.set_telegram(None, "starting");
+    let report: crate::telegram::OnReport = Arc::new(move |r| {
+        let e = match r {
+            Report::Note { chat, text } => Event::Telegram {
+                chat,
+                text,
+                up: None,
+            },
+            Report::Down(e) => Event::Telegram {
+                chat: None,
+                text: format!("the Bot API cannot be reached: {e}"),
+                up: Some(false),
+            },
+            Report::Up => Event::Telegram {
+                chat: None,
+                text: "the Bot API answers".into(),
+                up: Some(true),
+            },
+        };
+        if let Event::Telegram { text, up, .. } = &e {
+            shared.set_telegram(*up, text);
+        }
+        hub.emit(e);
+    });
+    crate::telegram::run(node, role, report, stop).await;
+}
+
 /// The gateway: sync with the upstream every `interval`, and soon after something is
 /// composed here (a message sent, a result made), within the daily byte budget.
 pub async fn gateway(

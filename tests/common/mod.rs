@@ -3,6 +3,8 @@ pub mod browser;
 #[allow(dead_code)]
 pub mod daemon;
 pub mod market;
+#[allow(dead_code)]
+pub mod telegram;
 pub mod vectors;
 
 use std::path::Path;
