@@ -152,6 +152,15 @@ fn a_message_goes_chat_to_mesh_by_stick_and_the_answer_comes_back() {
         .args(["--media-type", "image/png"])
         .assert()
         .success();
+    // And a document (not a picture: it goes as one).
+    let doc = t.path().join("report.csv");
+    std::fs::write(&doc, b"a,b\n1,2\n").unwrap();
+    my(&r)
+        .args(["send", "--to", &chat_id, "--file"])
+        .arg(&doc)
+        .args(["--media-type", "text/csv"])
+        .assert()
+        .success();
     stick(&r, &g, &t.path().join("stick2"));
     let pushed = bot.wait_sent(
         "the answer pushed",
@@ -166,6 +175,13 @@ fn a_message_goes_chat_to_mesh_by_stick_and_the_answer_comes_back() {
     assert_eq!(name, "pic.png");
     assert_eq!(data, png_bytes, "the picture arrives byte for byte");
     assert!(photo.caption.unwrap().contains(&rid));
+    let d2 = bot.wait_sent("the document pushed", T, |s| {
+        s.chat == 1001 && s.method == "sendDocument"
+    });
+    assert_eq!(
+        d2.file.unwrap(),
+        ("report.csv".to_string(), b"a,b\n1,2\n".to_vec())
+    );
     // Pushed once each.
     assert_eq!(count(&bot, 1001, "reply from the mesh"), 1);
     assert!(d.stop().success());
@@ -367,4 +383,74 @@ fn restarts_and_a_dropping_proxy_lose_nothing_and_repeat_nothing() {
     assert!(d.stop().success());
     assert_eq!(count(&bot, 1001, "while the proxy"), 1);
     assert_eq!(bot.pending(), 0, "every update confirmed");
+}
+
+/// The wallet and the marketplace from a chat: a grant from the marketplace reaches the
+/// chat's identity through the gateway's uplink and is pushed; a task typed in the chat is
+/// paid from that wallet, travels up, is run by a worker (the gateway's own), judged, and
+/// the verdict with the output comes back to the chat.
+#[test]
+fn a_task_from_a_chat_goes_round_the_marketplace() {
+    let t = tempfile::tempdir().unwrap();
+    let (m, g) = (t.path().join("m"), t.path().join("g"));
+    let m_id = init(&m);
+    init(&g);
+    my(&g).args(["market", "use", &m_id]).assert().success();
+    json(&g, &["worker", "offer", "--kinds", "digest"]);
+    my(&g)
+        .args(["telegram", "allow", "1001"])
+        .assert()
+        .success();
+    std::fs::write(
+        g.join("config.toml"),
+        "[telegram]\ntask_reward = 4\ntask_workers = 1\n",
+    )
+    .unwrap();
+    let md = Daemon::start_cmd(&m, &["market", "serve"], &[]);
+    let bot = FakeBot::start(TOKEN);
+    let tok = g.join("bot-token");
+    std::fs::write(&tok, TOKEN).unwrap();
+    let gd = Daemon::start(
+        &g,
+        &[
+            "--telegram",
+            "--telegram-token-file",
+            tok.to_str().unwrap(),
+            "--telegram-api",
+            &bot.url,
+            "--worker",
+            "--upstream",
+            &md.addr(),
+            "--upstream-expect",
+            &m_id,
+            "--upstream-interval",
+            "1s",
+        ],
+    );
+    let chat = link(&bot, 1001, None);
+    bot.say(1001, "/task digest words to digest");
+    let r = bot.wait_sent("a refused task", T, text_has(1001, "Task not submitted"));
+    assert!(r.text.unwrap().contains("can spend 0 credits"));
+
+    // The marketplace grants the chat's identity credits; the uplink brings them.
+    json(&m, &["market", "grant", "--to", &chat, "--amount", "50"]);
+    let p = bot.wait_sent("the grant pushed", T, text_has(1001, "50 credits from"));
+    assert!(p.text.unwrap().contains(&m_id[6..18]), "names the payer");
+    bot.say(1001, "/wallet");
+    bot.wait_sent("the wallet", T, text_has(1001, "Balance: 50"));
+
+    bot.say(1001, "/task digest words to digest");
+    let s = bot.wait_sent("the task submitted", T, text_has(1001, "held in escrow"));
+    assert!(s.text.unwrap().contains("(4 credits held in escrow"));
+    let digest = blake3::hash(b"words to digest").to_hex().to_string();
+    let v = bot.wait_sent("the verdict pushed", T, |s| {
+        s.chat == 1001 && s.text.as_deref().is_some_and(|t| t.contains("accepted"))
+    });
+    let v = v.text.unwrap();
+    assert!(v.contains(&digest), "{v}");
+    assert!(v.contains("1 of 1 workers agreed"), "{v}");
+    bot.say(1001, "/wallet");
+    bot.wait_sent("the wallet after paying", T, text_has(1001, "Balance: 46"));
+    assert!(gd.stop().success());
+    assert!(md.stop().success());
 }

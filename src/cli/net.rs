@@ -353,6 +353,8 @@ fn telegram_role(
         allow: f.allow,
         per_minute: f.per_minute.unwrap_or(20).max(1),
         poll: Duration::from_secs(25),
+        task_reward: f.task_reward.unwrap_or(10),
+        task_workers: f.task_workers.unwrap_or(3).max(1),
     }))
 }
 

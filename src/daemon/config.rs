@@ -40,6 +40,8 @@
 //! proxy = "socks5://127.0.0.1:9050"        # else HTTPS_PROXY / ALL_PROXY
 //! allow = [123456789]              # chats that may link without an invite code
 //! per_minute = 20
+//! task_reward = 10                 # /task: credits to each agreeing worker
+//! task_workers = 3                 # /task: independent workers
 //! ```
 
 use super::DaemonError;
@@ -77,6 +79,8 @@ pub struct TelegramFile {
     #[serde(default)]
     pub allow: Vec<i64>,
     pub per_minute: Option<u32>,
+    pub task_reward: Option<u64>,
+    pub task_workers: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -58,6 +58,10 @@ pub struct TelegramRole {
     pub per_minute: u32,
     /// How long one long poll waits for updates.
     pub poll: Duration,
+    /// `/task`: credits paid to each worker whose result is accepted.
+    pub task_reward: u64,
+    /// `/task`: independent workers; a majority must agree.
+    pub task_workers: u8,
 }
 
 impl std::fmt::Debug for TelegramRole {
@@ -68,6 +72,8 @@ impl std::fmt::Debug for TelegramRole {
             .field("proxy", &self.proxy)
             .field("allow", &self.allow)
             .field("per_minute", &self.per_minute)
+            .field("task_reward", &self.task_reward)
+            .field("task_workers", &self.task_workers)
             .finish()
     }
 }
@@ -663,7 +669,8 @@ impl Poller {
             ),
             Ok(cmd) => {
                 let (chats, ch) = (self.chats.clone(), chat.clone());
-                let r = blocking(move || Ok(run_command(&chats, &ch, update, cmd))).await;
+                let terms = (self.role.task_reward, self.role.task_workers);
+                let r = blocking(move || Ok(run_command(&chats, &ch, update, cmd, terms))).await;
                 match r {
                     Ok((answer, note)) => {
                         if let Some(n) = note {
@@ -805,7 +812,13 @@ fn parse_node(s: &str) -> Result<Eid, String> {
 
 /// Commands that read or change the chat's node (run off the async threads). Returns the
 /// answer and, for the log, what happened.
-fn run_command(chats: &Chats, chat: &Chat, update: i64, cmd: Command) -> (String, Option<String>) {
+fn run_command(
+    chats: &Chats,
+    chat: &Chat,
+    update: i64,
+    cmd: Command,
+    terms: (u64, u8),
+) -> (String, Option<String>) {
     let r = match cmd {
         Command::Send { to, text } => match parse_node(&to) {
             Ok(to) => return send_message(chats, chat, update, to, vec![Message::Text(text)]),
@@ -814,7 +827,7 @@ fn run_command(chats: &Chats, chat: &Chat, update: i64, cmd: Command) -> (String
         Command::Inbox => inbox_text(chat),
         Command::Wallet => wallet_text(chat),
         Command::Task { kind, model, input } => {
-            return submit_task(chats, chat, update, &kind, model.as_deref(), input)
+            return submit_task(chats, chat, update, &kind, model.as_deref(), input, terms)
         }
         Command::Id | Command::Help | Command::Start { .. } => Ok(command::HELP.into()),
     };
@@ -943,6 +956,7 @@ fn submit_task(
     kind: &str,
     model: Option<&str>,
     input: String,
+    (reward, workers): (u64, u8),
 ) -> (String, Option<String>) {
     use crate::adu::market::{Eligibility, JobKind, Limits, Task};
     let go = || -> Result<String, String> {
@@ -972,9 +986,9 @@ fn submit_task(
                 max_tokens: 256,
                 max_ms: 10 * 60 * 1000,
             },
-            reward: 10,
+            reward,
             deadline: now.0.saturating_add(2 * 24 * 3600 * 1000),
-            redundancy: 3,
+            redundancy: workers,
             who: Eligibility::Anyone,
         };
         let escrow = t.escrow().unwrap_or(0);
@@ -1000,6 +1014,21 @@ fn submit_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sender's file name never leaves the folder it is written to for upload.
+    #[test]
+    fn file_names_from_the_mesh_stay_in_their_folder() {
+        assert_eq!(safe_name("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(safe_name("..\\..\\x"), "_.._x");
+        assert_eq!(safe_name(".."), "file");
+        assert_eq!(safe_name("a\u{0}b\nc.txt"), "abc.txt");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name(&"x".repeat(500)).len(), 120);
+        for n in ["../../etc/passwd", "/abs", "..", "a/../../b", "C:\\x"] {
+            let p = std::path::Path::new("/base").join(safe_name(n));
+            assert_eq!(p.parent(), Some(std::path::Path::new("/base")), "{n}");
+        }
+    }
 
     /// A restart between an update's effect and the saved offset hands the same update
     /// in again: its effect is committed with the update's number, so it is not repeated.
