@@ -300,6 +300,18 @@ fn who_may_link_rate_limits_and_hostile_chats() {
         "{to5005:#?}"
     );
     assert_eq!(to5005.len(), 11);
+    // 1001 blocks the bot: what it cannot take stays in its inbox, and the queue of
+    // pushes goes on to other chats.
+    bot.block(1001);
+    bot.say(2002, &format!("/send {id1} into a blocked chat"));
+    bot.say(1001, &format!("/send {id2} from the blocked chat"));
+    bot.wait_sent(
+        "2002 still served",
+        T,
+        text_has(2002, "from the blocked chat"),
+    );
+    assert_eq!(count(&bot, 1001, "into a blocked chat"), 0);
+
     // No chat got the gateway's identity, and nothing went to a chat that never wrote.
     assert!(bot.sent().iter().all(|s| !s
         .text

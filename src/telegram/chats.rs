@@ -46,6 +46,10 @@ pub enum ChatError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Wallet(#[from] crate::wallet::WalletError),
+    #[error("the bridge's work on the store stopped: {0}")]
+    Stopped(String),
 }
 
 /// One linked chat's node, and the commits of its store not yet handed to the gateway.
@@ -496,16 +500,23 @@ impl Chat {
         )
     }
 
-    /// Inbox items not yet shown in the chat, oldest first.
+    /// Inbox items not yet shown in the chat, oldest first (only those are decoded).
     pub fn unpushed(&self) -> Result<Vec<crate::node::InboxItem>, NodeError> {
+        let store = &self.node.store;
         let mut out = Vec::new();
-        for item in self.node.inbox()? {
+        for key in store.for_destination_node(&self.node.node_id())? {
             let mut k = PUSHED.to_vec();
-            k.extend_from_slice(&item.key);
-            if self.node.store.ledger_get(&k)?.is_none() {
-                out.push(item);
+            k.extend_from_slice(&key);
+            if store.ledger_get(&k)?.is_some() {
+                continue;
             }
+            let (Some(record), Some(vb)) = (store.record(&key)?, store.get(&key)?) else {
+                continue;
+            };
+            let adu = crate::adu::decode(vb.bundle().payload()).map_err(|e| e.to_string());
+            out.push(crate::node::InboxItem { key, record, adu });
         }
+        out.sort_by_key(|i| (i.record.created_ms, i.record.seq, i.record.received_at));
         Ok(out)
     }
 

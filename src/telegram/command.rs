@@ -231,6 +231,11 @@ impl RateLimit {
         }
     }
 
+    /// Quiet for a minute: the bucket is full again, so forgetting it changes nothing.
+    pub fn idle(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_ms) >= 60_000
+    }
+
     pub fn check(&mut self, now_ms: u64) -> Rate {
         let cap = f64::from(self.per_minute);
         let elapsed = now_ms.saturating_sub(self.last_ms) as f64;

@@ -150,10 +150,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, ChatError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(ChatError::Node(crate::node::NodeError::Home {
-            path: "telegram".into(),
-            source: std::io::Error::other(e.to_string()),
-        })),
+        Err(e) => Err(ChatError::Stopped(e.to_string())),
     }
 }
 
@@ -444,15 +441,23 @@ async fn push_chat(
         match render(&item, market.as_deref()) {
             Shown::Nothing => {}
             Shown::Texts(parts) => {
+                let mut r = Ok(());
                 for p in parts {
                     let params = SendMessageParams::builder().chat_id(id).text(p).build();
-                    bot.send_message(&params).await.map_err(PushError::Bot)?;
+                    r = bot.send_message(&params).await.map(|_| ());
+                    if r.is_err() {
+                        break;
+                    }
                 }
-                shown += 1;
+                shown += refused_here(r, id, report)?;
             }
             Shown::File(f, caption) => {
-                send_file(bot, &chat, &f, caption).await?;
-                shown += 1;
+                let r = match send_file(bot, &chat, &f, caption).await {
+                    Err(PushError::Bot(e)) => Err(e),
+                    Err(e) => return Err(e),
+                    Ok(()) => Ok(()),
+                };
+                shown += refused_here(r, id, report)?;
             }
         }
         let (ch, key) = (chat.clone(), item.key);
@@ -467,6 +472,26 @@ async fn push_chat(
         });
     }
     Ok(())
+}
+
+/// A push's outcome: 1 when shown; 0 when Telegram refused it for this chat alone (the
+/// bot was blocked, the chat is gone, the content was refused: it stays in `/inbox`, and
+/// the queue goes on); an error when the Bot API is not answering (tried again later).
+fn refused_here(r: Result<(), BotError>, chat: i64, report: &OnReport) -> Result<usize, PushError> {
+    match r {
+        Ok(()) => Ok(1),
+        Err(BotError::Api {
+            code: 400 | 403, ..
+        }) => {
+            let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+            report(Report::Note {
+                chat: Some(chat),
+                text: format!("Telegram refused a push (left in the inbox): {e}"),
+            });
+            Ok(0)
+        }
+        Err(e) => Err(PushError::Bot(e)),
+    }
 }
 
 async fn send_file(
@@ -616,6 +641,10 @@ impl Poller {
         let chat_id = m.chat.id;
         let now_ms = DtnTime::now().0;
         let per_minute = self.role.per_minute;
+        // Chats quiet for a minute have full buckets again: forget them.
+        if self.limits.len() > 10_000 {
+            self.limits.retain(|_, l| !l.idle(now_ms));
+        }
         let rate = self
             .limits
             .entry(chat_id)
@@ -915,12 +944,7 @@ fn inbox_text(chat: &Chat) -> Result<String, ChatError> {
 }
 
 fn wallet_text(chat: &Chat) -> Result<String, ChatError> {
-    let w = crate::wallet::view(&chat.node).map_err(|e| {
-        ChatError::Node(crate::node::NodeError::Home {
-            path: "wallet".into(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })?;
+    let w = crate::wallet::view(&chat.node)?;
     Ok(format!(
         "Balance: {} credits\nSpendable now: {}\nPending in: {}\nPending out: {}\n{} entries",
         w.balance,

@@ -32,6 +32,8 @@ struct Inner {
     sent: Vec<Sent>,
     files: HashMap<String, Vec<u8>>,
     down: bool,
+    /// Chats that blocked the bot: sending to them is refused (403).
+    blocked: Vec<i64>,
     /// The offsets `getUpdates` was called with.
     offsets: Vec<i64>,
 }
@@ -115,6 +117,9 @@ async fn method(
         "sendMessage" => {
             let chat = v["chat_id"].as_i64().unwrap_or(0);
             let text = v["text"].as_str().unwrap_or_default().to_string();
+            if s.inner.lock().unwrap().blocked.contains(&chat) {
+                return refuse(403, "Forbidden: bot was blocked by the user");
+            }
             if text.encode_utf16().count() > 4096 {
                 return refuse(400, "Bad Request: message is too long");
             }
@@ -165,6 +170,9 @@ async fn upload(
             "document" | "photo" => file = Some((file_name.unwrap_or_default(), data)),
             _ => {}
         }
+    }
+    if s.inner.lock().unwrap().blocked.contains(&chat) {
+        return refuse(403, "Forbidden: bot was blocked by the user");
     }
     if caption
         .as_deref()
@@ -304,6 +312,11 @@ impl FakeBot {
     pub fn set_down(&self, down: bool) {
         self.shared.inner.lock().unwrap().down = down;
         self.shared.updates.notify_waiters();
+    }
+
+    /// The chat blocks the bot: what is sent to it is refused from now on.
+    pub fn block(&self, chat: i64) {
+        self.shared.inner.lock().unwrap().blocked.push(chat);
     }
 
     pub fn sent(&self) -> Vec<Sent> {
