@@ -241,6 +241,12 @@ fn demo_runs_end_to_end() {
     // First contact by node ID alone, over QR frames with 30% lost.
     assert_eq!(v["qr"]["read"], true);
     assert!(v["qr"]["photographed"].as_u64() < v["qr"]["frames"].as_u64());
+    // Step 19: a chat on the Telegram bridge (stand-in Bot API) to C and back.
+    assert_eq!(v["telegram"]["read_by_c"], true);
+    assert_eq!(v["telegram"]["answer_pushed"], true);
+    assert!(v["telegram"]["chat_node"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("dtn://") && n != v["node_b"]));
 }
 
 #[test]

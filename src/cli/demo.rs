@@ -420,6 +420,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
     ));
     let wallets = super::demo_market::home(&say, &alice, &workers, &tasks)?;
     let qr = qr_first_contact(&root, &carol, &say)?;
+    let telegram = telegram_bridge(&root, &bob, &carol, &say)?;
     let took = started.elapsed();
     say("demo complete: signed, sharded, carried by hand twice, damaged twice, delivered; the gateway crossed to the marketplace over QUIC; the task was run by three workers, checked by quorum and paid; the payments came home by satellite.".into());
     say(format!("({:.2} s)", took.as_secs_f64()));
@@ -439,6 +440,7 @@ pub fn run(cli: &Cli, a: &DemoArgs) -> Result<()> {
             "market": market_summary,
             "wallets": wallets,
             "qr": qr,
+            "telegram": telegram,
             "elapsed_ms": took.as_millis() as u64,
             "photo_intact": got_photo,
             "feed": {"bundles": pr.bundles, "notices": n_feed, "files": pr.files, "deleted": deleted,
@@ -503,6 +505,109 @@ fn qr_first_contact(root: &Path, carol: &Node, say: &dyn Fn(String)) -> Result<s
         json!({"frames": ex.frames, "needed": ex.needed, "photographed": kept.len(),
               "delivered": ir.delivered, "read": got}),
     )
+}
+
+/// Step 19: a person with only Telegram. B's daemon runs the Telegram bridge; the Bot API
+/// is the stand-in on loopback (the demo runs offline). E links a chat, writes to C by
+/// node ID; the message leaves on a stick, C reads it and answers by stick, and the bridge
+/// pushes the answer to E's chat.
+fn telegram_bridge(
+    root: &Path,
+    bob: &std::sync::Arc<Node>,
+    carol: &Node,
+    say: &dyn Fn(String),
+) -> Result<serde_json::Value> {
+    use crate::telegram::{standin::StandIn, TelegramRole};
+    const CHAT: i64 = 4242;
+    let wait = std::time::Duration::from_secs(60);
+    let token = "4242:demo";
+    let api = StandIn::start(token).context("cannot start the stand-in Bot API")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let roles = crate::daemon::Roles {
+        telegram: Some(TelegramRole {
+            api_url: api.url.clone(),
+            token: token.into(),
+            proxy: None,
+            allow: vec![CHAT],
+            per_minute: 20,
+            poll: std::time::Duration::from_secs(25),
+            task_reward: 10,
+            task_workers: 3,
+        }),
+        socket: false,
+        ..Default::default()
+    };
+    let (tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let daemon = rt.spawn(crate::daemon::run(
+        bob.clone(),
+        roles,
+        crate::daemon::Hub::default(),
+        None,
+        async {
+            let _ = stop.await;
+        },
+    ));
+    let has = |what: &'static str| {
+        move |s: &crate::telegram::standin::Sent| {
+            s.chat == CHAT && s.text.as_deref().is_some_and(|t| t.contains(what))
+        }
+    };
+    let run = || -> Result<serde_json::Value> {
+        api.say(CHAT, "/start");
+        let welcome = api
+            .wait_sent("the welcome", wait, has("Welcome"))
+            .map_err(anyhow::Error::msg)?;
+        let e_id = welcome
+            .text
+            .as_deref()
+            .and_then(|t| t.lines().find(|l| l.starts_with("dtn://")))
+            .context("no node ID in the welcome")?
+            .to_string();
+        let text = "Salam C, E here, writing from Telegram: is the clinic open on Saturday?";
+        api.say(CHAT, &format!("/send {} {text}", carol.node_id()));
+        api.wait_sent("the send", wait, has("Sent to"))
+            .map_err(anyhow::Error::msg)?;
+        let now = DtnTime::now();
+        let s5 = root.join("stick-5");
+        export(bob, &s5, now)?;
+        import(carol, &s5, now)?;
+        let read = carol.inbox()?.into_iter().any(|i| {
+            i.record.source == e_id
+                && matches!(&i.adu, Ok(Adu::Message(Message::Text(t))) if t == text)
+        });
+        if !read {
+            bail!("C did not read E's message from Telegram");
+        }
+        let answer = "C to E: yes, open 9 to 1 on Saturday.";
+        carol.send(
+            crate::bundle::Eid::parse(&e_id)?,
+            adu::encode_message(&Message::Text(answer.into())),
+            7 * 24 * 3600 * 1000,
+            DtnTime::now(),
+            true,
+        )?;
+        let s6 = root.join("stick-6");
+        export(carol, &s6, DtnTime::now())?;
+        import(bob, &s6, DtnTime::now())?;
+        api.wait_sent("the answer pushed to E's chat", wait, has(answer))
+            .map_err(anyhow::Error::msg)?;
+        say(format!(
+            "19. E has only Telegram: E's chat links to B's bridge (`serve --telegram`; the Bot API here is a stand-in on loopback) and gets its own node ID, held by B; E types `/send <C's node ID> …`; B seals it for C, it leaves on stick 5, C reads it and answers by stick 6, and B's bridge pushes the answer to E's chat ({} messages the bot sent in all)",
+            api.sent().len()
+        ));
+        Ok(
+            json!({"chat_node": e_id, "read_by_c": read, "answer_pushed": true,
+                  "bot_messages": api.sent().len()}),
+        )
+    };
+    let r = run();
+    let _ = tx.send(());
+    let _ = rt.block_on(daemon);
+    r
 }
 
 /// Steps 10-12: gateway B syncs the cell with marketplace M over QUIC (on loopback),

@@ -13,6 +13,7 @@
 pub mod bot;
 pub mod chats;
 pub mod command;
+pub mod standin;
 
 use crate::adu::{self, Adu, FileMessage, MarketAdu, Message};
 use crate::bundle::Eid;
