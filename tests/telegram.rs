@@ -71,6 +71,27 @@ fn stick(from: &Path, to: &Path, dir: &Path) {
         .success();
 }
 
+/// A gateway G that allows chat 1001, a mesh node R, the stand-in Bot API: (temp dir,
+/// G's home, R's home, G's node ID, R's node ID, the stand-in).
+fn gateway_and_recipient() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    String,
+    String,
+    FakeBot,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let (g, r) = (t.path().join("g"), t.path().join("r"));
+    let gid = init(&g);
+    let rid = init(&r);
+    my(&g)
+        .args(["telegram", "allow", "1001"])
+        .assert()
+        .success();
+    (t, g, r, gid, rid, FakeBot::start(TOKEN))
+}
+
 fn inbox(h: &Path) -> Vec<serde_json::Value> {
     json(h, &["inbox"]).as_array().unwrap().clone()
 }
@@ -83,15 +104,7 @@ fn inbox(h: &Path) -> Vec<serde_json::Value> {
 /// mail and nothing of the gateway's.
 #[test]
 fn a_message_goes_chat_to_mesh_by_stick_and_the_answer_comes_back() {
-    let t = tempfile::tempdir().unwrap();
-    let (g, r) = (t.path().join("g"), t.path().join("r"));
-    let gid = init(&g);
-    let rid = init(&r);
-    let bot = FakeBot::start(TOKEN);
-    my(&g)
-        .args(["telegram", "allow", "1001"])
-        .assert()
-        .success();
+    let (t, g, r, gid, rid, bot) = gateway_and_recipient();
     let d = serve(&g, &bot);
 
     let chat_id = link(&bot, 1001, None);
@@ -330,15 +343,7 @@ fn who_may_link_rate_limits_and_hostile_chats() {
 /// what arrived meanwhile reaches the chat once it answers again.
 #[test]
 fn restarts_and_a_dropping_proxy_lose_nothing_and_repeat_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let (g, r) = (t.path().join("g"), t.path().join("r"));
-    init(&g);
-    let rid = init(&r);
-    let bot = FakeBot::start(TOKEN);
-    my(&g)
-        .args(["telegram", "allow", "1001"])
-        .assert()
-        .success();
+    let (t, g, r, _, rid, bot) = gateway_and_recipient();
     let d = serve(&g, &bot);
     let chat = link(&bot, 1001, None);
     let first = bot.say(1001, &format!("/send {rid} first"));

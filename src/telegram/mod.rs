@@ -299,14 +299,7 @@ async fn pusher(
                     report(Report::Down(e.to_string()));
                 }
                 // Wait before trying again (new arrivals join the queue meanwhile).
-                let wait = match &e {
-                    BotError::Api {
-                        retry_after: Some(s),
-                        ..
-                    } => Duration::from_secs(*s).min(MAX_BACKOFF),
-                    _ => backoff,
-                };
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let wait = retry_wait(&e, &mut backoff);
                 tokio::select! {
                     _ = stopped(stop.clone()) => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -314,6 +307,20 @@ async fn pusher(
             }
         }
     }
+}
+
+/// How long to wait after `e` before trying the Bot API again: what Telegram asked for
+/// (flood control), else the backoff, which doubles up to [`MAX_BACKOFF`].
+fn retry_wait(e: &BotError, backoff: &mut Duration) -> Duration {
+    let wait = match e {
+        BotError::Api {
+            retry_after: Some(s),
+            ..
+        } => Duration::from_secs(*s).min(MAX_BACKOFF),
+        _ => *backoff,
+    };
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    wait
 }
 
 enum PushError {
@@ -597,15 +604,7 @@ impl Poller {
                         up = Some(false);
                         (self.report)(Report::Down(e.to_string()));
                     }
-                    let wait = match &e {
-                        BotError::Api {
-                            retry_after: Some(s),
-                            ..
-                        } => Duration::from_secs(*s).min(MAX_BACKOFF),
-                        _ => backoff,
-                    };
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(retry_wait(&e, &mut backoff)).await;
                 }
             }
         }

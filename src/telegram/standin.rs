@@ -119,13 +119,8 @@ async fn method(
         "sendMessage" => {
             let chat = v["chat_id"].as_i64().unwrap_or(0);
             let text = v["text"].as_str().unwrap_or_default().to_string();
-            if s.inner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .blocked
-                .contains(&chat)
-            {
-                return refuse(403, "Forbidden: bot was blocked by the user");
+            if let Some(r) = blocked(&s, chat) {
+                return r;
             }
             if text.encode_utf16().count() > 4096 {
                 return refuse(400, "Bad Request: message is too long");
@@ -178,13 +173,8 @@ async fn upload(
             _ => {}
         }
     }
-    if s.inner
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .blocked
-        .contains(&chat)
-    {
-        return refuse(403, "Forbidden: bot was blocked by the user");
+    if let Some(r) = blocked(&s, chat) {
+        return r;
     }
     if caption
         .as_deref()
@@ -220,6 +210,14 @@ async fn download(State(s): State<St>, Path((bot, path)): Path<(String, String)>
         Some(d) => d.clone().into_response(),
         None => refuse(404, "Not Found"),
     }
+}
+
+/// Telegram's answer to a send to a chat that blocked the bot.
+fn blocked(s: &St, chat: i64) -> Option<Response> {
+    let i = s.inner.lock().unwrap_or_else(|p| p.into_inner());
+    i.blocked
+        .contains(&chat)
+        .then(|| refuse(403, "Forbidden: bot was blocked by the user"))
 }
 
 fn record(s: &St, sent: Sent) {
