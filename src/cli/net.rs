@@ -339,9 +339,7 @@ fn telegram_role(
         })?,
     };
     let token = token.trim().to_string();
-    if token.is_empty() {
-        bail!("the bot token is empty");
-    }
+    crate::telegram::bot::check_token(&token)?;
     Ok(Some(crate::telegram::TelegramRole {
         api_url: a
             .telegram_api

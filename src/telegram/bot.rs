@@ -37,6 +37,26 @@ impl From<reqwest::Error> for BotError {
     }
 }
 
+/// A token as @BotFather gives them: `<digits>:<letters, digits, - and _>`. Anything else
+/// is refused before a request could put it in a URL.
+pub fn check_token(token: &str) -> Result<(), BotError> {
+    let ok = token.split_once(':').is_some_and(|(id, secret)| {
+        !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_digit())
+            && !secret.is_empty()
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(BotError::Setup(
+            "the bot token is not of the form 123456:ABC-def_ghi (as @BotFather gives it)".into(),
+        ))
+    }
+}
+
 /// A bot: its API base (`https://api.telegram.org` or a stand-in) and token.
 #[derive(Clone)]
 pub struct Bot {
@@ -66,11 +86,7 @@ impl Bot {
         poll: Duration,
     ) -> Result<Bot, BotError> {
         let token = token.trim();
-        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(BotError::Setup(
-                "the bot token is empty or has spaces or slashes".into(),
-            ));
-        }
+        check_token(token)?;
         // reqwest is built without a crypto provider of its own: use ring's, as quinn does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder()
@@ -229,5 +245,28 @@ impl AsyncTelegramApi for Bot {
             .send()
             .await?;
         Self::decode(method, r).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_before_they_reach_a_url() {
+        assert!(check_token("123456:ABC-def_ghi").is_ok());
+        for bad in [
+            "",
+            "123456",
+            ":abc",
+            "12a:abc",
+            "123:",
+            "123:abc/../getMe",
+            "123:abc def",
+            "123:abc?x=1",
+        ] {
+            assert!(check_token(bad).is_err(), "{bad:?}");
+        }
+        assert!(Bot::new("http://127.0.0.1:1", "1:a/b", None, Duration::from_secs(1)).is_err());
     }
 }
