@@ -383,6 +383,22 @@ impl Chats {
         if stored.is_empty() {
             return Ok(Vec::new());
         }
+        // Bundles are read into memory a bounded piece at a time: 512, or 32 MiB (or one
+        // bundle, however large).
+        if stored.len() > 1 {
+            let mut bytes = 0u64;
+            let over = stored.iter().position(|s| {
+                bytes += s.size;
+                bytes > 32 << 20
+            });
+            let cut = match over {
+                Some(i) => Some(i.max(1)),
+                None => (stored.len() > 512).then_some(512),
+            };
+            if let Some(cut) = cut {
+                return self.route_in_pieces(stored, cut);
+            }
+        }
         let idents = self.identities()?;
         if idents.is_empty() {
             return Ok(Vec::new());
@@ -390,7 +406,8 @@ impl Chats {
         let by_node: HashMap<&str, i64> =
             idents.iter().map(|(id, _, n)| (n.as_str(), *id)).collect();
         let now = DtnTime::now();
-        let mut touched: HashMap<i64, Arc<Chat>> = HashMap::new();
+        // What goes to each chat, to be stored there in one write.
+        let mut arriving: HashMap<i64, Vec<VerifiedBundle>> = HashMap::new();
         for s in stored {
             let dest = Eid::parse(&s.destination)
                 .map(|e| e.node_id().to_string())
@@ -402,32 +419,46 @@ impl Chats {
             let Some(raw) = self.gateway.store.get_raw(&s.key)? else {
                 continue;
             };
-            let target = match direct {
-                Some(id) => Some(id),
-                None => {
-                    let Ok(vb) = VerifiedBundle::decode(&raw) else {
-                        continue;
-                    };
-                    idents
-                        .iter()
-                        .find(|(_, ident, _)| opens(&vb, ident))
-                        .map(|(id, _, _)| *id)
-                }
-            };
-            let Some(chat) = target.map(|id| self.get(id)).transpose()?.flatten() else {
+            let Ok(vb) = VerifiedBundle::decode(&raw) else {
                 continue;
             };
-            match chat.node.receive(&raw, now) {
-                Ok(_) => {}
-                Err(NodeError::Bundle(e)) => {
-                    tracing::debug!(chat = chat.id, "chat refused a bundle: {e}");
-                }
-                Err(e) => return Err(e.into()),
+            let target = match direct {
+                Some(id) => Some(id),
+                None => idents
+                    .iter()
+                    .find(|(_, ident, _)| opens(&vb, ident))
+                    .map(|(id, _, _)| *id),
+            };
+            if let Some(id) = target {
+                arriving.entry(id).or_default().push(vb);
             }
-            touched.insert(chat.id, chat);
+        }
+        let mut touched: HashMap<i64, Arc<Chat>> = HashMap::new();
+        for (id, vbs) in arriving {
+            let Some(chat) = self.get(id)? else { continue };
+            // As any contact's arrivals: opened, delivered, receipts in bulk, one write.
+            let me = &chat.node.identity;
+            let mut batch = crate::route::delivery::Batch::new(&chat.node.store, me, now);
+            for vb in vbs {
+                let a = crate::route::delivery::Arriving::new(vb, me);
+                batch.add(a, None).map_err(NodeError::from)?;
+            }
+            batch.commit().map_err(NodeError::from)?;
+            touched.insert(id, chat);
         }
         for c in touched.values() {
             self.hand_to_gateway(c)?;
+        }
+        Ok(touched.into_values().collect())
+    }
+
+    fn route_in_pieces(&self, stored: &[Stored], cut: usize) -> Result<Vec<Arc<Chat>>, ChatError> {
+        let (head, tail) = stored.split_at(cut.min(stored.len()));
+        let mut touched: HashMap<i64, Arc<Chat>> = HashMap::new();
+        for part in [head, tail] {
+            for c in self.route_from_gateway(part)? {
+                touched.insert(c.id, c);
+            }
         }
         Ok(touched.into_values().collect())
     }
