@@ -127,6 +127,10 @@ fn a_message_goes_chat_to_mesh_by_stick_and_the_answer_comes_back() {
     );
     let sent = bot.wait_n("the file's answer", T, 2, text_has(1001, "Sent to"));
     assert!(sent[1].text.as_deref().unwrap().contains(&rid));
+    // A photo: the largest size Telegram offers is the one sent.
+    let jpeg: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    bot.photo(1001, &jpeg, &rid);
+    bot.wait_n("the photo's answer", T, 3, text_has(1001, "Sent to"));
 
     // Gateway → stick → recipient.
     stick(&g, &r, &t.path().join("stick1"));
@@ -135,7 +139,13 @@ fn a_message_goes_chat_to_mesh_by_stick_and_the_answer_comes_back() {
         .iter()
         .filter(|m| m["source"] == chat_id.as_str())
         .collect();
-    assert_eq!(from_chat.len(), 3, "text, file and caption: {got:#?}");
+    assert_eq!(from_chat.len(), 4, "text, file, caption, photo: {got:#?}");
+    let pic = from_chat
+        .iter()
+        .find(|m| m["message"]["file"]["name"] == "photo.jpg")
+        .expect("the photo arrived");
+    assert_eq!(pic["message"]["file"]["size"], jpeg.len());
+    assert_eq!(pic["message"]["file"]["media_type"], "image/jpeg");
     assert!(from_chat
         .iter()
         .any(|m| m["message"]["text"] == "hello from telegram"));

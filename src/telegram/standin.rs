@@ -315,6 +315,26 @@ impl StandIn {
         )
     }
 
+    /// A chat sends a photo (Telegram offers it in two sizes; `data` is the larger).
+    pub fn photo(&self, chat: i64, data: &[u8], caption: &str) -> i64 {
+        let (small, large) = {
+            let mut i = self.shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let n = i.files.len();
+            let (small, large) = (format!("pic{n}s"), format!("pic{n}l"));
+            i.files
+                .insert(small.clone(), data[..data.len().min(16)].to_vec());
+            i.files.insert(large.clone(), data.to_vec());
+            (small, large)
+        };
+        self.push(
+            json!({"caption": caption, "photo": [
+                {"file_id": small, "file_unique_id": small, "width": 90, "height": 90, "file_size": 16},
+                {"file_id": large, "file_unique_id": large, "width": 800, "height": 600,
+                 "file_size": data.len()}]}),
+            chat,
+        )
+    }
+
     /// A chat sends a document whose size Telegram reports as `size` (never fetched).
     pub fn big_document(&self, chat: i64, size: u64, caption: &str) -> i64 {
         self.push(
