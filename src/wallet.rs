@@ -310,6 +310,18 @@ pub fn submit_task(
     now: DtnTime,
     seal: bool,
 ) -> Result<[u8; 32], WalletError> {
+    submit_task_with(node, task, now, seal, &[])
+}
+
+/// [`submit_task`], committing `extra` ledger writes in the same write (a caller's own
+/// record that the task was made, so it is never made twice).
+pub fn submit_task_with(
+    node: &Node,
+    task: &m::Task,
+    now: DtnTime,
+    seal: bool,
+    extra: &[crate::market::ledger::KvWrite],
+) -> Result<[u8; 32], WalletError> {
     let market = node.market()?.ok_or(WalletError::NoMarket)?;
     task.check().map_err(WalletError::BadTask)?;
     let escrow = task.escrow().unwrap_or(0);
@@ -325,8 +337,8 @@ pub fn submit_task(
     let payload = m::encode_task(task);
     let c = node.compose(&[(Some(market), payload.clone(), lifetime)], now, seal)?;
     let id = c.bundles[0].id().key();
-    let rec = out_entry(OUT_TASK, &id, now, &payload);
-    node.store
-        .commit_ledger(&[rec], &c.bundles, &c.private, now)?;
+    let mut kv = vec![out_entry(OUT_TASK, &id, now, &payload)];
+    kv.extend_from_slice(extra);
+    node.store.commit_ledger(&kv, &c.bundles, &c.private, now)?;
     Ok(id)
 }

@@ -1016,12 +1016,15 @@ fn submit_task(
             who: Eligibility::Anyone,
         };
         let escrow = t.escrow().unwrap_or(0);
-        let id =
-            crate::wallet::submit_task(&chat.node, &t, now, true).map_err(|e| e.to_string())?;
-        chat.node
-            .store
-            .commit_ledger(&[Chat::update_mark(update)], &[], &[], now)
-            .map_err(|e| e.to_string())?;
+        // The task and the update's mark in one write: never submitted twice.
+        let id = crate::wallet::submit_task_with(
+            &chat.node,
+            &t,
+            now,
+            true,
+            &[Chat::update_mark(update)],
+        )
+        .map_err(|e| e.to_string())?;
         chats.hand_to_gateway(chat).map_err(|e| e.to_string())?;
         Ok(format!(
             "Task {} submitted ({} credits held in escrow once the marketplace has it). Its result comes here.",
@@ -1060,7 +1063,8 @@ mod tests {
     fn an_update_is_carried_out_once() {
         let t = tempfile::tempdir().unwrap();
         let gateway = Arc::new(Node::init(&t.path().join("g")).unwrap());
-        let to = Node::init(&t.path().join("r")).unwrap().node_id();
+        let r = Node::init(&t.path().join("r")).unwrap();
+        let to = r.node_id();
         let chats = Chats::new(gateway.clone());
         let (chat, new) = chats.link(7, None, &[7], DtnTime::now()).unwrap();
         assert!(new);
@@ -1076,9 +1080,38 @@ mod tests {
         // An earlier update is as done as this one; a later one goes.
         let (c, _) = send_message(&chats, &chat, 40, to.clone(), msg());
         assert!(c.contains("already"), "{c}");
-        let (d, _) = send_message(&chats, &chat, 42, to, msg());
+        let (d, _) = send_message(&chats, &chat, 42, to.clone(), msg());
         assert!(d.starts_with("Sent to"), "{d}");
         assert_eq!(gateway.store.len().unwrap(), after + 1);
+        // A task twice under one update: submitted once (refused for want of credits or a
+        // marketplace, it writes nothing and leaves the update open).
+        let (t1, _) = submit_task(&chats, &chat, 43, "digest", None, "x".into(), (1, 1));
+        assert!(t1.contains("no marketplace"), "{t1}");
+        // R, as the chat's marketplace, grants it 10 credits.
+        chat.node.set_market(&to).unwrap();
+        let grant = crate::adu::market::encode_payment(&crate::adu::market::Payment {
+            payer: to.to_string(),
+            payee: chat.node.node_id().to_string(),
+            amount: 10,
+            nonce: [9; 16],
+            refers: None,
+            memo: "grant".into(),
+        });
+        let c = r
+            .compose(
+                &[(Some(chat.node.node_id()), grant, 3_600_000)],
+                DtnTime::now(),
+                false,
+            )
+            .unwrap();
+        chat.node
+            .receive(c.bundles[0].raw(), DtnTime::now())
+            .unwrap();
+        let (t2, _) = submit_task(&chats, &chat, 43, "digest", None, "x".into(), (3, 1));
+        assert!(t2.contains("submitted"), "{t2}");
+        let (t3, _) = submit_task(&chats, &chat, 43, "digest", None, "x".into(), (3, 1));
+        assert!(t3.contains("already"), "{t3}");
+        assert_eq!(crate::wallet::submitted(&chat.node).unwrap().len(), 1);
         // Linking again is the same identity; an unknown chat without a code is refused.
         let (again, new) = chats.link(7, None, &[], DtnTime::now()).unwrap();
         assert!(!new);
