@@ -1,5 +1,7 @@
 //! Block CRCs (RFC 9171 §4.2.1): CRC-16/X-25 and CRC-32C, computed over the block's CBOR
-//! encoding with the CRC value bytes set to zero, stored big-endian.
+//! encoding with the CRC value bytes set to zero, stored big-endian. CRC-32C runs on the
+//! CPU's own instruction (SSE4.2 `crc32`, ARMv8 `crc32c`) where it has one: a payload block
+//! of a megabyte is checked at several GB/s.
 
 use crc::{Crc, Table, CRC_16_IBM_SDLC, CRC_32_ISCSI};
 
@@ -59,12 +61,7 @@ impl CrcType {
                 d.update(&zeros[..2]);
                 d.finalize().to_be_bytes().to_vec()
             }
-            CrcType::Crc32c => {
-                let mut d = CRC32C.digest();
-                d.update(body);
-                d.update(&zeros[..4]);
-                d.finalize().to_be_bytes().to_vec()
-            }
+            CrcType::Crc32c => crc32c(&[body, &zeros[..4]]).to_be_bytes().to_vec(),
         }
     }
 
@@ -82,6 +79,73 @@ impl CrcType {
     }
 }
 
+/// CRC-32C over the concatenation of `parts`.
+pub fn crc32c(parts: &[&[u8]]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        let mut c = !0u32;
+        for p in parts {
+            // SAFETY: the CPU has SSE4.2 (checked just above).
+            c = unsafe { hw::x86(c, p) };
+        }
+        return !c;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("crc") {
+        let mut c = !0u32;
+        for p in parts {
+            // SAFETY: the CPU has the CRC32 instructions (checked just above).
+            c = unsafe { hw::arm(c, p) };
+        }
+        return !c;
+    }
+    crc32c_table(parts)
+}
+
+fn crc32c_table(parts: &[&[u8]]) -> u32 {
+    let mut d = CRC32C.digest();
+    for p in parts {
+        d.update(p);
+    }
+    d.finalize()
+}
+
+mod hw {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse4.2")]
+    pub(super) unsafe fn x86(mut c: u32, data: &[u8]) -> u32 {
+        use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+        let mut words = data.chunks_exact(8);
+        let mut c64 = u64::from(c);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            c64 = _mm_crc32_u64(c64, u64::from_le_bytes(b));
+        }
+        c = c64 as u32;
+        for &b in words.remainder() {
+            c = _mm_crc32_u8(c, b);
+        }
+        c
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "crc")]
+    pub(super) unsafe fn arm(mut c: u32, data: &[u8]) -> u32 {
+        use std::arch::aarch64::{__crc32cb, __crc32cd};
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            c = __crc32cd(c, u64::from_le_bytes(b));
+        }
+        for &b in words.remainder() {
+            c = __crc32cb(c, b);
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +155,22 @@ mod tests {
         // The standard check values over "123456789".
         assert_eq!(CRC16.checksum(b"123456789"), 0x906e);
         assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
+    }
+
+    /// The CPU's instruction and the table agree, however the bytes are split.
+    #[test]
+    fn hardware_crc32c_matches_the_table() {
+        let data: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_eq!(crc32c(&[b"123456789"]), 0xe306_9283);
+        for len in [0, 1, 7, 8, 9, 63, 64, 1000, 4093, 5000] {
+            for cut in [0, 1, 5, len / 2, len] {
+                let cut = cut.min(len);
+                let parts: [&[u8]; 2] = [&data[..cut], &data[cut..len]];
+                assert_eq!(crc32c(&parts), crc32c_table(&parts), "len {len} cut {cut}");
+            }
+        }
     }
 
     #[test]

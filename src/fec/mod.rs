@@ -1,5 +1,5 @@
 //! Erasure-coded shards: a bundle's exact bytes become `stripes × (k data + m parity)`
-//! Reed–Solomon shards (pure-Rust GF(2^8), no `simd-accel`). Every shard carries a Merkle
+//! Reed–Solomon shards (GF(2^8) with run-time SIMD products, [`gf`]). Every shard carries a Merkle
 //! proof, so it is verified on its own against the object id before it is kept; any `k`
 //! valid shards of each stripe rebuild the object.
 //!
@@ -8,12 +8,13 @@
 
 pub mod feed;
 pub mod fountain;
+pub mod gf;
 pub mod merkle;
 pub mod pack;
 
 use crate::bundle::cbor::{Reader, Writer};
+use gf::ReedSolomon;
 use merkle::Hash;
-use reed_solomon_erasure::galois_8::ReedSolomon;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
