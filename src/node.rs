@@ -346,7 +346,7 @@ impl Node {
         keys: &[[u8; 32]],
         now: DtnTime,
     ) -> Result<SettleReport, NodeError> {
-        use crate::route::delivery::{self, Batch};
+        use crate::route::delivery;
         /// Bytes of bundles read back at once: memory stays bounded by this, however
         /// large the import.
         const SETTLE_BYTES: usize = 4 << 20;
@@ -364,24 +364,68 @@ impl Node {
                     raws.push(raw);
                 }
             }
+            let keys = &rest[..taken];
             rest = &rest[taken..];
-            let mut batch = Batch::new(&self.store, &self.identity, now);
             // What fails to verify now was stored before by this node: it stays as it is.
-            for a in delivery::prepare(raws, &self.identity)
+            let arriving = delivery::prepare(raws, &self.identity)
                 .into_iter()
-                .flatten()
-            {
-                let key = a.vb.id().key();
-                let s = batch.settle(a)?;
-                out.delivered += s.delivered as usize;
-                out.purged += s.purged;
-                if s.dropped {
-                    out.dropped.push(key);
-                }
-            }
-            batch.commit()?;
+                .flatten();
+            self.settle_batch(arriving, keys, now, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Settle what an import stored and could not settle before it was stopped (a crash,
+    /// a pulled stick): the receipts, tombstones and openings it owed.
+    pub fn settle_unsettled(&self, now: DtnTime) -> Result<SettleReport, NodeError> {
+        let keys = self.store.unsettled()?;
+        if keys.is_empty() {
+            return Ok(SettleReport::default());
+        }
+        tracing::info!(
+            bundles = keys.len(),
+            "settling bundles an interrupted import stored"
+        );
+        self.settle_arrivals(&keys, now)
+    }
+
+    /// [`Node::settle_arrivals`] for bundles just stored whose CPU work (verifying,
+    /// opening) is already done: one atomic batch, adding to `out`.
+    pub fn settle_prepared(
+        &self,
+        arriving: impl IntoIterator<Item = crate::route::delivery::Arriving>,
+        now: DtnTime,
+        out: &mut SettleReport,
+    ) -> Result<(), NodeError> {
+        self.settle_batch(arriving, &[], now, out)
+    }
+
+    /// Settle `arriving`; `keys` (stored bundles among which some may be gone or no
+    /// longer verify) stop waiting to be settled in the same commit.
+    fn settle_batch(
+        &self,
+        arriving: impl IntoIterator<Item = crate::route::delivery::Arriving>,
+        keys: &[[u8; 32]],
+        now: DtnTime,
+        out: &mut SettleReport,
+    ) -> Result<(), NodeError> {
+        let mut batch = crate::route::delivery::Batch::new(&self.store, &self.identity, now);
+        for k in keys {
+            batch.give_up(*k);
+        }
+        for a in arriving {
+            let key = a.vb.id().key();
+            let s = batch.settle(a)?;
+            out.delivered += s.delivered as usize;
+            out.purged += s.purged;
+            if s.dropped {
+                out.dropped.push(key);
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit()?;
+        }
+        Ok(())
     }
 
     /// Bundles addressed to this node, oldest first.

@@ -186,6 +186,51 @@ impl Bundle {
         Ok(b)
     }
 
+    /// Only the primary block of encoded bundle bytes (its CRC checked): the bundle's ID
+    /// and addressing, without decoding or checking the rest.
+    pub fn decode_primary(bytes: &[u8]) -> Result<PrimaryBlock, BundleError> {
+        let first = *bytes.first().ok_or(BundleError::Empty)?;
+        if first != 0x9f {
+            return Err(BundleError::NotABundle(first));
+        }
+        let mut r = Reader::new(bytes);
+        r.advance(1);
+        PrimaryBlock::decode(&mut r)
+    }
+
+    /// The first block of `block_type` in encoded bundle bytes and its byte span, found
+    /// without decoding the payload (always the last block): `None` if no block before the
+    /// payload has that type. Only the blocks read on the way are checked.
+    pub fn find_block(
+        bytes: &[u8],
+        block_type: u64,
+    ) -> Result<Option<(std::ops::Range<usize>, CanonicalBlock)>, BundleError> {
+        let first = *bytes.first().ok_or(BundleError::Empty)?;
+        if first != 0x9f {
+            return Err(BundleError::NotABundle(first));
+        }
+        let mut r = Reader::new(bytes);
+        r.advance(1);
+        PrimaryBlock::decode(&mut r)?;
+        loop {
+            if r.peek()? == ciborium_ll::Header::Break {
+                return Ok(None);
+            }
+            let start = r.pos();
+            let mut probe = Reader::new(bytes);
+            probe.advance(start);
+            probe.array()?;
+            let t = probe.uint()?;
+            if t == block_types::PAYLOAD {
+                return Ok(None);
+            }
+            let b = CanonicalBlock::decode(&mut r)?;
+            if t == block_type {
+                return Ok(Some((start..r.pos(), b)));
+            }
+        }
+    }
+
     /// Canonical encoding: indefinite array, shortest-form integers, CRCs filled in.
     pub fn encode(&self) -> Vec<u8> {
         let cap = 256 + self.blocks.iter().map(|b| b.data.len() + 16).sum::<usize>();
@@ -404,6 +449,20 @@ impl VerifiedBundle {
     }
 
     pub fn decode_with(bytes: &[u8], limits: &DecodeLimits) -> Result<VerifiedBundle, BundleError> {
+        let bundle = VerifiedBundle::check(bytes, limits)?;
+        Ok(VerifiedBundle {
+            bundle,
+            raw: bytes.to_vec(),
+        })
+    }
+
+    /// [`VerifiedBundle::decode`] of bytes the caller owns (kept, not copied).
+    pub fn decode_owned(raw: Vec<u8>) -> Result<VerifiedBundle, BundleError> {
+        let bundle = VerifiedBundle::check(&raw, &DecodeLimits::default())?;
+        Ok(VerifiedBundle { bundle, raw })
+    }
+
+    fn check(bytes: &[u8], limits: &DecodeLimits) -> Result<Bundle, BundleError> {
         let bundle = Bundle::decode_with(bytes, limits)?;
         if crate::seal::is_sealed(&bundle) {
             // Anonymous by design: what a relay can check is the stamp.
@@ -411,10 +470,7 @@ impl VerifiedBundle {
         } else {
             bundle.verify_signature()?;
         }
-        Ok(VerifiedBundle {
-            bundle,
-            raw: bytes.to_vec(),
-        })
+        Ok(bundle)
     }
 
     pub fn bundle(&self) -> &Bundle {

@@ -239,6 +239,15 @@ pub async fn run(
     tokio::task::spawn_blocking(move || n.store.purge_expired(DtnTime::now()))
         .await
         .map_err(|e| DaemonError::Config(e.to_string()))??;
+    // What an import stopped by a crash stored and did not settle: delivered now, with its
+    // receipts, not at the next stick.
+    let n = node.clone();
+    let settled = tokio::task::spawn_blocking(move || n.settle_unsettled(DtnTime::now()))
+        .await
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+    if let Err(e) = settled {
+        tracing::warn!(error = %e, "could not settle what an interrupted import stored");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shared = Shared {
         roles: roles.names(),

@@ -60,6 +60,9 @@ pub struct Change {
     /// store counts them against its bound on relayed sealed bundles and may evict them
     /// (recorded only for bundles this change newly stores).
     pub relayed: Vec<([u8; 32], ContactTag)>,
+    /// Bundles a batch import stored earlier whose routing duties this change does: no
+    /// longer waiting to be settled (see `Store::commit_rebuilt`).
+    pub settled: Vec<[u8; 32]>,
 }
 
 /// Who brought a bundle, as far as the store's fairness needs to know: a hash of a sync
@@ -177,6 +180,17 @@ impl Arriving {
         };
         Arriving { vb, opened }
     }
+
+    /// The bundle, and what opening it gave (to store the bundle first, then settle it
+    /// with [`Arriving::join`] without opening it again).
+    pub fn split(self) -> (VerifiedBundle, Option<crate::seal::Opened>) {
+        (self.vb, self.opened)
+    }
+
+    /// Put back together what [`Arriving::split`] took apart (the same bundle).
+    pub fn join(vb: VerifiedBundle, opened: Option<crate::seal::Opened>) -> Arriving {
+        Arriving { vb, opened }
+    }
 }
 
 /// Decode, verify and (if sealed) try to open arriving bundles, in parallel across the
@@ -184,7 +198,7 @@ impl Arriving {
 pub fn prepare(raws: Vec<Vec<u8>>, me: &Identity) -> Vec<Result<Arriving, BundleError>> {
     use rayon::prelude::*;
     raws.into_par_iter()
-        .map(|raw| VerifiedBundle::decode(&raw).map(|vb| Arriving::new(vb, me)))
+        .map(|raw| VerifiedBundle::decode_owned(raw).map(|vb| Arriving::new(vb, me)))
         .collect()
 }
 
@@ -278,7 +292,13 @@ impl<'a, S: RouteStore> Batch<'a, S> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items == 0
+        self.items == 0 && self.change.settled.is_empty()
+    }
+
+    /// A stored bundle that waited to be settled and cannot be (gone, or no longer
+    /// verifying): it stops waiting, as it is.
+    pub fn give_up(&mut self, key: [u8; 32]) {
+        self.change.settled.push(key);
     }
 
     fn has(&self, key: &[u8; 32]) -> Result<bool, DeliveryError<S::Error>> {
@@ -456,6 +476,7 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         self.items += 1;
         let Arriving { vb, opened } = a;
         let key = vb.id().key();
+        self.change.settled.push(key);
         let b = vb.bundle();
         let dest_node = b.primary.destination.node_id().to_string();
         let mut out = Settled::default();
@@ -692,6 +713,7 @@ impl<'a, S: RouteStore> Batch<'a, S> {
             && c.tombstones.is_empty()
             && c.delete.is_empty()
             && c.contacts.is_empty()
+            && c.settled.is_empty()
         {
             return Ok(());
         }
@@ -728,27 +750,84 @@ impl<'a, S: RouteStore> Batch<'a, S> {
 /// The bytes to send for a stored bundle: its hop count incremented. `None` when it is at
 /// its hop limit and must not travel further.
 pub fn forward_copy(raw: &[u8]) -> Result<Option<Vec<u8>>, BundleError> {
-    let mut b = Bundle::decode(raw)?;
-    let Some(pos) = b
-        .blocks
-        .iter()
-        .position(|bl| bl.block_type == block_types::HOP_COUNT)
-    else {
+    // Only the hop-count block changes: the rest (the payload above all) is copied as it
+    // is, not decoded and encoded again.
+    let Some((span, mut block)) = Bundle::find_block(raw, block_types::HOP_COUNT)? else {
         return Ok(Some(raw.to_vec()));
     };
-    let hc = HopCount::from_data(b.blocks[pos].number, &b.blocks[pos].data)?;
+    let hc = HopCount::from_data(block.number, &block.data)?;
     if hc.count >= hc.limit {
         return Ok(None);
     }
-    b.blocks[pos].data = HopCount {
+    block.data = HopCount {
         limit: hc.limit,
         count: hc.count + 1,
     }
     .to_data();
-    Ok(Some(b.encode()))
+    let mut w = crate::bundle::cbor::Writer::new();
+    block.encode(&mut w);
+    let block = w.into_vec();
+    let mut out = Vec::with_capacity(raw.len() + block.len() - span.len().min(block.len()));
+    out.extend_from_slice(&raw[..span.start]);
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&raw[span.end..]);
+    Ok(Some(out))
 }
 
 /// Whether a bundle may still travel: not expired and below its hop limit.
 pub fn may_forward(b: &Bundle, now: DtnTime) -> bool {
     b.expires_at(now) > now && b.hop_count().is_none_or(|h| h.count < h.limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::DecodeLimits;
+
+    fn bundle(hop_limit: Option<u64>, payload: usize) -> VerifiedBundle {
+        let id = Identity::generate();
+        let ts = CreationTimestamp {
+            time: DtnTime(1_000_000),
+            seq: 7,
+        };
+        BundleBuilder::new(id.node_id(), ts, 3_600_000)
+            .payload(vec![0xa5; payload])
+            .hop_limit(hop_limit)
+            .sign(&id)
+            .unwrap()
+    }
+
+    /// The copy is what decoding, counting the hop and encoding again gives, byte for
+    /// byte; it verifies; at the limit nothing goes; without a hop count it is the same.
+    #[test]
+    fn forward_copy_counts_one_hop_and_leaves_the_rest_alone() {
+        for payload in [0, 10, 70_000] {
+            let vb = bundle(Some(3), payload);
+            let mut raw = vb.raw().to_vec();
+            for hop in 1..=3u64 {
+                let mut want = Bundle::decode(&raw).unwrap();
+                let pos = want
+                    .blocks
+                    .iter()
+                    .position(|b| b.block_type == block_types::HOP_COUNT)
+                    .unwrap();
+                want.blocks[pos].data = HopCount {
+                    limit: 3,
+                    count: hop,
+                }
+                .to_data();
+                let got = forward_copy(&raw).unwrap().unwrap();
+                assert_eq!(got, want.encode());
+                let back = VerifiedBundle::decode_with(&got, &DecodeLimits::default()).unwrap();
+                assert_eq!(back.bundle().hop_count().unwrap().count, hop);
+                assert_eq!(back.bundle().payload(), vb.bundle().payload());
+                raw = got;
+            }
+            assert_eq!(forward_copy(&raw).unwrap(), None, "at its hop limit");
+            let plain = bundle(None, payload);
+            assert_eq!(forward_copy(plain.raw()).unwrap().unwrap(), plain.raw());
+        }
+        assert!(forward_copy(b"\x9f\xff").is_err());
+        assert!(forward_copy(b"").is_err());
+    }
 }

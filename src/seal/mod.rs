@@ -377,7 +377,7 @@ fn parse(b: &Bundle) -> Result<Parsed, SealError> {
         .map_err(|_| SealError::NotSealed("destination tag is not 16 bytes of hex".into()))?;
     let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
         .map_err(|e| SealError::NotSealed(e.to_string()))?;
-    if body.opened.len() % TAG_LEN != 0 || body.opened.len() > MAX_REVEALS * TAG_LEN {
+    if !body.opened.len().is_multiple_of(TAG_LEN) || body.opened.len() > MAX_REVEALS * TAG_LEN {
         return Err(SealError::NotSealed(format!(
             "its list of delivery secrets is {} bytes, not a multiple of {TAG_LEN} up to {}",
             body.opened.len(),
@@ -415,7 +415,12 @@ pub fn usable_key(k: &[u8; 32]) -> bool {
 
 /// Whether a bundle is a sealed one (by its shape; says nothing about validity).
 pub fn is_sealed(b: &Bundle) -> bool {
-    b.primary.source.is_null() && b.primary.destination.node_name() == Some(SEALED_NODE)
+    is_sealed_primary(&b.primary)
+}
+
+/// [`is_sealed`] from the primary block alone.
+pub fn is_sealed_primary(p: &crate::bundle::PrimaryBlock) -> bool {
+    p.source.is_null() && p.destination.node_name() == Some(SEALED_NODE)
 }
 
 /// A fresh X25519 public key whose secret is forgotten at once: sealing for it makes a

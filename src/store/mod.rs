@@ -103,6 +103,13 @@ pub mod cf {
 }
 
 const META_SCHEMA: &[u8] = b"schema";
+/// Prefix of the marks of bundles a batch import stored and has not settled yet (receipts,
+/// tombstones, opening): `unsettled/` ‖ bundle key → ().
+const META_UNSETTLED: &[u8] = b"unsettled/";
+
+fn unsettled_key(key: &[u8; 32]) -> Vec<u8> {
+    [META_UNSETTLED, key].concat()
+}
 const META_SEQ: &[u8] = b"creation_seq";
 const SCHEMA_VERSION: u64 = 1;
 
@@ -178,6 +185,8 @@ pub struct Stored {
 /// How many commit announcements a slow subscriber may fall behind before it is told it
 /// lagged (it then looks at the store afresh).
 const COMMITS_BACKLOG: usize = 4096;
+/// Bundles of at least this many bytes are kept in RocksDB's blob files.
+const BLOB_MIN: u64 = 4096;
 
 impl Store {
     /// Open (creating if needed) the store at `path`.
@@ -203,6 +212,17 @@ impl Store {
             bo.set_block_cache(&cache);
             o.set_block_based_table_factory(&bo);
             o.set_max_write_buffer_number(2);
+            if *name == cf::BUNDLES {
+                // Bundle bytes of 4 KiB and more live in blob files: a flush writes them once
+                // and compactions move only their keys (a megabyte file is not rewritten at
+                // every level). Mostly sealed, so not compressed; blobs of deleted bundles
+                // are reclaimed as compactions reach their files.
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(BLOB_MIN);
+                o.set_blob_file_size(64 << 20);
+                o.set_blob_compression_type(DBCompressionType::None);
+                o.set_enable_blob_gc(true);
+            }
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
@@ -484,6 +504,24 @@ impl Store {
                 break;
             }
             out.push(key32(&k[p.len()..])?);
+        }
+        Ok(out)
+    }
+
+    /// Bundles a batch import stored and did not settle (it was stopped in between):
+    /// the next import settles them.
+    pub fn unsettled(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(cf::META),
+            IteratorMode::From(META_UNSETTLED, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(META_UNSETTLED) {
+                break;
+            }
+            out.push(key32(&k[META_UNSETTLED.len()..])?);
         }
         Ok(out)
     }

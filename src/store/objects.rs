@@ -355,7 +355,9 @@ impl Store {
     /// Commit rebuilt objects in one synced batch, together with `extra` metadata writes
     /// (`(column family, key, value)`): store the bundles (deduplicated), record the status
     /// of each object stored, and drop their partial shards. A refused object leaves
-    /// nothing behind: a later copy is looked at afresh. Sealed bundles newly stored are
+    /// nothing behind: a later copy is looked at afresh. What is newly stored is marked
+    /// unsettled until a [`crate::route::delivery::Batch`] settles it ([`Store::unsettled`]).
+    /// Sealed bundles newly stored are
     /// held for relaying under the contact `from` (when given) and count against the
     /// sealed bound, which is enforced before this returns.
     pub fn commit_rebuilt(
@@ -378,6 +380,11 @@ impl Store {
             if let Ok(vbs) = &it.result {
                 for vb in vbs {
                     let o = self.stage_put(&mut batch, vb, now, &mut staged)?;
+                    if o == PutOutcome::New {
+                        // Settled by the caller's next commit; until then, by the next
+                        // import if this one is stopped first.
+                        batch.put_cf(self.cf(cf::META), super::unsettled_key(&vb.id().key()), []);
+                    }
                     if let (PutOutcome::New, Some(tag), true) = (o, from, vb.is_sealed()) {
                         let size = vb.raw().len() as u64;
                         self.stage_relayed(&mut batch, &vb.id().key(), tag, now, size);

@@ -415,6 +415,9 @@ impl RouteStore for Store {
         for key in &change.private {
             batch.put_cf(self.cf(cf::PRIVATE), key, []);
         }
+        for key in &change.settled {
+            batch.delete_cf(self.cf(cf::META), super::unsettled_key(key));
+        }
         self.write_synced(batch)?;
         if relayed.count > 0 {
             self.bound_sealed(relayed)?;

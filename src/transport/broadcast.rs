@@ -120,7 +120,7 @@ pub fn publish(
         ));
     }
     if opts.symbol_size < 64
-        || opts.symbol_size % 8 != 0
+        || !opts.symbol_size.is_multiple_of(8)
         || opts.file_size < 2 * opts.symbol_size as usize
     {
         return Err(BroadcastError::Options(
@@ -529,6 +529,9 @@ pub fn ingest_with(
             .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
     }
     node.store.purge_stale_objects(opts.now)?;
+    // What an interrupted ingest or import stored and did not settle is settled first.
+    node.settle_unsettled(opts.now)
+        .map_err(|e| BroadcastError::Delivery(e.to_string()))?;
     let mut problems = Vec::new();
     let files = feed_files(dir, &mut problems)?;
     for p in problems {

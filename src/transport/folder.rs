@@ -21,8 +21,8 @@ use super::{sync_dir, Capped, TMP_PREFIX};
 use crate::bundle::{Eid, VerifiedBundle};
 use crate::fec::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
 use crate::fec::{self, ObjectId, Params, Policy, Shard};
-use crate::node::Node;
-use crate::route::delivery::ContactTag;
+use crate::node::{Node, SettleReport};
+use crate::route::delivery::{Arriving, ContactTag, RECEIPT_BATCH};
 use crate::route::{self, Candidate, Skipped};
 use crate::store::{ObjectStatus, PartialShard, PutOutcome, Rebuilt, StoreError};
 use crate::sync::have::HaveSummary;
@@ -52,6 +52,9 @@ const PENDING_BUDGET: usize = 128 * 1024 * 1024;
 const MAX_REPORTS_PER_FILE: usize = 50;
 /// Rebuilt bundles are committed in slices of about this many bytes (bounds memory).
 const COMMIT_BYTES: usize = 8 << 20;
+/// Stored bundles wait, opened, for their receipts to be made in bulk up to this many
+/// bytes (or [`RECEIPT_BATCH`] bundles): memory stays bounded by it.
+const SETTLE_BYTES: usize = 32 << 20;
 /// Shards of an object that stays incomplete this long are dropped.
 pub const PARTIAL_MAX_AGE_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Catalog and have-summary files larger than this are refused.
@@ -550,6 +553,10 @@ struct Importer<'a> {
     incomplete: HashSet<ObjectId>,
     /// This stick, for the store's fairness between contacts (random: sticks name nobody).
     contact: ContactTag,
+    /// Stored, verified and opened, and waiting to be settled (receipts made in bulk).
+    unsettled: Vec<Arriving>,
+    unsettled_bytes: usize,
+    settled: SettleReport,
 }
 
 impl Importer<'_> {
@@ -638,7 +645,8 @@ impl Importer<'_> {
         }
     }
 
-    /// Verify (in parallel) and durably store everything rebuilt so far.
+    /// Verify and open (in parallel) and durably store everything rebuilt so far; what is
+    /// new waits, already verified and opened, for [`Importer::settle`].
     fn commit(&mut self) -> Result<(), FolderError> {
         use rayon::prelude::*;
         if self.queue.is_empty() {
@@ -647,23 +655,32 @@ impl Importer<'_> {
         self.queue_bytes = 0;
         let queued = std::mem::take(&mut self.queue);
         let now = self.now;
-        let decoded: Vec<Result<VerifiedBundle, String>> = queued
-            .par_iter()
-            .map(|q| {
-                let bytes = q.bytes.as_ref().map_err(String::clone)?;
-                let vb = VerifiedBundle::decode(bytes)
+        let me = &self.node.identity;
+        let (queued, bytes): (Vec<Queued>, Vec<Result<Vec<u8>, String>>) = queued
+            .into_iter()
+            .map(|mut q| {
+                let b = std::mem::replace(&mut q.bytes, Ok(Vec::new()));
+                (q, b)
+            })
+            .unzip();
+        let decoded: Vec<Result<Arriving, String>> = bytes
+            .into_par_iter()
+            .map(|bytes| {
+                let vb = VerifiedBundle::decode_owned(bytes?)
                     .map_err(|e| format!("rebuilt bundle refused: {e}"))?;
                 let exp = vb.bundle().expires_at(now);
                 if exp <= now {
                     return Err(format!("bundle expired at {}", exp.to_rfc3339()));
                 }
-                Ok(vb)
+                Ok(Arriving::new(vb, me))
             })
             .collect();
         let mut items = Vec::with_capacity(queued.len());
         let mut parity = Vec::with_capacity(queued.len());
+        let mut opened = Vec::with_capacity(queued.len());
         for (q, d) in queued.into_iter().zip(decoded) {
-            let result = d.and_then(|vb| {
+            let result = d.and_then(|a| {
+                let (vb, o) = a.split();
                 // Only what this store does not hold yet counts against the quota (a
                 // store error counts it too: the quota errs on the safe side).
                 let store = &self.node.store;
@@ -678,8 +695,12 @@ impl Importer<'_> {
                         ));
                     }
                 }
+                opened.push(o);
                 Ok(vec![vb])
             });
+            if result.is_err() {
+                opened.push(None);
+            }
             items.push(Rebuilt {
                 object: q.object,
                 result,
@@ -692,24 +713,44 @@ impl Importer<'_> {
                 .store
                 .commit_rebuilt(&items, &[], self.now, Some(&self.contact))?;
         self.report.sealed_evicted += committed.sealed_evicted.count;
-        for ((it, par), out) in items.iter().zip(parity).zip(committed.outcomes) {
-            match (&it.result, out.first().copied()) {
-                (Ok(vbs), Some(PutOutcome::New)) => {
-                    let Some(vb) = vbs.first() else { continue };
+        for (((it, par), out), o) in items
+            .into_iter()
+            .zip(parity)
+            .zip(committed.outcomes)
+            .zip(opened)
+        {
+            match (it.result, out.first().copied()) {
+                (Ok(mut vbs), Some(PutOutcome::New)) => {
+                    let Some(vb) = vbs.pop() else { continue };
                     self.report.new += 1;
                     self.report.stored.push(vb.id().key());
                     if par {
                         self.report.rebuilt_from_parity += 1;
                     }
+                    self.unsettled_bytes += vb.raw().len();
+                    self.unsettled.push(Arriving::join(vb, o));
                 }
                 (Ok(_), _) => self.report.duplicate += 1,
                 (Err(reason), _) => self.report.refused.push(Rejection {
                     file: format!("object {}", hex::encode(&it.object[..8])),
-                    reason: reason.clone(),
+                    reason,
                 }),
             }
         }
+        if self.unsettled.len() >= RECEIPT_BATCH || self.unsettled_bytes >= SETTLE_BYTES {
+            self.settle()?;
+        }
         Ok(())
+    }
+
+    /// Routing duties for what the commits stored (receipts for what reached its
+    /// destination here, in bulk; receipts that arrived applied), in one atomic batch.
+    fn settle(&mut self) -> Result<(), FolderError> {
+        let arriving = std::mem::take(&mut self.unsettled);
+        self.unsettled_bytes = 0;
+        self.node
+            .settle_prepared(arriving, self.now, &mut self.settled)
+            .map_err(|e| FolderError::Delivery(e.to_string()))
     }
 
     /// Move incomplete objects from memory to the store (which keeps them within its
@@ -753,6 +794,10 @@ pub fn import(
             .purge_partial(DtnTime(opts.now.0 - PARTIAL_MAX_AGE_MS))?;
     }
     node.store.purge_stale_objects(opts.now)?;
+    // What an interrupted import stored and did not settle is settled first.
+    let recovered = node
+        .settle_unsettled(opts.now)
+        .map_err(|e| FolderError::Delivery(e.to_string()))?;
     let mut problems = Vec::new();
     let mut imp = Importer {
         node,
@@ -767,6 +812,9 @@ pub fn import(
         sealed: 0,
         incomplete: HashSet::new(),
         contact: rand_bytes(),
+        unsettled: Vec::new(),
+        unsettled_bytes: 0,
+        settled: recovered,
     };
     let reject = |r: &mut ImportReport, file: &Path, reason: String| {
         let file = file.display().to_string();
@@ -925,9 +973,8 @@ pub fn import(
         }
     }
     // Receipts for what reached its destination here; receipts that arrived applied.
-    let settled = node
-        .settle_arrivals(&imp.report.stored, opts.now)
-        .map_err(|e| FolderError::Delivery(e.to_string()))?;
+    imp.settle()?;
+    let settled = std::mem::take(&mut imp.settled);
     imp.report.delivered = settled.delivered;
     imp.report.purged = settled.purged;
     imp.report.already_delivered = settled.dropped.len();

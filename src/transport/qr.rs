@@ -295,6 +295,10 @@ pub fn import(
         ..Default::default()
     };
     pb.set_length(files.len() as u64);
+    // What an interrupted import stored and did not settle is settled first.
+    let recovered = node
+        .settle_unsettled(now)
+        .map_err(|e| QrTransportError::Delivery(e.to_string()))?;
     // Pictures decoded on every core.
     let scans: Vec<(String, Result<Vec<String>, String>)> = files
         .par_iter()
@@ -470,7 +474,7 @@ pub fn import(
     let dropped: HashSet<[u8; 32]> = settled.dropped.iter().copied().collect();
     report.new -= dropped.len().min(report.new);
     report.stored.retain(|k| !dropped.contains(k));
-    report.delivered = settled.delivered;
-    report.purged = settled.purged;
+    report.delivered = settled.delivered + recovered.delivered;
+    report.purged = settled.purged + recovered.purged;
     Ok(report)
 }

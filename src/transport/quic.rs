@@ -403,11 +403,17 @@ impl<'a> NodeIo<'a> {
     }
 
     fn take(&mut self, bytes: Vec<u8>, copies: Option<u32>) -> Result<[u8; 32], String> {
-        let b = crate::bundle::Bundle::decode(&bytes).map_err(|e| e.to_string())?;
-        let id = b.id();
+        // The primary block alone: the whole bundle is decoded and verified once, with
+        // the others of its flush, in parallel.
+        let p = crate::bundle::Bundle::decode_primary(&bytes).map_err(|e| e.to_string())?;
+        let id = crate::bundle::BundleId {
+            source: p.source.clone(),
+            created: p.created,
+            fragment: p.fragment,
+        };
         // The quota counts what is new to this store; a bundle refused for it is not
         // remembered, so a later session may bring it.
-        if crate::seal::is_sealed(&b) {
+        if crate::seal::is_sealed_primary(&p) {
             let known = self
                 .node
                 .store
