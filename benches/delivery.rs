@@ -13,6 +13,10 @@
 //! `DELIVERY_BIG` the count of 1 MiB files (default 100).
 //!
 //! Run: `cargo bench --bench delivery`.
+//!
+//! Profiling one phase: `DELIVERY_PERF=<fifo>` (with `DELIVERY_PHASE` one of `export`,
+//! `import`, `ingest`, `quic`) writes `enable`/`disable` around that phase into perf's
+//! control fifo, for `perf record -D -1 --control fifo:<fifo> …`.
 
 use indicatif::ProgressBar;
 use mycelium::adu::{self, FileMessage, Message};
@@ -36,6 +40,20 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Tell a `perf record --control fifo:…` to sample only while `phase` runs.
+fn perf_ctl(phase: &str, on: bool) {
+    let (Some(fifo), Ok(want)) = (
+        std::env::var_os("DELIVERY_PERF"),
+        std::env::var("DELIVERY_PHASE"),
+    ) else {
+        return;
+    };
+    if want == phase {
+        let cmd: &[u8] = if on { b"enable\n" } else { b"disable\n" };
+        std::fs::write(fifo, cmd).expect("perf control fifo");
+    }
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -164,6 +182,7 @@ fn media(
 
     // Stick: export, then import at the recipient.
     let stick = root.join(format!("{label}-stick"));
+    perf_ctl("export", true);
     let t = Instant::now();
     let e = folder::export(
         sender,
@@ -181,10 +200,12 @@ fn media(
     )
     .expect("export");
     let export_s = t.elapsed().as_secs_f64();
+    perf_ctl("export", false);
     assert_eq!(e.bundles, count);
     let drive = dir_bytes(&stick);
     let base = cp_sync(&stick, &root.join(format!("{label}-stick-copy")));
     let b = recipient(root, &format!("{label}-b-stick"), key_file, sender);
+    perf_ctl("import", true);
     let t = Instant::now();
     let i = folder::import(
         &b,
@@ -194,6 +215,7 @@ fn media(
     )
     .expect("import");
     let import_s = t.elapsed().as_secs_f64();
+    perf_ctl("import", false);
     assert_eq!(i.delivered, count, "{i:?}");
     assert_eq!(inbox_len(&b), count);
     rows.push(Row {
@@ -239,6 +261,7 @@ fn media(
                 mycelium::store::TRUST_BROADCAST,
             )
             .expect("trust");
+        perf_ctl("ingest", true);
         let t = Instant::now();
         let g = broadcast::ingest(
             &b,
@@ -251,6 +274,7 @@ fn media(
         )
         .expect("ingest");
         let ingest_s = t.elapsed().as_secs_f64();
+        perf_ctl("ingest", false);
         assert!(p.bundles >= count, "{p:?}");
         assert_eq!(inbox_len(&b), count, "{g:?}");
         rows.push(Row {
@@ -283,11 +307,13 @@ fn media(
         sender,
     ));
     let (addr, stop) = serve(rt, b.clone());
+    perf_ctl("quic", true);
     let t = Instant::now();
     let r = rt
         .block_on(quic::sync_with(sender, addr, None, &QuicConfig::default()))
         .expect("sync");
     let quic_s = t.elapsed().as_secs_f64();
+    perf_ctl("quic", false);
     assert_eq!(inbox_len(&b), count, "{r:?}");
     rows.push(Row {
         what: format!("{label}: QUIC sync (delivered)"),

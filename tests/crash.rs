@@ -1,7 +1,8 @@
 //! Crash safety: SIGKILL the real binary at random points of import and export, 50 times,
-//! and the receiving daemon at random points of a sync, 12 times. Afterwards the store
-//! opens, every bundle an import reported is there and verifies, the indexes agree with
-//! the bundles, the drive is still importable, and every delivery has its receipt.
+//! of a feed ingest, 12 times, and the receiving daemon at random points of a sync, 12
+//! times. Afterwards the store opens, every bundle an import reported is there and
+//! verifies, the indexes agree with the bundles, the drive is still importable, and every
+//! delivery has its receipt.
 
 use assert_cmd::cargo::cargo_bin;
 use indicatif::ProgressBar;
@@ -9,6 +10,7 @@ use mycelium::adu::{self, FileMessage, Message};
 use mycelium::fec::Policy;
 use mycelium::node::Node;
 use mycelium::time::DtnTime;
+use mycelium::transport::broadcast::{self, PublishOptions};
 use mycelium::transport::folder::{self, ExportOptions, ImportOptions};
 use std::collections::HashSet;
 use std::path::Path;
@@ -169,6 +171,12 @@ fn sigkill_during_import_and_export_loses_nothing_reported() {
             .count();
         assert_eq!(originals, 300);
         assert_eq!(n.store.partial_summary().unwrap().objects, 0);
+        // What a kill left stored and unsettled was settled by a later import: every
+        // message delivered here has its receipt and tombstone.
+        assert!(n.store.unsettled().unwrap().is_empty());
+        let b_id = n.node_id().to_string();
+        drop(n);
+        inbox_all_marked_delivered(&b, &b_id);
     }
 
     // Export: 25 interrupted runs onto fresh drives; each drive must import cleanly.
@@ -295,16 +303,7 @@ fn sigkill_during_sync_loses_nothing_and_every_delivery_gets_its_receipt() {
             d.stop();
         }
         check_store(&b);
-        let n = Node::open(&b).unwrap();
-        for item in n.inbox().unwrap() {
-            let stone = n.store.tombstones().unwrap();
-            assert!(
-                stone
-                    .iter()
-                    .any(|(k, s)| *k == item.key && s.signer == b_id && s.verified),
-                "a message in the inbox is not marked delivered after a kill"
-            );
-        }
+        inbox_all_marked_delivered(&b, &b_id);
     }
     assert!(killed >= 5, "only {killed} of 12 syncs were interrupted");
 
@@ -331,5 +330,94 @@ fn sigkill_during_sync_loses_nothing_and_every_delivery_gets_its_receipt() {
         left.is_empty(),
         "the sender still holds {} of its messages: a delivery lost its receipt",
         left.len()
+    );
+}
+
+/// Every message in `home`'s inbox is tombstoned as delivered by `me`.
+fn inbox_all_marked_delivered(home: &Path, me: &str) {
+    let n = Node::open(home).unwrap();
+    let stones = n.store.tombstones().unwrap();
+    for item in n.inbox().unwrap() {
+        assert!(
+            stones
+                .iter()
+                .any(|(k, s)| *k == item.key && s.signer == me && s.verified),
+            "a message in the inbox is not marked delivered after a kill"
+        );
+    }
+}
+
+/// SIGKILL `broadcast ingest` of a feed of sealed messages at random points, 12 times.
+/// Ingest stores rebuilt segments in batches and settles them (opens, delivers, makes the
+/// receipts) in later commits; what a kill left stored and unsettled is settled by the
+/// next ingest. After every kill the store agrees with its indexes and every message in
+/// the inbox is marked delivered; in the end every message arrived once and the receipts,
+/// carried home by a sync, let the sender drop every copy.
+#[test]
+fn sigkill_during_feed_ingest_loses_nothing_and_every_delivery_gets_its_receipt() {
+    const COUNT: usize = 300;
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fill_sealed(&a, &b, COUNT);
+    let feed = t.path().join("feed");
+    let (a_id, a_xpk) = {
+        let an = Node::open(&a).unwrap();
+        let o = PublishOptions::new(DtnTime::now());
+        broadcast::publish(&an, &feed, &o, &ProgressBar::hidden()).unwrap();
+        (an.node_id().to_string(), an.identity.seal_key().public())
+    };
+    let trusting = |home: &Path| {
+        let n = Node::open(home).unwrap();
+        n.store
+            .add_trust(&a_id, mycelium::store::TRUST_BROADCAST)
+            .unwrap();
+        n.store.set_contact(&a_id, &a_xpk).unwrap();
+    };
+    trusting(&b);
+    // How long a whole ingest takes, into a copy of b with b's identity.
+    let scratch = t.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::copy(b.join("identity.key"), scratch.join("identity.key")).unwrap();
+    trusting(&scratch);
+    let ingest = ["broadcast", "ingest", feed.to_str().unwrap()];
+    let full = time_of(&ingest, &scratch);
+    assert_eq!(Node::open(&scratch).unwrap().inbox().unwrap().len(), COUNT);
+
+    let b_id = Node::open(&b).unwrap().node_id().to_string();
+    let mut killed = 0;
+    for i in 0..12u64 {
+        let after = full.mul_f64(frac(300 + i) * 1.2);
+        killed += usize::from(run_or_kill(&ingest, &b, after).is_none());
+        check_store(&b);
+        inbox_all_marked_delivered(&b, &b_id);
+    }
+    assert!(killed >= 5, "only {killed} of 12 ingests were interrupted");
+    run_or_kill(&ingest, &b, Duration::from_secs(600)).unwrap();
+    {
+        let n = Node::open(&b).unwrap();
+        let inbox = n.inbox().unwrap();
+        assert_eq!(inbox.len(), COUNT);
+        let keys: HashSet<[u8; 32]> = inbox.iter().map(|i| i.key).collect();
+        assert_eq!(keys.len(), COUNT);
+        assert!(n.store.unsettled().unwrap().is_empty());
+    }
+    inbox_all_marked_delivered(&b, &b_id);
+
+    // The receipts go home with a sync: the sender holds nothing of its own.
+    let d = Daemon::start(&b, &[]);
+    assert!(sync_cli(&a, &d.addr()).wait().unwrap().success());
+    assert!(sync_cli(&a, &d.addr()).wait().unwrap().success());
+    d.stop();
+    let an = Node::open(&a).unwrap();
+    let left = an
+        .store
+        .records()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| r.kind == "message" || r.kind == "sealed")
+        .count();
+    assert_eq!(
+        left, 0,
+        "the sender still holds {left} of its messages: a delivery lost its receipt"
     );
 }

@@ -283,7 +283,7 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
         KIND_RECEIPTS => {
             let r: Receipts = body(&env)?;
             let n = r.bundles.len();
-            if n == 0 || n % 32 != 0 || n > MAX_RECEIPT_ENTRIES * 32 {
+            if n == 0 || !n.is_multiple_of(32) || n > MAX_RECEIPT_ENTRIES * 32 {
                 return Err(AduError::BadBody {
                     kind: env.kind.clone(),
                     reason: format!(

@@ -39,7 +39,7 @@ impl SegmentParams {
     }
 
     pub fn validate(&self) -> Result<(), FountainError> {
-        if self.symbol_size < 8 || self.symbol_size % 8 != 0 {
+        if self.symbol_size < 8 || !self.symbol_size.is_multiple_of(8) {
             return Err(FountainError::Params(format!(
                 "symbol size {} is not a positive multiple of 8",
                 self.symbol_size

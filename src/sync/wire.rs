@@ -155,7 +155,7 @@ impl Frame {
             }
             2 => Frame::Recon(body.to_vec()),
             3 => {
-                if body.is_empty() || body.len() % 32 != 0 {
+                if body.is_empty() || !body.len().is_multiple_of(32) {
                     return Err(bad("Want", "body is not a non-empty list of 32-byte keys"));
                 }
                 Frame::Want(

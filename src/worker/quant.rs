@@ -120,7 +120,7 @@ impl QMatrix {
                 )
             }
             "Q4_1" | "Q8_0" => {
-                if cols % QK != 0 {
+                if !cols.is_multiple_of(QK) {
                     return Err(shape("row length is not a multiple of 32"));
                 }
                 let size = if kind == "Q4_1" { 20 } else { 34 };
