@@ -115,7 +115,10 @@ fn run_seed(seed: u64) -> (usize, usize) {
         }
         let a = (rng.next_u64() % NODES as u64) as usize;
         let b = (a + 1 + (rng.next_u64() % (NODES as u64 - 1)) as usize) % NODES;
-        let cut = rng.next_u64().is_multiple_of(4).then(|| 3 + (rng.next_u64() % 6) as usize);
+        let cut = rng
+            .next_u64()
+            .is_multiple_of(4)
+            .then(|| 3 + (rng.next_u64() % 6) as usize);
         session(&nodes[a], &nodes[b], now, cut);
         contacts += 1;
     }
