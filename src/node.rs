@@ -78,6 +78,9 @@ pub struct Node {
     pub home: PathBuf,
     pub identity: Identity,
     pub store: Store,
+    /// One step of the marketplace's rules at a time on this node (see
+    /// `market::service`).
+    rules: std::sync::Mutex<()>,
 }
 
 /// A bundle addressed to this node, with its payload decoded where we can.
@@ -91,14 +94,20 @@ impl Node {
     /// Create a new node in `home`: identity (refusing to replace one) and store. (The
     /// `init` command also publishes the node record; see [`Node::publish_record`].)
     pub fn init(home: &Path) -> Result<Node, NodeError> {
+        Node::init_as(home, Identity::generate())
+    }
+
+    /// [`Node::init`] with a given identity: another front node of a replicated
+    /// marketplace signs as the same node.
+    pub fn init_as(home: &Path, identity: Identity) -> Result<Node, NodeError> {
         create_private_dir(home)?;
-        let identity = Identity::generate();
         identity.save_new(&home.join(KEY_FILE))?;
         let store = Store::open(&home.join(STORE_DIR))?;
         Ok(Node {
             home: home.to_path_buf(),
             identity,
             store,
+            rules: std::sync::Mutex::new(()),
         })
     }
 
@@ -115,6 +124,7 @@ impl Node {
             home: home.to_path_buf(),
             identity,
             store,
+            rules: std::sync::Mutex::new(()),
         })
     }
 
@@ -280,6 +290,12 @@ impl Node {
             }
         }
         Ok(c)
+    }
+
+    /// Held while one step of the marketplace's rules reads the ledger, decides and
+    /// commits: two at once on one node would decide on the same state.
+    pub fn rules_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The marketplace this node settles with (`mycelium market use`), if set.

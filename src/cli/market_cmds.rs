@@ -42,11 +42,15 @@ pub enum MarketCommand {
     Serve {
         #[command(flatten)]
         serve: Box<ServeArgs>,
+        #[command(flatten)]
+        ledger: LedgerArg,
     },
     /// Apply the marketplace's rules once to what the store holds, and print what happened
     Process {
         #[arg(long)]
         no_seal: bool,
+        #[command(flatten)]
+        ledger: LedgerArg,
     },
     /// Issue new credits to a node (the marketplace is the issuer)
     Grant {
@@ -56,9 +60,40 @@ pub enum MarketCommand {
         amount: u64,
         #[arg(long)]
         no_seal: bool,
+        #[command(flatten)]
+        ledger: LedgerArg,
     },
     /// Workers' records: from the ledger on the marketplace, else as it published them
-    Reputation,
+    Reputation {
+        #[command(flatten)]
+        ledger: LedgerArg,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LedgerArg {
+    /// Where the ledger is: etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster the
+    /// marketplace's front nodes share) [default: `ledger` under [market] in
+    /// <home>/config.toml, else this node's store]
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    pub ledger: Option<String>,
+}
+
+impl LedgerArg {
+    /// The flag, else the config file's `[market] ledger`.
+    fn address(&self, cli: &Cli) -> Result<Option<String>> {
+        if self.ledger.is_some() {
+            return Ok(self.ledger.clone());
+        }
+        let c = crate::daemon::config::load(&super::home(cli))?;
+        Ok(c.market.and_then(|m| m.ledger))
+    }
+
+    fn open(&self, cli: &Cli, node: &crate::node::Node) -> Result<service::Ledger> {
+        let addr = self.address(cli)?;
+        service::Ledger::open(node, addr.as_deref())
+            .with_context(|| format!("cannot reach the ledger at {}", addr.unwrap_or_default()))
+    }
 }
 
 fn print_events(cli: &Cli, processed: usize, sent: usize, events: &[Event]) {
@@ -89,21 +124,24 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
             }
             Ok(())
         }
-        MarketCommand::Serve { serve } => {
+        MarketCommand::Serve { serve, ledger } => {
             let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
             drop(node);
             let mut roles = super::net::serve_roles(cli, serve)?;
             roles.market = Some(crate::daemon::MarketRole {
                 seal: !serve.no_seal,
+                ledger: ledger.address(cli)?,
             });
             super::net::run_daemon(cli, roles, super::net::serve_printer(cli.json))
         }
-        MarketCommand::Process { no_seal } => {
+        MarketCommand::Process { no_seal, ledger } => {
             let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
-            let r = service::process(
+            let ledger = ledger.open(cli, &node)?;
+            let r = service::process_on(
                 &node,
+                &ledger,
                 DtnTime::now(),
                 !*no_seal,
                 &mut crate::worker::judge(&node.home),
@@ -115,13 +153,16 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
             to,
             amount,
             no_seal,
+            ledger,
         } => {
             let node = super::open(cli)?;
             node.set_market(&node.node_id())?;
             let to = parse_node(to)?.to_string();
-            let (id, events) = service::with_engine(&node, DtnTime::now(), !*no_seal, |e| {
-                e.grant(&to, *amount, "grant")
-            })?;
+            let ledger = ledger.open(cli, &node)?;
+            let (id, events) =
+                service::with_engine_on(&node, &ledger, DtnTime::now(), !*no_seal, |e| {
+                    e.grant(&to, *amount, "grant")
+                })?;
             if cli.json {
                 print_json(&json!({"payment": hex::encode(id), "to": to, "amount": amount}));
             } else {
@@ -131,16 +172,17 @@ pub fn market(cli: &Cli, c: &MarketCommand) -> Result<()> {
             }
             Ok(())
         }
-        MarketCommand::Reputation => reputation(cli),
+        MarketCommand::Reputation { ledger } => reputation(cli, ledger),
     }
 }
 
-fn reputation(cli: &Cli) -> Result<()> {
+fn reputation(cli: &Cli, ledger: &LedgerArg) -> Result<()> {
     let node = super::open(cli)?;
     let me = node.node_id();
     let mut rows: Vec<m::Reputation> = Vec::new();
     if node.market()? == Some(me.clone()) {
-        rows = service::workers(&node)?
+        let ledger = ledger.open(cli, &node)?;
+        rows = service::workers_on(&node, &ledger)?
             .into_iter()
             .map(|(_, w)| w.record)
             .collect();

@@ -53,7 +53,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create this node's identity and store
-    Init,
+    Init(node_cmds::InitArgs),
     /// Print this node's ID (--qr: also as a QR code, on the terminal and as PNG)
     Id(node_cmds::IdArgs),
     /// Create a signed message bundle for EID and store it for the next contact
@@ -282,7 +282,7 @@ fn route(cli: &Cli) -> Route {
     use broadcast::BroadcastCommand as B;
     use market_cmds::MarketCommand as M;
     match &cli.command {
-        Command::Init | Command::Demo(_) | Command::Verify { .. } => Route::Here,
+        Command::Init(_) | Command::Demo(_) | Command::Verify { .. } => Route::Here,
         Command::Worker(a) if matches!(a.cmd, Some(worker_cmds::WorkerCommand::Devices)) => {
             Route::Here
         }
@@ -366,7 +366,7 @@ fn absolutize(cli: &mut Cli, cwd: &Path) {
 /// Run the command here (on this process's node, or the daemon's inside it).
 pub fn run(cli: &Cli) -> Result<()> {
     match &cli.command {
-        Command::Init => node_cmds::init(cli),
+        Command::Init(a) => node_cmds::init(cli, a),
         Command::Id(a) => node_cmds::id(cli, a),
         Command::Qr(c) => qr_cmds::run(cli, c),
         Command::Send(a) => messages::send(cli, a),

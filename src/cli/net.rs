@@ -288,6 +288,7 @@ pub fn serve_roles(cli: &Cli, a: &ServeArgs) -> Result<Roles> {
     let mf = c.market.unwrap_or_default();
     let market = mf.enabled.unwrap_or(false).then(|| MarketRole {
         seal: !a.no_seal && mf.seal.unwrap_or(true),
+        ledger: mf.ledger.clone(),
     });
     let http = a.http.or(c
         .http

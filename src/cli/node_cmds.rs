@@ -17,10 +17,26 @@ pub enum ContactCommand {
     List,
 }
 
-pub fn init(cli: &Cli) -> Result<()> {
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Sign as the node whose home this is (its identity.key): another front node of a
+    /// replicated marketplace. Its own store; the same node ID.
+    #[arg(long, value_name = "HOME")]
+    pub same_identity_as: Option<PathBuf>,
+}
+
+pub fn init(cli: &Cli, a: &InitArgs) -> Result<()> {
     let h = home(cli);
-    let node =
-        Node::init(&h).with_context(|| format!("cannot initialise a node in {}", h.display()))?;
+    let node = match &a.same_identity_as {
+        None => Node::init(&h),
+        Some(other) => {
+            let key = other.join(crate::node::KEY_FILE);
+            let id = crate::identity::Identity::load(&key)
+                .with_context(|| format!("cannot read the identity in {}", key.display()))?;
+            Node::init_as(&h, id)
+        }
+    }
+    .with_context(|| format!("cannot initialise a node in {}", h.display()))?;
     // The signed node record: how others learn the key to seal bundles for this node.
     node.publish_record(DtnTime::now())?;
     if cli.json {

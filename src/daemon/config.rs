@@ -32,6 +32,8 @@
 //! [market]                         # the marketplace's rules (global side only)
 //! enabled = false
 //! seal = true
+//! ledger = "etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"  # shared by front nodes;
+//!                                  # absent: the ledger is in this node's store
 //!
 //! [telegram]                       # the Telegram bridge (at a gateway)
 //! enabled = false
@@ -121,6 +123,7 @@ pub struct WorkerFile {
 pub struct MarketFile {
     pub enabled: Option<bool>,
     pub seal: Option<bool>,
+    pub ledger: Option<String>,
 }
 
 /// `<home>/config.toml`, or the empty config when there is none.
@@ -151,9 +154,11 @@ pub struct WorkerRole {
     pub gpu: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MarketRole {
     pub seal: bool,
+    /// `etcd://HOST:PORT[,...]`: the ledger shared by front nodes; `None`: in the store.
+    pub ledger: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -235,6 +235,30 @@ pub async fn run(
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    // A front node of a replicated marketplace claims its own block of creation sequence
+    // numbers before it signs anything (it signs as the marketplace, like the others).
+    let mut ledger = None;
+    if let Some(addr) = roles.market.as_ref().and_then(|m| m.ledger.clone()) {
+        let n = node.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            crate::market::service::Ledger::open(&n, Some(&addr))
+        })
+        .await
+        .map_err(|e| DaemonError::Config(e.to_string()))?;
+        match opened {
+            Ok(l) => ledger = Some(l),
+            Err(e)
+                if node.store.next_creation_seq()? < 1 << crate::market::etcd::SEQ_BLOCK_BITS =>
+            {
+                return Err(DaemonError::Config(format!(
+                    "the marketplace's ledger: {e} (a new front node needs etcd once, to claim \
+                     its block of sequence numbers)"
+                )))
+            }
+            // Its block is claimed: run, and keep trying to reach the ledger.
+            Err(e) => tracing::warn!(error = %e, "the marketplace's ledger cannot be reached yet"),
+        }
+    }
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.store.purge_expired(DtnTime::now()))
         .await
@@ -433,9 +457,9 @@ pub async fn run(
         let (n, h, stop) = (node.clone(), hub.clone(), stop_rx.clone());
         tasks.spawn(roles::worker(n, w, h, stop));
     }
-    if let Some(m) = roles.market {
+    if let Some(m) = roles.market.clone() {
         let (n, h, stop) = (node.clone(), hub.clone(), stop_rx.clone());
-        tasks.spawn(roles::market(n, m, h, stop));
+        tasks.spawn(roles::market(n, m, ledger, h, stop));
     }
     if let Some(t) = roles.telegram.clone() {
         let (n, s, h, stop) = (node.clone(), shared.clone(), hub.clone(), stop_rx.clone());

@@ -132,39 +132,82 @@ pub async fn worker(node: Arc<Node>, role: WorkerRole, hub: Hub, stop: watch::Re
 }
 
 /// The marketplace's rules: applied at start, whenever a bundle is stored, and once a
-/// minute (deadlines pass without anything arriving).
-pub async fn market(node: Arc<Node>, role: MarketRole, hub: Hub, stop: watch::Receiver<bool>) {
+/// minute (deadlines pass without anything arriving). With the ledger in etcd: `ledger` is
+/// the connection made at start, or `None` to keep trying; a step that fails (etcd without
+/// a quorum, unreachable) is tried again within seconds, and what arrived meanwhile is
+/// stored and settled then.
+pub async fn market(
+    node: Arc<Node>,
+    role: MarketRole,
+    mut ledger: Option<crate::market::service::Ledger>,
+    hub: Hub,
+    stop: watch::Receiver<bool>,
+) {
+    use crate::market::service::Ledger;
     let mut rx = node.store.subscribe();
     let any = |_: &crate::store::Stored| true;
+    if role.ledger.is_none() {
+        ledger = Some(Ledger::Local);
+    }
     // The models this node holds judge `generate` answers; loaded once, kept between runs.
     let judge = Arc::new(std::sync::Mutex::new(crate::worker::judge(&node.home)));
     loop {
-        let (n, seal, judge) = (node.clone(), role.seal, judge.clone());
-        let r = tokio::task::spawn_blocking(move || {
-            let mut judge = judge.lock().unwrap_or_else(|p| p.into_inner());
-            crate::market::service::process(&n, DtnTime::now(), seal, &mut *judge)
-        })
-        .await;
-        match r {
-            Ok(Ok(r)) => {
-                for e in &r.events {
+        let mut failed = false;
+        if ledger.is_none() {
+            let (n, addr) = (node.clone(), role.ledger.clone());
+            match tokio::task::spawn_blocking(move || Ledger::open(&n, addr.as_deref())).await {
+                Ok(Ok(l)) => {
                     hub.emit(Event::Market {
-                        text: crate::market::describe(e),
+                        text: "the ledger in etcd answers".into(),
                     });
+                    ledger = Some(l);
+                }
+                Ok(Err(e)) => {
+                    failed = true;
+                    hub.emit(Event::Error {
+                        role: "market".into(),
+                        message: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    failed = true;
+                    hub.emit(Event::Error {
+                        role: "market".into(),
+                        message: format!("stopped unexpectedly: {e}"),
+                    })
                 }
             }
-            Ok(Err(e)) => hub.emit(Event::Error {
-                role: "market".into(),
-                message: e.to_string(),
-            }),
-            Err(e) => hub.emit(Event::Error {
-                role: "market".into(),
-                message: format!("stopped unexpectedly: {e}"),
-            }),
         }
+        if let Some(l) = ledger.clone() {
+            let (n, seal, judge) = (node.clone(), role.seal, judge.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let mut judge = judge.lock().unwrap_or_else(|p| p.into_inner());
+                crate::market::service::process_on(&n, &l, DtnTime::now(), seal, &mut *judge)
+            })
+            .await;
+            failed = !matches!(r, Ok(Ok(_)));
+            match r {
+                Ok(Ok(r)) => {
+                    for e in &r.events {
+                        hub.emit(Event::Market {
+                            text: crate::market::describe(e),
+                        });
+                    }
+                }
+                Ok(Err(e)) => hub.emit(Event::Error {
+                    role: "market".into(),
+                    message: e.to_string(),
+                }),
+                Err(e) => hub.emit(Event::Error {
+                    role: "market".into(),
+                    message: format!("stopped unexpectedly: {e}"),
+                }),
+            }
+        }
+        let wait = Duration::from_secs(if failed { 2 } else { 60 });
         tokio::select! {
             w = next_wake(&mut rx, &stop, &any) => if !w { return },
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -14,6 +14,8 @@
 
 pub mod agree;
 pub mod engine;
+#[cfg(feature = "store")]
+pub mod etcd;
 pub mod ledger;
 #[cfg(feature = "store")]
 pub mod service;

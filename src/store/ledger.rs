@@ -82,4 +82,20 @@ impl Store {
             .map(|seq| CreationTimestamp { time: now, seq })
             .collect())
     }
+
+    /// The creation sequence number the next bundle made here will have.
+    pub fn next_creation_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(super::META_SEQ)?.map_or(0, |s| s + 1))
+    }
+
+    /// Make every creation sequence number from now on at least `floor` (a front node of
+    /// a replicated marketplace moves to the block it claimed). Never lowers the counter.
+    pub fn raise_creation_seq(&self, floor: u64) -> Result<(), StoreError> {
+        let _g = self.lock_writes();
+        let next = self.meta_u64(super::META_SEQ)?.map_or(0, |s| s + 1);
+        if next < floor {
+            self.put_meta_u64(super::META_SEQ, floor - 1)?;
+        }
+        Ok(())
+    }
 }

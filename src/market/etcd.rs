@@ -1,0 +1,546 @@
+//! The marketplace's ledger in an etcd v3 cluster, shared by several front nodes: one
+//! marketplace identity, each front node its own home and store, one ledger.
+//!
+//! - Reads ([`Snapshot`], the rules' [`Kv`]) are pinned to one etcd revision and remember
+//!   what they saw: every key's `mod_revision` (0 when absent) and every prefix scanned.
+//! - [`EtcdLedger::commit`] is one etcd transaction: it applies the batch's writes and puts
+//!   the bundles the batch sends into an outbox, only if every key read still has the
+//!   revision it was read at and no key under a scanned prefix changed since (a key added
+//!   there fails it too). Two front nodes deciding on the same state: one commits, the
+//!   other sees [`Committed::Conflict`] and runs its batch again on the new state. So a
+//!   payment, a result or an escrow is applied once, and each outgoing bundle is signed
+//!   once, by whichever front node's batch commits.
+//! - The outbox (`out/<bundle key>`) keeps those bundles until a front node has stored them:
+//!   the one that committed stores and clears them at once; if it dies first, any front
+//!   node's next step takes them ([`EtcdLedger::outbox`]).
+//! - Sequence blocks: front nodes sign as one BPv7 source, so each claims, when it
+//!   connects, a block of 2^40 creation sequence numbers no other front node ever uses
+//!   ([`EtcdLedger::claim_sequence_block`]); no (creation time, sequence number) pair
+//!   repeats across them.
+//!
+//! Keys live under `mycelium/market/<marketplace node ID>/`, so one cluster can hold
+//! several marketplaces. etcd's default `--max-txn-ops` (128) is too small for a batch:
+//! batches shrink when etcd refuses one, and the error names the setting (README).
+//!
+//! Owns: talking to etcd for the ledger. Blocking calls over its own small runtime.
+
+use super::ledger::{Entries, Kv, KvWrite};
+use super::MarketError;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Sequence numbers per front node's block (see the module comment).
+pub const SEQ_BLOCK_BITS: u32 = 40;
+
+const OUTBOX: &[u8] = b"out/";
+const DONE: &[u8] = b"done/";
+const SEQ_BLOCK: &[u8] = b"fronts/seq-block";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("ledger address {0:?}: expected etcd://HOST:PORT[,HOST:PORT...]")]
+    Address(String),
+    #[error("etcd at {endpoints}: {reason}")]
+    Etcd { endpoints: String, reason: String },
+    #[error(
+        "etcd at {endpoints} refused a transaction of {ops} operations ({reason}); start its \
+         members with a larger --max-txn-ops (8192) and --max-request-bytes (see the README)"
+    )]
+    TooLarge {
+        endpoints: String,
+        ops: usize,
+        reason: String,
+    },
+    #[error("ledger entry {0} in etcd is corrupt")]
+    Corrupt(String),
+}
+
+/// How a [`EtcdLedger::commit`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    Yes,
+    /// Something this batch read changed before it committed: nothing was written.
+    Conflict,
+}
+
+/// A connection to the cluster for one marketplace's ledger.
+pub struct EtcdLedger {
+    rt: Option<tokio::runtime::Runtime>,
+    /// One client per member: requests go to `current` and move to the next member when it
+    /// cannot answer (down, cut off, without a leader).
+    clients: Vec<Client>,
+    current: AtomicUsize,
+    ns: Vec<u8>,
+    endpoints: String,
+}
+
+/// gRPC codes worth asking another member for (tonic's numbering): cancelled, unknown,
+/// deadline exceeded, aborted, internal, unavailable.
+const RETRY_CODES: [i32; 6] = [1, 2, 4, 10, 13, 14];
+
+/// Whether another member might answer where this one failed.
+fn member_failed(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => RETRY_CODES.contains(&i32::from(s.code())),
+        _ => false,
+    }
+}
+
+impl Drop for EtcdLedger {
+    fn drop(&mut self) {
+        // Dropped from async code too (the daemon's roles): never block there.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// `etcd://h1:p1,h2:p2` → the endpoints as URLs.
+pub fn parse_address(addr: &str) -> Result<Vec<String>, EtcdError> {
+    let bad = || EtcdError::Address(addr.to_string());
+    let rest = addr.strip_prefix("etcd://").ok_or_else(bad)?;
+    let mut eps = Vec::new();
+    for hp in rest.split(',') {
+        let (host, port) = hp.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty()
+            || port.parse::<u16>().is_err()
+            || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+        {
+            return Err(bad());
+        }
+        eps.push(format!("http://{host}:{port}"));
+    }
+    Ok(eps)
+}
+
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl EtcdLedger {
+    /// Connect to the cluster at `addr` (`etcd://HOST:PORT[,...]`) for the ledger of the
+    /// marketplace `market` (its node ID). Fails when no member answers within a few
+    /// seconds.
+    pub fn connect(addr: &str, market: &str) -> Result<EtcdLedger, EtcdError> {
+        let eps = parse_address(addr)?;
+        let endpoints = eps.join(",");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| EtcdError::Etcd {
+                endpoints: endpoints.clone(),
+                reason: format!("cannot start its runtime: {e}"),
+            })?;
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from its cluster says so at once instead of waiting.
+            .with_require_leader(true);
+        let mut clients = Vec::with_capacity(eps.len());
+        for ep in eps {
+            // Connections are made when first used: a member down now is no error yet.
+            let c = rt
+                .block_on(Client::connect([ep], Some(opts.clone())))
+                .map_err(|e| EtcdError::Etcd {
+                    endpoints: endpoints.clone(),
+                    reason: e.to_string(),
+                })?;
+            clients.push(c);
+        }
+        let l = EtcdLedger {
+            rt: Some(rt),
+            clients,
+            current: AtomicUsize::new(0),
+            ns: format!("mycelium/market/{market}/").into_bytes(),
+            endpoints,
+        };
+        // One read: the cluster answers, with a quorum.
+        l.get_latest(b"seq")?;
+        Ok(l)
+    }
+
+    /// The members, as given.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    fn err(&self, e: etcd_client::Error) -> EtcdError {
+        EtcdError::Etcd {
+            endpoints: self.endpoints.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            // Only `drop` takes the runtime.
+            None => unreachable!("the runtime lives as long as the ledger"),
+        }
+    }
+
+    /// Run `f` on the current member's client; where that member cannot answer, on the
+    /// next, each member once. The last error when none answers.
+    fn call<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            match self.block_on(f(self.clients[at].clone())) {
+                Ok(v) => {
+                    if i > 0 {
+                        self.current.store(at, Ordering::Relaxed);
+                        tracing::info!(member = at, "etcd: moved to another member");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if member_failed(&e) => {
+                    tracing::debug!(member = at, error = %e, "etcd member did not answer");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd members".into())))
+    }
+
+    fn key(&self, k: &[u8]) -> Vec<u8> {
+        [self.ns.as_slice(), k].concat()
+    }
+
+    fn get_latest(&self, k: &[u8]) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
+        let key = self.key(k);
+        let r = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(r.kvs()
+            .first()
+            .map(|x| (x.value().to_vec(), x.mod_revision())))
+    }
+
+    /// A consistent view of the ledger for one batch (pinned at its first read).
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            l: self,
+            rev: Cell::new(0),
+            seen: RefCell::new(BTreeMap::new()),
+            scanned: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Apply `writes` and put `outbox` entries (`(bundle key, value)`) if nothing `snap`
+    /// read has changed. Writes under `done/` (the "processed" marks) are kept for
+    /// `done_ttl_s` seconds (an etcd lease), then etcd forgets them: by then the bundles
+    /// they mark have expired and are no longer processed.
+    pub fn commit(
+        &self,
+        snap: &Snapshot,
+        writes: &[KvWrite],
+        outbox: &[([u8; 32], Vec<u8>)],
+        done_ttl_s: i64,
+    ) -> Result<Committed, EtcdError> {
+        let lease = if writes
+            .iter()
+            .any(|(k, v)| v.is_some() && k.starts_with(DONE))
+        {
+            let ttl = done_ttl_s.max(60);
+            let r = self
+                .call(|mut c| async move { c.lease_grant(ttl, None).await })
+                .map_err(|e| self.err(e))?;
+            Some(r.id())
+        } else {
+            None
+        };
+        let rev = snap.rev.get();
+        let mut when = Vec::new();
+        for (k, (mod_rev, _)) in snap.seen.borrow().iter() {
+            when.push(Compare::mod_revision(
+                self.key(k),
+                CompareOp::Equal,
+                *mod_rev,
+            ));
+        }
+        if rev > 0 {
+            for p in snap.scanned.borrow().iter() {
+                let k = self.key(p);
+                when.push(
+                    Compare::mod_revision(k.clone(), CompareOp::Less, rev + 1)
+                        .with_range(prefix_end(&k)),
+                );
+            }
+        }
+        let mut ops = Vec::with_capacity(writes.len() + outbox.len());
+        for (k, v) in writes {
+            ops.push(match v {
+                Some(v) => {
+                    let opts = match lease {
+                        Some(id) if k.starts_with(DONE) => Some(PutOptions::new().with_lease(id)),
+                        _ => None,
+                    };
+                    TxnOp::put(self.key(k), v.clone(), opts)
+                }
+                None => TxnOp::delete(self.key(k), None),
+            });
+        }
+        for (key, v) in outbox {
+            ops.push(TxnOp::put(self.outbox_key(key), v.clone(), None));
+        }
+        let n = when.len().max(ops.len());
+        let txn = Txn::new().when(when).and_then(ops);
+        // A transaction sent to a member that fell over may have been applied anyway: then
+        // its retry elsewhere fails its compares (a conflict), the batch runs again and
+        // finds its bundles processed, and the outbox still holds what it sent.
+        match self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        }) {
+            Ok(r) if r.succeeded() => Ok(Committed::Yes),
+            Ok(_) => Ok(Committed::Conflict),
+            Err(e) => Err(self.refused(e, n)),
+        }
+    }
+
+    fn refused(&self, e: etcd_client::Error, ops: usize) -> EtcdError {
+        let reason = e.to_string();
+        if reason.contains("too many operations") || reason.contains("too large") {
+            EtcdError::TooLarge {
+                endpoints: self.endpoints.clone(),
+                ops,
+                reason,
+            }
+        } else {
+            self.err(e)
+        }
+    }
+
+    fn outbox_key(&self, key: &[u8; 32]) -> Vec<u8> {
+        self.key(&[OUTBOX, hex::encode(key).as_bytes()].concat())
+    }
+
+    /// Everything in the outbox: bundles committed by some front node and not yet known
+    /// to be stored by it.
+    pub fn outbox(&self) -> Result<Vec<([u8; 32], Vec<u8>)>, EtcdError> {
+        let p = self.key(OUTBOX);
+        let r = self
+            .call(|mut c| {
+                let p = p.clone();
+                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for x in r.kvs() {
+            let name = &x.key()[p.len()..];
+            let key = hex::decode(name)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| EtcdError::Corrupt(String::from_utf8_lossy(x.key()).into()))?;
+            out.push((key, x.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Take `keys` out of the outbox (they are stored).
+    pub fn clear_outbox(&self, keys: &[[u8; 32]]) -> Result<(), EtcdError> {
+        for part in keys.chunks(100) {
+            let ops: Vec<TxnOp> = part
+                .iter()
+                .map(|k| TxnOp::delete(self.outbox_key(k), None::<DeleteOptions>))
+                .collect();
+            let txn = Txn::new().and_then(ops);
+            self.call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Claim a block of creation sequence numbers no other front node has: returns its
+    /// first number (block `b` starts at `b << SEQ_BLOCK_BITS`; blocks start at 1, so
+    /// they lie above whatever a home counted before it became a front node).
+    pub fn claim_sequence_block(&self) -> Result<u64, EtcdError> {
+        loop {
+            let cur = self.get_latest(SEQ_BLOCK)?;
+            let (n, when) = match &cur {
+                None => (
+                    1u64,
+                    Compare::version(self.key(SEQ_BLOCK), CompareOp::Equal, 0),
+                ),
+                Some((v, rev)) => {
+                    let a: [u8; 8] = v
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| EtcdError::Corrupt("fronts/seq-block".into()))?;
+                    (
+                        u64::from_be_bytes(a) + 1,
+                        Compare::mod_revision(self.key(SEQ_BLOCK), CompareOp::Equal, *rev),
+                    )
+                }
+            };
+            if n >= 1 << (64 - SEQ_BLOCK_BITS) {
+                return Err(EtcdError::Corrupt(
+                    "fronts/seq-block (all blocks used)".into(),
+                ));
+            }
+            let put = TxnOp::put(self.key(SEQ_BLOCK), n.to_be_bytes().to_vec(), None);
+            let txn = Txn::new().when(vec![when]).and_then(vec![put]);
+            let r = self
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .map_err(|e| self.err(e))?;
+            if r.succeeded() {
+                return Ok(n << SEQ_BLOCK_BITS);
+            }
+        }
+    }
+
+    /// Every ledger entry under `prefix` as it is now (for reports and tests).
+    pub fn scan_latest(&self, prefix: &[u8]) -> Result<Entries, EtcdError> {
+        let p = self.key(prefix);
+        let r = self
+            .call(|mut c| {
+                let p = p.clone();
+                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(r.kvs()
+            .iter()
+            .map(|x| (x.key()[self.ns.len()..].to_vec(), x.value().to_vec()))
+            .collect())
+    }
+}
+
+/// Reads for one batch, all at one revision, remembered for [`EtcdLedger::commit`].
+pub struct Snapshot<'l> {
+    l: &'l EtcdLedger,
+    rev: Cell<i64>,
+    /// Key → (mod_revision when read, 0 if absent; value).
+    #[allow(clippy::type_complexity)]
+    seen: RefCell<BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)>>,
+    scanned: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Snapshot<'_> {
+    fn read(&self, key: &[u8], prefix: bool) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, MarketError> {
+        let mut opts = GetOptions::new();
+        if self.rev.get() > 0 {
+            opts = opts.with_revision(self.rev.get());
+        }
+        if prefix {
+            opts = opts.with_prefix();
+        }
+        let k = self.l.key(key);
+        let r = self
+            .l
+            .call(|mut c| {
+                let (k, opts) = (k.clone(), opts.clone());
+                async move { c.get(k, Some(opts)).await }
+            })
+            .map_err(|e| MarketError::Storage(self.l.err(e).to_string()))?;
+        if self.rev.get() == 0 {
+            if let Some(h) = r.header() {
+                self.rev.set(h.revision());
+            }
+        }
+        let n = self.l.ns.len();
+        Ok(r.kvs()
+            .iter()
+            .map(|x| (x.key()[n..].to_vec(), x.value().to_vec(), x.mod_revision()))
+            .collect())
+    }
+
+    /// How many keys and prefixes this batch depends on.
+    pub fn reads(&self) -> usize {
+        self.seen.borrow().len() + self.scanned.borrow().len()
+    }
+}
+
+impl Kv for Snapshot<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MarketError> {
+        if let Some((_, v)) = self.seen.borrow().get(key) {
+            return Ok(v.clone());
+        }
+        let found = self
+            .read(key, false)?
+            .into_iter()
+            .find(|(k, _, _)| k == key);
+        let (rev, v) = match found {
+            Some((_, v, r)) => (r, Some(v)),
+            None => (0, None),
+        };
+        self.seen
+            .borrow_mut()
+            .insert(key.to_vec(), (rev, v.clone()));
+        Ok(v)
+    }
+
+    fn scan(&self, prefix: &[u8]) -> Result<Entries, MarketError> {
+        let rows = self.read(prefix, true)?;
+        let mut seen = self.seen.borrow_mut();
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, v, r) in rows {
+            seen.insert(k.clone(), (r, Some(v.clone())));
+            out.push((k, v));
+        }
+        self.scanned.borrow_mut().push(prefix.to_vec());
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_address("etcd://127.0.0.1:2379,h2:1").unwrap(),
+            vec!["http://127.0.0.1:2379", "http://h2:1"]
+        );
+        for bad in [
+            "http://h:1",
+            "etcd://",
+            "etcd://h",
+            "etcd://h:99999",
+            "etcd://:1",
+            "etcd://h:1,",
+            "etcd://u@h:1",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), b"ac");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}
