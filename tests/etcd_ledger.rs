@@ -5,6 +5,7 @@
 //! node killed (SIGKILL) mid-run.
 
 use mycelium::adu::market::{self as m, Eligibility, JobKind, Limits, Task};
+use mycelium::bundle::Eid;
 use mycelium::identity::Identity;
 use mycelium::market::service::{self, Ledger};
 use mycelium::market::{ledger::PaymentEntry, Event};
@@ -112,6 +113,21 @@ fn payment(
     nonce: u32,
     now: DtnTime,
 ) -> Vec<u8> {
+    payment_at(from, to, &market.node_id(), amount, nonce, now)
+}
+
+fn payment_to(from: &Node, to: &Node, market: &Eid, amount: u64, nonce: u32) -> Vec<u8> {
+    payment_at(from, to, market, amount, nonce, DtnTime::now())
+}
+
+fn payment_at(
+    from: &Node,
+    to: &Node,
+    market: &Eid,
+    amount: u64,
+    nonce: u32,
+    now: DtnTime,
+) -> Vec<u8> {
     let mut n = [0u8; 16];
     n[..4].copy_from_slice(&nonce.to_be_bytes());
     let p = m::Payment {
@@ -122,7 +138,14 @@ fn payment(
         refers: None,
         memo: String::new(),
     };
-    signed(from, market, m::encode_payment(&p), now)
+    let c = from
+        .compose(
+            &[(Some(market.clone()), m::encode_payment(&p), 3_600_000)],
+            now,
+            false,
+        )
+        .unwrap();
+    c.bundles[0].raw().to_vec()
 }
 
 fn digest_task(from: &Node, market: &Node, input: &[u8], now: DtnTime) -> Vec<u8> {
@@ -592,4 +615,112 @@ fn a_front_node_killed_mid_run_leaves_the_rest_to_the_other_and_nothing_twice() 
         2 * 1_500,
         "payer and payee told of each payment"
     );
+}
+
+/// Run `mycelium --home HOME ARGS` (through its daemon when one runs); its stdout.
+fn cli(home: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("mycelium"))
+        .env_remove("MYCELIUM_HOME")
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn front_node_daemons_keep_taking_bundles_without_a_quorum_and_settle_when_it_returns() {
+    use common::daemon::Daemon;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let addr = cluster.addr();
+    let (ha, hb, hu) = (
+        dir.path().join("front-a"),
+        dir.path().join("front-b"),
+        dir.path().join("user"),
+    );
+    cli(&ha, &["init"]);
+    cli(&hb, &["init", "--same-identity-as", ha.to_str().unwrap()]);
+    let u = Node::init(&hu).unwrap();
+    let market = Node::open(&ha).unwrap();
+    let mk = market.node_id().to_string();
+    assert_eq!(Node::open(&hb).unwrap().node_id().to_string(), mk);
+    u.set_market(&market.node_id()).unwrap();
+    drop(market);
+    let uid = u.node_id().to_string();
+    let granted = cli(
+        &ha,
+        &[
+            "market",
+            "grant",
+            "--to",
+            &uid,
+            "--amount",
+            "100",
+            "--no-seal",
+            "--ledger",
+            &addr,
+        ],
+    );
+    assert!(granted.contains("100"), "{granted}");
+    let da = Daemon::start_cmd(&ha, &["market", "serve"], &["--no-seal", "--ledger", &addr]);
+    let db = Daemon::start_cmd(&hb, &["market", "serve"], &["--no-seal", "--ledger", &addr]);
+    let mut ea = da.events();
+    // Front nodes sync with each other (one node ID, two stores).
+    cli(&ha, &["sync", &db.addr()]);
+
+    // Two of three members down: no quorum.
+    cluster.kill(0);
+    cluster.kill(1);
+    let payee = Node::init(&dir.path().join("payee")).unwrap();
+    let raws: Vec<Vec<u8>> = (0..5u32)
+        .map(|i| payment_to(&u, &payee, &u.market().unwrap().unwrap(), 10, 100 + i))
+        .collect();
+    for raw in &raws {
+        u.receive(raw, DtnTime::now()).unwrap();
+    }
+    drop(u);
+    cli(&hu, &["sync", &da.addr()]);
+    // Stored at A although the ledger cannot be reached; the rules say why they wait.
+    ea.wait("the payments stored", Duration::from_secs(30), |v| {
+        v["type"] == "stored" && v["kind"] == "payment"
+    });
+    let err = ea.wait("the ledger's error", Duration::from_secs(60), |v| {
+        v["type"] == "error" && v["role"] == "market"
+    });
+    assert!(err["message"].as_str().unwrap().contains("etcd"), "{err}");
+    // Back: A settles them by itself, within seconds, once each.
+    let back = [0, 1].map(|i| cluster.restart(i));
+    for (i, rx) in back.into_iter().enumerate() {
+        cluster.await_restarted(i, rx);
+    }
+    let mut confirmed = 0;
+    while confirmed < 5 {
+        let v = ea.wait("payments confirmed", Duration::from_secs(60), |v| {
+            v["type"] == "market" && v["text"].as_str().is_some_and(|t| t.contains("confirmed"))
+        });
+        assert!(v["text"].as_str().unwrap().starts_with("payment"), "{v}");
+        confirmed += 1;
+    }
+    // B gets them too (a sync between the fronts) and applies nothing again.
+    let eb = db.events();
+    cli(&hb, &["sync", &da.addr()]);
+    let l = mycelium::market::etcd::EtcdLedger::connect(&addr, &mk).unwrap();
+    let pays = l.scan_latest(b"pay/").unwrap();
+    assert_eq!(pays.len(), 1 + 5, "the grant and five payments, each once");
+    while let Some(v) = eb.next(Duration::from_millis(500)) {
+        assert!(
+            !(v["type"] == "market" && v["text"].as_str().is_some_and(|t| t.contains("confirmed"))),
+            "B confirmed again: {v}"
+        );
+    }
+    assert!(da.stop().success());
+    assert!(db.stop().success());
 }
