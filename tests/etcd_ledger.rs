@@ -213,12 +213,18 @@ fn process_ref(w: &World) -> Vec<Event> {
 #[derive(Debug, PartialEq, Eq)]
 struct Outcome {
     accounts: BTreeMap<Vec<u8>, Vec<u8>>,
-    payments: BTreeMap<Vec<u8>, (String, String, u64, bool, Option<String>)>,
-    tasks: BTreeMap<Vec<u8>, (bool, Option<Vec<u8>>, u64, BTreeSet<String>)>,
+    payments: BTreeMap<Vec<u8>, PaymentVerdict>,
+    tasks: BTreeMap<Vec<u8>, TaskOutcome>,
     workers: BTreeMap<Vec<u8>, String>,
 }
 
-fn outcome(scan: &dyn Fn(&[u8]) -> Vec<(Vec<u8>, Vec<u8>)>) -> Outcome {
+/// Payer, payee, amount, accepted, reason.
+type PaymentVerdict = (String, String, u64, bool, Option<String>);
+/// Closed, accepted output hash, escrow left, workers with a valid answer.
+type TaskOutcome = (bool, Option<Vec<u8>>, u64, BTreeSet<String>);
+type Scan<'a> = &'a dyn Fn(&[u8]) -> Vec<(Vec<u8>, Vec<u8>)>;
+
+fn outcome(scan: Scan) -> Outcome {
     let mut accounts: BTreeMap<Vec<u8>, Vec<u8>> = scan(b"acct/").into_iter().collect();
     accounts.extend(scan(b"issued"));
     let payments = scan(b"pay/")
@@ -516,8 +522,7 @@ fn etcd_losing_a_member_mid_run_or_its_quorum_loses_nothing_and_settles_once() {
     arrive(&w.a, &later[..100], w.now);
     arrive(&w.b, &later[100..], w.now);
     let e = service::process_on(&w.a, &w.la, w.now, false, &mut |_, _| None)
-        .err()
-        .expect("no quorum: no step");
+        .expect_err("no quorum: no step");
     assert!(e.to_string().contains("etcd"), "{e}");
     // Stored all the same: the 10 grants A signed, the 600 settled, the 100 new ones.
     assert_eq!(

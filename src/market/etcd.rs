@@ -34,6 +34,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// An outbox entry: a bundle's key and what is kept for it.
+pub type OutboxEntry = ([u8; 32], Vec<u8>);
+/// A key read, its value and its `mod_revision`.
+type Row = (Vec<u8>, Vec<u8>, i64);
+
 /// Sequence numbers per front node's block (see the module comment).
 pub const SEQ_BLOCK_BITS: u32 = 40;
 
@@ -260,7 +265,7 @@ impl EtcdLedger {
         &self,
         snap: &Snapshot,
         writes: &[KvWrite],
-        outbox: &[([u8; 32], Vec<u8>)],
+        outbox: &[OutboxEntry],
         done_ttl_s: i64,
     ) -> Result<Committed, EtcdError> {
         let lease = if writes
@@ -343,7 +348,7 @@ impl EtcdLedger {
 
     /// Everything in the outbox: bundles committed by some front node and not yet known
     /// to be stored by it.
-    pub fn outbox(&self) -> Result<Vec<([u8; 32], Vec<u8>)>, EtcdError> {
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>, EtcdError> {
         let p = self.key(OUTBOX);
         let r = self
             .call(|mut c| {
@@ -448,7 +453,7 @@ pub struct Snapshot<'l> {
 }
 
 impl Snapshot<'_> {
-    fn read(&self, key: &[u8], prefix: bool) -> Result<Vec<(Vec<u8>, Vec<u8>, i64)>, MarketError> {
+    fn read(&self, key: &[u8], prefix: bool) -> Result<Vec<Row>, MarketError> {
         let mut opts = GetOptions::new();
         if self.rev.get() > 0 {
             opts = opts.with_revision(self.rev.get());

@@ -9,6 +9,8 @@
 //! - [`agree`]: when two results count as the same answer (exact, or cosine for embeddings).
 //! - `service` (with the store): reads new bundles addressed to the marketplace from the
 //!   store, runs them through the rules, signs what the rules send, commits both at once.
+//! - `etcd` (with the store): the ledger in an etcd cluster that several front nodes share
+//!   (a driver: the rules above do not know where their state lives).
 //!
 //! The rules are sans-IO: values and a clock in, state changes and payloads out.
 

@@ -133,19 +133,38 @@ fn sign(
     Ok((node.compose(&to_sign, now, seal)?, to_sign.len()))
 }
 
+/// How to run one batch on etcd: the time, whether to seal what it sends, ledger writes for
+/// this node's own store once it commits, how long etcd keeps its processed marks.
+struct Step<'a> {
+    now: DtnTime,
+    seal: bool,
+    local: &'a [KvWrite],
+    done_ttl_s: i64,
+}
+
+/// A committed batch: what `f` returned, the rules' events, how many bundles it sent.
+struct Done<T> {
+    value: T,
+    events: Vec<Event>,
+    sent: usize,
+}
+
 /// One batch of the rules on the etcd ledger, run again while another front node's commit
 /// changes what it read. `f` builds the batch's engine work (it may run several times);
 /// `local` are ledger writes for this node's own store, made once the batch commits.
 fn etcd_batch<T>(
     node: &Node,
     l: &EtcdLedger,
-    now: DtnTime,
-    seal: bool,
-    local: &[KvWrite],
-    done_ttl_s: i64,
+    how: Step,
     mut check: Option<&mut GenerationCheck>,
     f: &mut dyn FnMut(&mut Engine) -> Result<T, ServiceError>,
-) -> Result<Result<(T, Vec<Event>, usize), EtcdError>, ServiceError> {
+) -> Result<Result<Done<T>, EtcdError>, ServiceError> {
+    let Step {
+        now,
+        seal,
+        local,
+        done_ttl_s,
+    } = how;
     let me = node.node_id().to_string();
     for attempt in 0..ETCD_ATTEMPTS {
         let snap = l.snapshot();
@@ -158,7 +177,7 @@ fn etcd_batch<T>(
         let (writes, out) = tx.into_parts();
         let (c, sent) = sign(node, out, now, seal)?;
         let private: std::collections::HashSet<[u8; 32]> = c.private.iter().copied().collect();
-        let outbox: Vec<([u8; 32], Vec<u8>)> = c
+        let outbox: Vec<super::etcd::OutboxEntry> = c
             .bundles
             .iter()
             .map(|vb| {
@@ -176,7 +195,11 @@ fn etcd_batch<T>(
                 if let Err(e) = l.clear_outbox(&keys) {
                     tracing::warn!("outbox left in etcd: {e}");
                 }
-                return Ok(Ok((v, events, sent)));
+                return Ok(Ok(Done {
+                    value: v,
+                    events,
+                    sent,
+                }));
             }
             Ok(Committed::Conflict) => {
                 tracing::debug!(attempt, "ledger changed under the batch: again");
@@ -268,9 +291,14 @@ pub fn with_engine_on<T>(
     match ledger {
         Ledger::Local => local_engine(node, now, seal, f),
         Ledger::Etcd(l) => {
-            let r = etcd_batch(node, l, now, seal, &[], 0, None, &mut |e| Ok(f(e)?))?;
-            let (v, events, _) = r?;
-            Ok((v, events))
+            let how = Step {
+                now,
+                seal,
+                local: &[],
+                done_ttl_s: 0,
+            };
+            let d = etcd_batch(node, l, how, None, &mut |e| Ok(f(e)?))??;
+            Ok((d.value, d.events))
         }
     }
 }
@@ -362,26 +390,23 @@ pub fn process_on(
                     .map(|k| (done_key(k), Some(Vec::new())))
                     .collect();
                 let ttl = done_ttl_s(node, chunk, now)?;
-                let r = etcd_batch(
-                    node,
-                    l,
+                let how = Step {
                     now,
                     seal,
-                    &local,
-                    ttl,
-                    Some(&mut *check),
-                    &mut |eng| {
-                        let n = feed(eng, node, chunk, now)?;
-                        eng.match_open()?;
-                        eng.tick()?;
-                        Ok(n)
-                    },
-                )?;
+                    local: &local,
+                    done_ttl_s: ttl,
+                };
+                let r = etcd_batch(node, l, how, Some(&mut *check), &mut |eng| {
+                    let n = feed(eng, node, chunk, now)?;
+                    eng.match_open()?;
+                    eng.tick()?;
+                    Ok(n)
+                })?;
                 match r {
-                    Ok((n, events, sent)) => {
-                        report.processed += n;
-                        report.sent += sent;
-                        report.events.extend(events);
+                    Ok(d) => {
+                        report.processed += d.value;
+                        report.sent += d.sent;
+                        report.events.extend(d.events);
                         rest = &rest[chunk.len()..];
                         if rest.is_empty() {
                             break;

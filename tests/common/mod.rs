@@ -2,7 +2,6 @@
 pub mod browser;
 #[allow(dead_code)]
 pub mod daemon;
-#[allow(dead_code)]
 pub mod etcd;
 pub mod market;
 #[allow(dead_code)]
