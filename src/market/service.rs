@@ -346,7 +346,7 @@ pub fn process_on(
     if let Ledger::Etcd(l) = ledger {
         report.sent += take_outbox(node, l, now)?;
     }
-    let pending = pending(node)?;
+    let (pending, expiry) = pending(node)?;
     match ledger {
         Ledger::Local => {
             let mut chunks: Vec<&[[u8; 32]]> = pending.chunks(BATCH).collect();
@@ -369,12 +369,14 @@ pub fn process_on(
         Ledger::Etcd(l) => {
             // A bundle past its lifetime is no longer processed here: its processed mark
             // in etcd may be gone (see `done_ttl_s`).
-            let mut live = Vec::with_capacity(pending.len());
+            let (mut live, mut live_expiry) = (Vec::new(), Vec::new());
             let mut local = Vec::new();
-            for key in pending {
-                match node.store.record(&key)? {
-                    Some(r) if r.expires_at.0 > now.0 => live.push(key),
-                    _ => local.push((done_key(&key), Some(Vec::new()))),
+            for (key, exp) in pending.into_iter().zip(expiry) {
+                if exp > now.0 {
+                    live.push(key);
+                    live_expiry.push(exp);
+                } else {
+                    local.push((done_key(&key), Some(Vec::new())));
                 }
             }
             if !local.is_empty() {
@@ -389,7 +391,8 @@ pub fn process_on(
                     .iter()
                     .map(|k| (done_key(k), Some(Vec::new())))
                     .collect();
-                let ttl = done_ttl_s(node, chunk, now)?;
+                let done = live.len() - rest.len();
+                let ttl = done_ttl_s(&live_expiry[done..done + chunk.len()], now);
                 let how = Step {
                     now,
                     seal,
@@ -424,32 +427,27 @@ pub fn process_on(
     Ok(report)
 }
 
-/// How long etcd keeps the processed marks of `chunk`: until the last of its bundles
-/// expires, and a day more.
-fn done_ttl_s(node: &Node, chunk: &[[u8; 32]], now: DtnTime) -> Result<i64, ServiceError> {
-    let mut last = now.0;
-    for key in chunk {
-        if let Some(r) = node.store.record(key)? {
-            last = last.max(r.expires_at.0);
-        }
-    }
-    Ok(((last - now.0) / 1000 + 86_400) as i64)
+/// How long etcd keeps the processed marks of a batch whose bundles expire at `expiry`:
+/// until the last of them expires, and a day more.
+fn done_ttl_s(expiry: &[u64], now: DtnTime) -> i64 {
+    let last = expiry.iter().copied().fold(now.0, u64::max);
+    ((last - now.0) / 1000 + 86_400) as i64
 }
 
 /// Bundles addressed to this marketplace that this node has not handed to the ledger, in
 /// order of arrival, then of creation: of two payments spending the same credits, the one
-/// that reached the ledger first (or was signed first) wins.
-fn pending(node: &Node) -> Result<Vec<[u8; 32]>, ServiceError> {
+/// that reached the ledger first (or was signed first) wins. With each, when it expires.
+fn pending(node: &Node) -> Result<(Vec<[u8; 32]>, Vec<u64>), ServiceError> {
     let mut pending = Vec::new();
     for key in node.store.for_destination_node(&node.node_id())? {
         if node.store.ledger_get(&done_key(&key))?.is_none() {
             if let Some(r) = node.store.record(&key)? {
-                pending.push(((r.received_at.0, r.created_ms, r.seq), key));
+                pending.push(((r.received_at.0, r.created_ms, r.seq), key, r.expires_at.0));
             }
         }
     }
     pending.sort();
-    Ok(pending.into_iter().map(|p| p.1).collect())
+    Ok(pending.into_iter().map(|p| (p.1, p.2)).unzip())
 }
 
 /// Run `chunk`'s bundles through the rules, marking each processed; one the ledger already
