@@ -206,6 +206,30 @@ fn task_key(id: &[u8; 32]) -> Vec<u8> {
 fn open_key(id: &[u8; 32]) -> Vec<u8> {
     [b"open/".as_slice(), id].concat()
 }
+/// What `open/<id>` holds: the task's deadline (u64 BE) and whether it still needs
+/// workers (1 byte), so matching and the deadline check read only the tasks that need
+/// them. (Empty in ledgers written before: then the task itself is read.)
+fn open_summary(st: &TaskState) -> Vec<u8> {
+    let mut v = st.task.deadline.to_be_bytes().to_vec();
+    v.push(u8::from(needed(st) > 0));
+    v
+}
+
+/// The open summary: (deadline, needs workers).
+fn read_summary(v: &[u8]) -> Option<(u64, bool)> {
+    let (d, rest) = v.split_first_chunk::<8>()?;
+    match rest {
+        [n] => Some((u64::from_be_bytes(*d), *n == 1)),
+        _ => None,
+    }
+}
+
+/// How many more workers task `st` needs.
+fn needed(st: &TaskState) -> usize {
+    let valid = st.answers.iter().filter(|a| a.valid).count();
+    usize::from(st.task.redundancy).saturating_sub(valid + st.assigned.len())
+}
+
 fn worker_key(node: &str) -> Vec<u8> {
     [b"worker/", node.as_bytes()].concat()
 }
@@ -324,6 +348,9 @@ impl<'a> Engine<'a> {
 
     fn put_task(&mut self, id: &[u8; 32], st: &TaskState) {
         self.tx.put_cbor(task_key(id), st);
+        if !st.closed {
+            self.tx.put(open_key(id), open_summary(st));
+        }
     }
 
     fn put_worker(&mut self, node: &str, w: &WorkerState) {
@@ -440,7 +467,6 @@ impl<'a> Engine<'a> {
             pay: Vec::new(),
         };
         self.put_task(id, &st);
-        self.tx.put(open_key(id), Vec::new());
         self.escrow_notice(id, submitter, escrow, None)?;
         self.events.push(Event::TaskAccepted { task: *id, escrow });
         Ok(())
@@ -936,7 +962,11 @@ impl<'a> Engine<'a> {
 
     /// Tasks past their deadline: workers who did not answer are late; the task closes.
     pub fn tick(&mut self) -> Result<(), MarketError> {
-        for (k, _) in self.tx.scan(b"open/")? {
+        for (k, v) in self.tx.scan(b"open/")? {
+            // Not yet past its deadline: nothing to do (without reading the task).
+            if read_summary(&v).is_some_and(|(deadline, _)| deadline >= self.now) {
+                continue;
+            }
             let id = id32(&k[5..]);
             let Some(mut st) = self.task(&id)? else {
                 self.tx.delete(k);
@@ -995,7 +1025,11 @@ impl<'a> Engine<'a> {
     pub fn match_open(&mut self) -> Result<usize, MarketError> {
         let mut workers = self.workers()?;
         let mut made = 0;
-        for (k, _) in self.tx.scan(b"open/")? {
+        for (k, v) in self.tx.scan(b"open/")? {
+            // Held by enough workers, or past its deadline: nothing to match.
+            if read_summary(&v).is_some_and(|(deadline, needs)| !needs || deadline <= self.now) {
+                continue;
+            }
             let id = id32(&k[5..]);
             let Some(mut st) = self.task(&id)? else {
                 continue;
@@ -1003,8 +1037,7 @@ impl<'a> Engine<'a> {
             if st.closed || st.task.deadline <= self.now {
                 continue;
             }
-            let valid = st.answers.iter().filter(|a| a.valid).count();
-            let need = usize::from(st.task.redundancy).saturating_sub(valid + st.assigned.len());
+            let need = needed(&st);
             if need == 0 {
                 continue;
             }

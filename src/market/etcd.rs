@@ -1,8 +1,13 @@
 //! The marketplace's ledger in an etcd v3 cluster, shared by several front nodes: one
 //! marketplace identity, each front node its own home and store, one ledger.
 //!
-//! - Reads ([`Snapshot`], the rules' [`Kv`]) are pinned to one etcd revision and remember
-//!   what they saw: every key's `mod_revision` (0 when absent) and every prefix scanned.
+//! - Reads ([`Snapshot`], the rules' [`Kv`]) remember what they saw: every key's
+//!   `mod_revision` (0 when absent) and every prefix scanned with the revision it is known
+//!   complete at. A batch reads through this front node's cache of the ledger (what it last
+//!   read or wrote), so a batch costs one round trip, not one per key: a key not cached is
+//!   taken as absent, and the commit's compares find out when it was not. A failed commit
+//!   brings back, in the same round trip, the current value of everything the batch read;
+//!   the batch then runs again on that. Reports read a fresh view pinned at one revision.
 //! - [`EtcdLedger::commit`] is one etcd transaction: it applies the batch's writes and puts
 //!   the bundles the batch sends into an outbox, only if every key read still has the
 //!   revision it was read at and no key under a scanned prefix changed since (a key added
@@ -29,10 +34,12 @@ use super::MarketError;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
 };
+use etcd_client::{GetResponse, TxnOpResponse};
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// An outbox entry: a bundle's key and what is kept for it.
 pub type OutboxEntry = ([u8; 32], Vec<u8>);
@@ -69,8 +76,63 @@ pub enum EtcdError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
     Yes,
-    /// Something this batch read changed before it committed: nothing was written.
-    Conflict,
+    /// Something this batch read was not as it saw it: nothing was written, and the cache
+    /// now holds the current values. `raced`: another front node changed what this one had
+    /// (not only keys this one had not read before).
+    Conflict {
+        raced: bool,
+    },
+}
+
+/// Keys cached per front node before the cache starts afresh (it only saves round trips).
+const CACHE_KEYS: usize = 200_000;
+
+/// What this front node last knew of the ledger, possibly stale: every commit compares
+/// what it used, so staleness costs a retry, never a wrong write.
+#[derive(Default)]
+struct Cache {
+    /// Key → (`mod_revision`, value); (0, `None`) when known absent.
+    keys: BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)>,
+    /// Prefixes whose keys are all in `keys`, with the revision they were complete at.
+    prefixes: BTreeMap<Vec<u8>, i64>,
+}
+
+impl Cache {
+    fn complete(&self, key: &[u8]) -> Option<i64> {
+        self.prefixes
+            .iter()
+            .find(|(p, _)| key.starts_with(p))
+            .map(|(_, r)| *r)
+    }
+
+    /// Take in a fresh listing of `prefix` at `rev`.
+    fn listing(&mut self, prefix: &[u8], rows: Vec<Row>, rev: i64) {
+        let stale: Vec<Vec<u8>> = self
+            .keys
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.keys.remove(&k);
+        }
+        for (k, v, r) in rows {
+            self.keys.insert(k, (r, Some(v)));
+        }
+        self.prefixes.insert(prefix.to_vec(), rev);
+    }
+
+    fn trim(&mut self) {
+        if self.keys.len() > CACHE_KEYS {
+            *self = Cache::default();
+        }
+    }
+}
+
+/// A lease the processed marks share while it has long enough to live.
+struct Lease {
+    id: i64,
+    until: Instant,
 }
 
 /// A connection to the cluster for one marketplace's ledger.
@@ -82,6 +144,10 @@ pub struct EtcdLedger {
     current: AtomicUsize,
     ns: Vec<u8>,
     endpoints: String,
+    cache: Mutex<Cache>,
+    lease: Mutex<Option<Lease>>,
+    /// Outbox entries this front node stored and is clearing in the background.
+    clearing: Arc<Mutex<HashSet<[u8; 32]>>>,
 }
 
 /// gRPC codes worth asking another member for (tonic's numbering): cancelled, unknown,
@@ -174,6 +240,9 @@ impl EtcdLedger {
             current: AtomicUsize::new(0),
             ns: format!("mycelium/market/{market}/").into_bytes(),
             endpoints,
+            cache: Mutex::new(Cache::default()),
+            lease: Mutex::new(None),
+            clearing: Arc::default(),
         };
         // One read: the cluster answers, with a quorum.
         l.get_latest(b"seq")?;
@@ -247,18 +316,65 @@ impl EtcdLedger {
             .map(|x| (x.value().to_vec(), x.mod_revision())))
     }
 
-    /// A consistent view of the ledger for one batch (pinned at its first read).
+    /// A consistent view of the ledger (pinned at its first read), read fresh: for reports.
     pub fn snapshot(&self) -> Snapshot<'_> {
+        self.view(false)
+    }
+
+    /// The view one batch of the rules reads: through this front node's cache (see the
+    /// module comment); [`EtcdLedger::commit`] finds out whether it was current.
+    pub fn batch_view(&self) -> Snapshot<'_> {
+        self.view(true)
+    }
+
+    fn view(&self, cached: bool) -> Snapshot<'_> {
         Snapshot {
             l: self,
+            cached,
             rev: Cell::new(0),
             seen: RefCell::new(BTreeMap::new()),
+            guessed: RefCell::new(BTreeSet::new()),
             scanned: RefCell::new(Vec::new()),
+            listed: RefCell::new(BTreeSet::new()),
         }
     }
 
-    /// Apply `writes` and put `outbox` entries (`(bundle key, value)`) if nothing `snap`
-    /// read has changed. Writes under `done/` (the "processed" marks) are kept for
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        // A panic elsewhere while it was held leaves a cache worth nothing: start afresh.
+        self.cache.lock().unwrap_or_else(|p| {
+            let mut c = p.into_inner();
+            *c = Cache::default();
+            c
+        })
+    }
+
+    /// A lease for processed marks that must live `ttl_s` seconds: the last one while it
+    /// has that long left, else a new one (an hour longer, so the next batches share it).
+    fn lease_for(&self, ttl_s: i64) -> Result<i64, EtcdError> {
+        let ttl_s = ttl_s.max(60);
+        let mut held = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let need = Instant::now() + Duration::from_secs(ttl_s as u64);
+        if let Some(l) = held.as_ref() {
+            if l.until >= need {
+                return Ok(l.id);
+            }
+        }
+        let grant = ttl_s + 3600;
+        let asked = Instant::now();
+        let r = self
+            .call(|mut c| async move { c.lease_grant(grant, None).await })
+            .map_err(|e| self.err(e))?;
+        // etcd counts from when it granted; counting from before the request is safe.
+        let ttl = r.ttl().clamp(0, grant) as u64;
+        *held = Some(Lease {
+            id: r.id(),
+            until: asked + Duration::from_secs(ttl),
+        });
+        Ok(r.id())
+    }
+
+    /// Apply `writes` and put `outbox` entries (`(bundle key, value)`) if everything `snap`
+    /// read is as it saw it. Writes under `done/` (the "processed" marks) are kept for
     /// `done_ttl_s` seconds (an etcd lease), then etcd forgets them: by then the bundles
     /// they mark have expired and are no longer processed.
     pub fn commit(
@@ -268,35 +384,57 @@ impl EtcdLedger {
         outbox: &[OutboxEntry],
         done_ttl_s: i64,
     ) -> Result<Committed, EtcdError> {
-        let lease = if writes
+        let marks = writes
             .iter()
-            .any(|(k, v)| v.is_some() && k.starts_with(DONE))
-        {
-            let ttl = done_ttl_s.max(60);
-            let r = self
-                .call(|mut c| async move { c.lease_grant(ttl, None).await })
-                .map_err(|e| self.err(e))?;
-            Some(r.id())
+            .any(|(k, v)| v.is_some() && k.starts_with(DONE));
+        match self.try_commit(snap, writes, outbox, done_ttl_s, marks) {
+            // The shared lease is gone (revoked, or the cluster's clock ran past it): once
+            // more with a new one.
+            Err(EtcdError::Etcd { reason, .. }) if marks && reason.contains("lease not found") => {
+                *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.try_commit(snap, writes, outbox, done_ttl_s, marks)
+            }
+            r => r,
+        }
+    }
+
+    fn try_commit(
+        &self,
+        snap: &Snapshot,
+        writes: &[KvWrite],
+        outbox: &[OutboxEntry],
+        done_ttl_s: i64,
+        marks: bool,
+    ) -> Result<Committed, EtcdError> {
+        let lease = if marks {
+            Some(self.lease_for(done_ttl_s)?)
         } else {
             None
         };
-        let rev = snap.rev.get();
-        let mut when = Vec::new();
-        for (k, (mod_rev, _)) in snap.seen.borrow().iter() {
+        let seen = snap.seen.borrow();
+        let scanned = snap.scanned.borrow();
+        let listed = snap.listed.borrow();
+        // Keys known only from a listing are covered by their prefix's compare (no key under
+        // it changed since); every other key read is compared on its own.
+        let keyed: Vec<(&Vec<u8>, i64)> = seen
+            .iter()
+            .filter(|(k, _)| !listed.contains(*k))
+            .map(|(k, (r, _))| (k, *r))
+            .collect();
+        let mut when = Vec::with_capacity(keyed.len() + scanned.len());
+        for (k, mod_rev) in &keyed {
             when.push(Compare::mod_revision(
                 self.key(k),
                 CompareOp::Equal,
                 *mod_rev,
             ));
         }
-        if rev > 0 {
-            for p in snap.scanned.borrow().iter() {
-                let k = self.key(p);
-                when.push(
-                    Compare::mod_revision(k.clone(), CompareOp::Less, rev + 1)
-                        .with_range(prefix_end(&k)),
-                );
-            }
+        for (p, rev) in scanned.iter() {
+            let k = self.key(p);
+            when.push(
+                Compare::mod_revision(k.clone(), CompareOp::Less, rev + 1)
+                    .with_range(prefix_end(&k)),
+            );
         }
         let mut ops = Vec::with_capacity(writes.len() + outbox.len());
         for (k, v) in writes {
@@ -314,19 +452,114 @@ impl EtcdLedger {
         for (key, v) in outbox {
             ops.push(TxnOp::put(self.outbox_key(key), v.clone(), None));
         }
-        let n = when.len().max(ops.len());
-        let txn = Txn::new().when(when).and_then(ops);
+        // Where it fails: what everything read is now, for the cache and the next attempt.
+        let mut back = Vec::new();
+        if snap.cached {
+            for (k, _) in &keyed {
+                back.push(TxnOp::get(self.key(k), None));
+            }
+            for (p, _) in scanned.iter() {
+                back.push(TxnOp::get(
+                    self.key(p),
+                    Some(GetOptions::new().with_prefix()),
+                ));
+            }
+        }
+        let n = when.len().max(ops.len()).max(back.len());
+        let txn = Txn::new().when(when).and_then(ops).or_else(back);
         // A transaction sent to a member that fell over may have been applied anyway: then
         // its retry elsewhere fails its compares (a conflict), the batch runs again and
         // finds its bundles processed, and the outbox still holds what it sent.
-        match self.call(|mut c| {
+        let r = match self.call(|mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         }) {
-            Ok(r) if r.succeeded() => Ok(Committed::Yes),
-            Ok(_) => Ok(Committed::Conflict),
-            Err(e) => Err(self.refused(e, n)),
+            Ok(r) => r,
+            Err(e) => return Err(self.refused(e, n)),
+        };
+        let rev = r.header().map_or(0, |h| h.revision());
+        if !snap.cached {
+            return Ok(if r.succeeded() {
+                Committed::Yes
+            } else {
+                Committed::Conflict { raced: true }
+            });
         }
+        let mut cache = self.cache();
+        if r.succeeded() {
+            let compared: BTreeSet<&[u8]> = scanned.iter().map(|(p, _)| p.as_slice()).collect();
+            for (k, v) in writes {
+                let entry = match v {
+                    Some(v) => (rev, Some(v.clone())),
+                    None => (0, None),
+                };
+                cache.keys.insert(k.clone(), entry);
+                // A prefix this batch did not compare may have changed since it was
+                // complete: no longer known whole.
+                let stale: Vec<Vec<u8>> = cache
+                    .prefixes
+                    .keys()
+                    .filter(|p| k.starts_with(p) && !compared.contains(p.as_slice()))
+                    .cloned()
+                    .collect();
+                for p in stale {
+                    cache.prefixes.remove(&p);
+                }
+            }
+            for p in compared {
+                // (Only a listing still held whole: one dropped meanwhile stays dropped.)
+                if let Some(r) = cache.prefixes.get_mut(p) {
+                    *r = rev;
+                }
+            }
+            cache.trim();
+            return Ok(Committed::Yes);
+        }
+        let guessed = snap.guessed.borrow();
+        let mut raced = false;
+        let mut got = r.op_responses().into_iter();
+        for (k, mod_rev) in &keyed {
+            let Some(TxnOpResponse::Get(g)) = got.next() else {
+                return Err(EtcdError::Corrupt("a failed transaction's reads".into()));
+            };
+            let now = self.rows(&g).into_iter().find(|(x, _, _)| x == *k);
+            let entry = match now {
+                Some((_, v, r)) => (r, Some(v)),
+                None => (0, None),
+            };
+            if entry.0 != *mod_rev && !guessed.contains(*k) {
+                raced = true;
+            }
+            cache.keys.insert(k.to_vec(), entry);
+        }
+        for (p, rev_then) in scanned.iter() {
+            let Some(TxnOpResponse::Get(g)) = got.next() else {
+                return Err(EtcdError::Corrupt("a failed transaction's reads".into()));
+            };
+            let rows = self.rows(&g);
+            if rows.iter().any(|(_, _, r)| r > rev_then) {
+                raced = true;
+            }
+            cache.listing(p, rows, rev);
+        }
+        cache.trim();
+        Ok(Committed::Conflict { raced })
+    }
+
+    /// Whether everything `snap` read is current: when it is not, the cache is brought up
+    /// to date (and `false`). For a batch that failed on what it read.
+    pub fn current(&self, snap: &Snapshot) -> Result<bool, EtcdError> {
+        Ok(self.commit(snap, &[], &[], 0)? == Committed::Yes)
+    }
+
+    /// Rows of a range response, keys without the namespace.
+    fn rows(&self, r: &GetResponse) -> Vec<Row> {
+        let n = self.ns.len();
+        r.kvs()
+            .iter()
+            .filter(|x| x.key().len() >= n)
+            .map(|x| (x.key()[n..].to_vec(), x.value().to_vec(), x.mod_revision()))
+            .collect()
     }
 
     fn refused(&self, e: etcd_client::Error, ops: usize) -> EtcdError {
@@ -348,12 +581,16 @@ impl EtcdLedger {
 
     /// Everything in the outbox: bundles committed by some front node and not yet known
     /// to be stored by it.
+    ///
+    /// Read from the member asked, without a quorum round (serializable): an entry missed
+    /// is taken at a later step, one already cleared is stored again (the same bytes).
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>, EtcdError> {
         let p = self.key(OUTBOX);
         let r = self
             .call(|mut c| {
                 let p = p.clone();
-                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+                let opts = GetOptions::new().with_prefix().with_serializable();
+                async move { c.get(p, Some(opts)).await }
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -370,12 +607,7 @@ impl EtcdLedger {
 
     /// Take `keys` out of the outbox (they are stored).
     pub fn clear_outbox(&self, keys: &[[u8; 32]]) -> Result<(), EtcdError> {
-        for part in keys.chunks(100) {
-            let ops: Vec<TxnOp> = part
-                .iter()
-                .map(|k| TxnOp::delete(self.outbox_key(k), None::<DeleteOptions>))
-                .collect();
-            let txn = Txn::new().and_then(ops);
+        for txn in self.clearing_txns(keys) {
             self.call(|mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
@@ -383,6 +615,59 @@ impl EtcdLedger {
             .map_err(|e| self.err(e))?;
         }
         Ok(())
+    }
+
+    /// Transactions deleting `keys` from the outbox, 100 at a time (etcd's default
+    /// `--max-txn-ops` is 128).
+    fn clearing_txns(&self, keys: &[[u8; 32]]) -> Vec<Txn> {
+        keys.chunks(100)
+            .map(|part| {
+                Txn::new().and_then(
+                    part.iter()
+                        .map(|k| TxnOp::delete(self.outbox_key(k), None::<DeleteOptions>))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect()
+    }
+
+    /// [`EtcdLedger::clear_outbox`] without waiting for it: the batch that stored these
+    /// goes on. Until it is done, [`EtcdLedger::being_cleared`] says so for each key (this
+    /// node does not store them again). If it fails, they stay in the outbox and the next
+    /// step of some front node stores them again (the same bytes) and clears them.
+    pub fn clear_outbox_soon(&self, keys: Vec<[u8; 32]>) {
+        let Some(rt) = &self.rt else { return };
+        if keys.is_empty() {
+            return;
+        }
+        let clearing = self.clearing.clone();
+        clearing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(keys.iter().copied());
+        let txns = self.clearing_txns(&keys);
+        let mut client =
+            self.clients[self.current.load(Ordering::Relaxed) % self.clients.len()].clone();
+        rt.spawn(async move {
+            for txn in txns {
+                if let Err(e) = client.txn(txn).await {
+                    tracing::debug!("outbox left in etcd for the next step: {e}");
+                    break;
+                }
+            }
+            let mut c = clearing.lock().unwrap_or_else(|p| p.into_inner());
+            for k in &keys {
+                c.remove(k);
+            }
+        });
+    }
+
+    /// Whether this node stored outbox entry `key` and is clearing it.
+    pub fn being_cleared(&self, key: &[u8; 32]) -> bool {
+        self.clearing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
     }
 
     /// Claim a block of creation sequence numbers no other front node has: returns its
@@ -442,20 +727,30 @@ impl EtcdLedger {
     }
 }
 
-/// Reads for one batch, all at one revision, remembered for [`EtcdLedger::commit`].
+/// Reads for one batch, remembered for [`EtcdLedger::commit`]: fresh, all at one
+/// revision (reports), or through the front node's cache (batches of the rules).
 pub struct Snapshot<'l> {
     l: &'l EtcdLedger,
+    cached: bool,
+    /// The revision fresh reads are pinned at (0 until the first).
     rev: Cell<i64>,
     /// Key → (mod_revision when read, 0 if absent; value).
     #[allow(clippy::type_complexity)]
     seen: RefCell<BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)>>,
-    scanned: RefCell<Vec<Vec<u8>>>,
+    /// Keys taken as absent only because they were not cached.
+    guessed: RefCell<BTreeSet<Vec<u8>>>,
+    /// Prefixes scanned, each with the revision its listing was complete at.
+    scanned: RefCell<Vec<(Vec<u8>, i64)>>,
+    /// Keys first seen in a listing (their prefix's compare covers them: a key deleted
+    /// under it goes unnoticed, so the rules act on a listed task only after reading
+    /// `task/<id>` itself, and never delete workers).
+    listed: RefCell<BTreeSet<Vec<u8>>>,
 }
 
 impl Snapshot<'_> {
-    fn read(&self, key: &[u8], prefix: bool) -> Result<Vec<Row>, MarketError> {
+    fn read(&self, key: &[u8], prefix: bool) -> Result<(Vec<Row>, i64), MarketError> {
         let mut opts = GetOptions::new();
-        if self.rev.get() > 0 {
+        if !self.cached && self.rev.get() > 0 {
             opts = opts.with_revision(self.rev.get());
         }
         if prefix {
@@ -469,16 +764,12 @@ impl Snapshot<'_> {
                 async move { c.get(k, Some(opts)).await }
             })
             .map_err(|e| MarketError::Storage(self.l.err(e).to_string()))?;
-        if self.rev.get() == 0 {
-            if let Some(h) = r.header() {
-                self.rev.set(h.revision());
-            }
+        let at = r.header().map_or(0, |h| h.revision());
+        if !self.cached && self.rev.get() == 0 {
+            self.rev.set(at);
         }
-        let n = self.l.ns.len();
-        Ok(r.kvs()
-            .iter()
-            .map(|x| (x.key()[n..].to_vec(), x.value().to_vec(), x.mod_revision()))
-            .collect())
+        let rev = if self.cached { at } else { self.rev.get() };
+        Ok((self.l.rows(&r), rev))
     }
 
     /// How many keys and prefixes this batch depends on.
@@ -492,13 +783,28 @@ impl Kv for Snapshot<'_> {
         if let Some((_, v)) = self.seen.borrow().get(key) {
             return Ok(v.clone());
         }
-        let found = self
-            .read(key, false)?
-            .into_iter()
-            .find(|(k, _, _)| k == key);
-        let (rev, v) = match found {
-            Some((_, v, r)) => (r, Some(v)),
-            None => (0, None),
+        let (rev, v) = if self.cached {
+            let cache = self.l.cache();
+            match cache.keys.get(key) {
+                Some((r, v)) => (*r, v.clone()),
+                None => {
+                    // Absent as far as this node knows; the commit checks.
+                    if cache.complete(key).is_none() {
+                        self.guessed.borrow_mut().insert(key.to_vec());
+                    }
+                    (0, None)
+                }
+            }
+        } else {
+            match self
+                .read(key, false)?
+                .0
+                .into_iter()
+                .find(|(k, _, _)| k == key)
+            {
+                Some((_, v, r)) => (r, Some(v)),
+                None => (0, None),
+            }
         };
         self.seen
             .borrow_mut()
@@ -507,14 +813,43 @@ impl Kv for Snapshot<'_> {
     }
 
     fn scan(&self, prefix: &[u8]) -> Result<Entries, MarketError> {
-        let rows = self.read(prefix, true)?;
+        let listed = if self.cached {
+            let cache = self.l.cache();
+            cache.prefixes.get(prefix).map(|rev| {
+                let rows: Vec<Row> = cache
+                    .keys
+                    .range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter_map(|(k, (r, v))| v.as_ref().map(|v| (k.clone(), v.clone(), *r)))
+                    .collect();
+                (rows, *rev)
+            })
+        } else {
+            None
+        };
+        let (rows, rev) = match listed {
+            Some(l) => l,
+            None => {
+                let (rows, rev) = self.read(prefix, true)?;
+                if self.cached {
+                    self.l.cache().listing(prefix, rows.clone(), rev);
+                }
+                (rows, rev)
+            }
+        };
         let mut seen = self.seen.borrow_mut();
+        let mut listed = self.listed.borrow_mut();
         let mut out = Vec::with_capacity(rows.len());
         for (k, v, r) in rows {
-            seen.insert(k.clone(), (r, Some(v.clone())));
+            // A key this batch already read keeps its own compare: if the listing differs
+            // from what it read, that compare fails the commit.
+            if !seen.contains_key(&k) {
+                seen.insert(k.clone(), (r, Some(v.clone())));
+                listed.insert(k.clone());
+            }
             out.push((k, v));
         }
-        self.scanned.borrow_mut().push(prefix.to_vec());
+        self.scanned.borrow_mut().push((prefix.to_vec(), rev));
         Ok(out)
     }
 }

@@ -167,13 +167,22 @@ fn etcd_batch<T>(
     } = how;
     let me = node.node_id().to_string();
     for attempt in 0..ETCD_ATTEMPTS {
-        let snap = l.snapshot();
+        let snap = l.batch_view();
         let mut eng = Engine::new(Txn::new(&snap), &me, now.0);
         if let Some(check) = check.as_deref_mut() {
             eng.check = Some(Box::new(move |t, o| check(t, o)));
         }
-        let v = f(&mut eng)?;
-        let (tx, events) = eng.finish()?;
+        // The rules read through this node's cache: an error may come of a stale view.
+        let run = f(&mut eng).and_then(|v| Ok((v, eng.finish()?)));
+        let (v, (tx, events)) = match run {
+            Ok(r) => r,
+            Err(e) => {
+                if l.current(&snap)? {
+                    return Err(e);
+                }
+                continue;
+            }
+        };
         let (writes, out) = tx.into_parts();
         let (c, sent) = sign(node, out, now, seal)?;
         let private: std::collections::HashSet<[u8; 32]> = c.private.iter().copied().collect();
@@ -189,25 +198,28 @@ fn etcd_batch<T>(
             Ok(Committed::Yes) => {
                 node.store
                     .commit_ledger(local, &c.bundles, &c.private, now)?;
-                let keys: Vec<[u8; 32]> = outbox.iter().map(|o| o.0).collect();
-                // Stored here: the outbox entries are no longer needed. If this fails they
-                // are stored again (the same bytes) by the next step of any front node.
-                if let Err(e) = l.clear_outbox(&keys) {
-                    tracing::warn!("outbox left in etcd: {e}");
-                }
+                // Stored here: the outbox entries are no longer needed (cleared in the
+                // background; if that fails, the next step of any front node stores them
+                // again, the same bytes, and clears them).
+                l.clear_outbox_soon(outbox.iter().map(|o| o.0).collect());
                 return Ok(Ok(Done {
                     value: v,
                     events,
                     sent,
                 }));
             }
-            Ok(Committed::Conflict) => {
+            Ok(Committed::Conflict { raced: false }) => {
+                tracing::debug!(attempt, "batch read keys this node had not cached: again");
+            }
+            Ok(Committed::Conflict { raced: true }) => {
                 tracing::debug!(attempt, "ledger changed under the batch: again");
-                // Two front nodes on the same keys: step aside for a moment, differently.
-                let spin = 1 + (rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 8) as u64;
-                std::thread::sleep(std::time::Duration::from_millis(
-                    spin * (1 + attempt.min(8) as u64),
-                ));
+                // Again at once, on what the failed commit brought back: a front node that
+                // waited here would leave the one that just committed to win every race.
+                // Only a batch that keeps losing steps aside a moment, by chance.
+                if attempt >= 8 {
+                    let spin = rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 4;
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(spin)));
+                }
             }
             Err(e @ EtcdError::TooLarge { .. }) => return Ok(Err(e)),
             Err(e) => return Err(e.into()),
@@ -228,7 +240,9 @@ fn outbox_value(private: bool, raw: &[u8]) -> Vec<u8> {
 /// stored: it died first), then clear it. Only bundles signed by this marketplace are
 /// taken. Returns how many were new here.
 pub fn take_outbox(node: &Node, l: &EtcdLedger, now: DtnTime) -> Result<usize, ServiceError> {
-    let entries = l.outbox()?;
+    let mut entries = l.outbox()?;
+    // This node's own, stored already and being cleared.
+    entries.retain(|(key, _)| !l.being_cleared(key));
     if entries.is_empty() {
         return Ok(0);
     }
