@@ -63,7 +63,9 @@ fn payload_bit_flip_names_the_crc_or_signature() {
     // catches it.
     let mut bundle = Bundle::decode(&g).unwrap();
     let last = bundle.blocks.len() - 1;
-    bundle.blocks[last].data[3] ^= 0x04;
+    let mut data = bundle.blocks[last].data.to_vec();
+    data[3] ^= 0x04;
+    bundle.blocks[last].data = data.into();
     let forged = bundle.encode();
     assert!(matches!(err(&forged), BundleError::BadSignature(_)));
 }
@@ -153,7 +155,7 @@ fn unsigned_and_foreign_signatures_are_refused() {
     asb.source = vectors::alice().node_id();
     for b in graft.blocks.iter_mut() {
         if b.block_type == block_types::BIB {
-            b.data = asb.encode();
+            b.data = asb.encode().into();
         }
     }
     assert!(matches!(err(&graft.encode()), BundleError::BadSignature(_)));
@@ -195,7 +197,9 @@ fn structural_rules_are_enforced() {
     let mut b = base.clone();
     for x in b.blocks.iter_mut() {
         if x.block_type == block_types::HOP_COUNT {
-            x.data = mycelium::bundle::HopCount { limit: 3, count: 4 }.to_data();
+            x.data = mycelium::bundle::HopCount { limit: 3, count: 4 }
+                .to_data()
+                .into();
         }
     }
     assert!(matches!(

@@ -87,7 +87,7 @@ fn bundle() -> impl Strategy<Value = Bundle> {
                         number: 2 + i as u64,
                         flags: fl,
                         crc: c,
-                        data,
+                        data: data.into(),
                     })
                     .collect();
                 blocks.push(CanonicalBlock::new(

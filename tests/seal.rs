@@ -94,7 +94,7 @@ fn with_body(outer: &Bundle, f: impl FnOnce(&mut Body)) -> Bundle {
     f(&mut body);
     let mut b = outer.clone();
     let n = b.blocks.len();
-    b.blocks[n - 1].data = adu::encode_kind(seal::KIND_SEALED, &body);
+    b.blocks[n - 1].data = adu::encode_kind(seal::KIND_SEALED, &body).into();
     b
 }
 

@@ -318,14 +318,89 @@ pub fn decode(payload: &[u8]) -> Result<Adu, AduError> {
     }
 }
 
+/// The `kind` word at the head of an envelope encoded as [`encode`] writes it (a map of
+/// `v`, `kind`, `body`, in that order), read without decoding the body; `None` for any
+/// other encoding. Says nothing about the body: [`decode`] judges that.
+pub fn peek_kind(payload: &[u8]) -> Option<&str> {
+    let mut r = crate::bundle::cbor::Reader::new(payload);
+    head(&mut r).map(|(_, k)| k)
+}
+
+/// A reader at the body of a version-1 `kind` envelope encoded as [`encode`] writes it;
+/// `None` for any other kind, version or encoding (then [`decode_kind`] decides).
+pub fn body_reader<'a>(payload: &'a [u8], kind: &str) -> Option<crate::bundle::cbor::Reader<'a>> {
+    let mut r = crate::bundle::cbor::Reader::new(payload);
+    let (v, k) = head(&mut r)?;
+    (v == ENVELOPE_VERSION && k == kind).then_some(r)
+}
+
+fn head<'a>(r: &mut crate::bundle::cbor::Reader<'a>) -> Option<(u64, &'a str)> {
+    (r.header().ok()? == ciborium_ll::Header::Map(Some(3))).then_some(())?;
+    (r.text().ok()? == "v").then_some(())?;
+    let v = r.uint().ok()?;
+    (r.text().ok()? == "kind").then_some(())?;
+    let kind = r.text().ok()?;
+    (r.text().ok()? == "body").then_some(())?;
+    Some((v, kind))
+}
+
+/// [`kind_label`]'s answer for a version-1 envelope as [`encode`] writes it whose body is
+/// well-formed CBOR of plain items (what [`decode`] reads, whole, as a value, so that it
+/// answers with this kind, good body or bad): found by walking the body, not decoding it,
+/// so a megabyte payload is not copied. `None`: let [`decode`] decide.
+fn label_in_place(payload: &[u8]) -> Option<&str> {
+    let mut r = crate::bundle::cbor::Reader::new(payload);
+    let (v, kind) = head(&mut r)?;
+    (v == ENVELOPE_VERSION).then_some(())?;
+    plain_item(&mut r, 0)?;
+    r.finish().ok()?;
+    Some(kind)
+}
+
+/// Skip one well-formed item of definite lengths, integers, strings, arrays, maps and
+/// true/false/null; `None` at anything else (tags, floats, deep nesting), left to serde.
+fn plain_item(r: &mut crate::bundle::cbor::Reader<'_>, depth: usize) -> Option<()> {
+    use ciborium_ll::Header;
+    if depth > 16 {
+        return None;
+    }
+    match r.header().ok()? {
+        Header::Positive(_) | Header::Negative(_) | Header::Simple(20..=22) => Some(()),
+        Header::Bytes(Some(n)) => {
+            r.advance(n);
+            Some(())
+        }
+        Header::Text(Some(n)) => {
+            let at = r.pos();
+            r.advance(n);
+            std::str::from_utf8(r.slice(at, r.pos())).ok().map(drop)
+        }
+        Header::Array(Some(n)) => (0..n).try_for_each(|_| plain_item(r, depth + 1)),
+        Header::Map(Some(n)) => (0..2 * n).try_for_each(|_| plain_item(r, depth + 1)),
+        _ => None,
+    }
+}
+
 /// A short label for indexes: the kind, or `opaque` when the payload is no envelope.
 /// Labels are short printable words (they become index keys); anything else is `opaque`.
 pub fn kind_label(payload: &[u8]) -> String {
-    let kind = match decode(payload) {
-        Ok(a) => a.kind().to_string(),
-        Err(AduError::BadBody { kind, .. }) => kind,
-        Err(_) => return "opaque".to_string(),
-    };
+    match label_in_place(payload) {
+        Some(kind) => printable(kind.to_string()),
+        None => label_by_decoding(payload),
+    }
+}
+
+/// [`kind_label`] by decoding the whole payload.
+fn label_by_decoding(payload: &[u8]) -> String {
+    match decode(payload) {
+        Ok(a) => printable(a.kind().to_string()),
+        Err(AduError::BadBody { kind, .. }) => printable(kind),
+        Err(_) => "opaque".to_string(),
+    }
+}
+
+/// `kind` if it is a short printable word, else `opaque`.
+fn printable(kind: String) -> String {
     let ok = !kind.is_empty()
         && kind.len() <= 32
         && kind
@@ -432,5 +507,58 @@ mod tests {
             Err(AduError::NotAnEnvelope(_))
         ));
         assert_eq!(kind_label(b"junk"), "opaque");
+    }
+
+    #[test]
+    fn labels_read_in_place_are_the_labels_decoding_gives() {
+        use ciborium::Value;
+        let file = encode_message(&Message::File(FileMessage {
+            name: "a.bin".into(),
+            media_type: "application/octet-stream".into(),
+            data: vec![9; 1 << 20],
+        }));
+        let mut payloads = vec![
+            file.clone(),
+            encode_message(&Message::Text("salam".into())),
+            encode_kind("payment", &Value::Map(vec![])),
+            encode_kind("no such kind", &Value::Integer(1.into())),
+            encode_kind("receipts", &Value::Map(vec![])),
+            encode_kind("message", &Value::Tag(24, Box::new(Value::Bytes(vec![1])))),
+            encode_kind("message", &Value::Float(1.5)),
+            encode_kind(
+                "message",
+                &Value::Array(vec![Value::Null, Value::Bool(true)]),
+            ),
+            b"junk".to_vec(),
+            Vec::new(),
+        ];
+        // A body text string that is not UTF-8: both say opaque.
+        let mut bad_utf8 = encode_kind("message", &Value::Text("ab".into()));
+        let n = bad_utf8.len();
+        bad_utf8[n - 1] = 0xff;
+        payloads.push(bad_utf8);
+        // Cut short, and one byte too many.
+        payloads.push(file[..file.len() - 1].to_vec());
+        let mut longer = file.clone();
+        longer.push(0);
+        payloads.push(longer);
+        // Deep nesting (beyond the in-place walk).
+        let mut deep = Value::Integer(0.into());
+        for _ in 0..40 {
+            deep = Value::Array(vec![deep]);
+        }
+        payloads.push(encode_kind("message", &deep));
+        for p in &payloads {
+            assert_eq!(
+                kind_label(p),
+                label_by_decoding(p),
+                "{:?}",
+                &p[..p.len().min(40)]
+            );
+        }
+        assert_eq!(kind_label(&file), "message");
+        assert!(label_in_place(&file).is_some());
+        assert_eq!(peek_kind(&file), Some("message"));
+        assert_eq!(peek_kind(b"junk"), None);
     }
 }

@@ -6,6 +6,7 @@ use super::cbor::{Reader, Writer};
 use super::crc::CrcType;
 use super::eid::Eid;
 use super::BundleError;
+use bytes::Bytes;
 
 /// Block type codes.
 pub mod types {
@@ -31,18 +32,19 @@ pub struct CanonicalBlock {
     pub number: u64,
     pub flags: u64,
     pub crc: CrcType,
-    /// Block-type-specific data.
-    pub data: Vec<u8>,
+    /// Block-type-specific data (shared with the bytes it was decoded from, when those
+    /// were shared: a megabyte payload is not copied out of its bundle).
+    pub data: Bytes,
 }
 
 impl CanonicalBlock {
-    pub fn new(block_type: u64, number: u64, crc: CrcType, data: Vec<u8>) -> Self {
+    pub fn new(block_type: u64, number: u64, crc: CrcType, data: impl Into<Bytes>) -> Self {
         CanonicalBlock {
             block_type,
             number,
             flags: 0,
             crc,
-            data,
+            data: data.into(),
         }
     }
 
@@ -60,7 +62,12 @@ impl CanonicalBlock {
         }
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<CanonicalBlock, BundleError> {
+    /// Decode one block from `r`; its data is a slice of `src` when `src` holds the bytes
+    /// `r` reads, else a copy.
+    pub(crate) fn decode(
+        r: &mut Reader<'_>,
+        src: Option<&Bytes>,
+    ) -> Result<CanonicalBlock, BundleError> {
         let start = r.pos();
         let n = r.array()?;
         if n != 5 && n != 6 {
@@ -82,7 +89,11 @@ impl CanonicalBlock {
         if (n == 6) == crc.is_none() {
             return Err(bad(format!("has {n} fields but CRC type {crc_code}")));
         }
-        let data = r.bytes()?.to_vec();
+        let d = r.bytes()?;
+        let data = match src {
+            Some(s) => s.slice_ref(d),
+            None => Bytes::copy_from_slice(d),
+        };
         if !crc.is_none() {
             let v = r.bytes()?;
             if v.len() != crc.value_len() {

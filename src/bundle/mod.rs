@@ -18,6 +18,7 @@ pub use primary::{CreationTimestamp, Fragment, PrimaryBlock};
 
 use crate::identity::{self, Identity};
 use crate::time::DtnTime;
+use bytes::Bytes;
 use cbor::{CborError, Reader, Writer};
 use std::collections::HashSet;
 use std::fmt;
@@ -156,6 +157,19 @@ impl Bundle {
     }
 
     pub fn decode_with(bytes: &[u8], limits: &DecodeLimits) -> Result<Bundle, BundleError> {
+        Bundle::decode_from(bytes, None, limits)
+    }
+
+    /// [`Bundle::decode_with`] of shared bytes: block data are slices of `bytes`.
+    pub fn decode_shared(bytes: &Bytes, limits: &DecodeLimits) -> Result<Bundle, BundleError> {
+        Bundle::decode_from(bytes, Some(bytes), limits)
+    }
+
+    fn decode_from(
+        bytes: &[u8],
+        src: Option<&Bytes>,
+        limits: &DecodeLimits,
+    ) -> Result<Bundle, BundleError> {
         if bytes.len() > limits.max_bundle_len {
             return Err(BundleError::TooLarge {
                 len: bytes.len(),
@@ -178,7 +192,7 @@ impl Bundle {
             if blocks.len() >= limits.max_blocks {
                 return Err(BundleError::TooManyBlocks(limits.max_blocks));
             }
-            blocks.push(CanonicalBlock::decode(&mut r)?);
+            blocks.push(CanonicalBlock::decode(&mut r, src)?);
         }
         r.finish()?;
         let b = Bundle { primary, blocks };
@@ -224,7 +238,7 @@ impl Bundle {
             if t == block_types::PAYLOAD {
                 return Ok(None);
             }
-            let b = CanonicalBlock::decode(&mut r)?;
+            let b = CanonicalBlock::decode(&mut r, None)?;
             if t == block_type {
                 return Ok(Some((start..r.pos(), b)));
             }
@@ -439,7 +453,8 @@ impl Bundle {
 #[derive(Debug, Clone)]
 pub struct VerifiedBundle {
     bundle: Bundle,
-    raw: Vec<u8>,
+    /// Shared with the bundle's block data (one copy of a payload in memory).
+    raw: Bytes,
 }
 
 impl VerifiedBundle {
@@ -449,21 +464,34 @@ impl VerifiedBundle {
     }
 
     pub fn decode_with(bytes: &[u8], limits: &DecodeLimits) -> Result<VerifiedBundle, BundleError> {
-        let bundle = VerifiedBundle::check(bytes, limits)?;
-        Ok(VerifiedBundle {
-            bundle,
-            raw: bytes.to_vec(),
-        })
+        if bytes.len() > limits.max_bundle_len {
+            // Refused before it is copied.
+            return Err(BundleError::TooLarge {
+                len: bytes.len(),
+                max: limits.max_bundle_len,
+            });
+        }
+        VerifiedBundle::decode_bytes_with(Bytes::copy_from_slice(bytes), limits)
     }
 
     /// [`VerifiedBundle::decode`] of bytes the caller owns (kept, not copied).
     pub fn decode_owned(raw: Vec<u8>) -> Result<VerifiedBundle, BundleError> {
-        let bundle = VerifiedBundle::check(&raw, &DecodeLimits::default())?;
+        VerifiedBundle::decode_bytes(Bytes::from(raw))
+    }
+
+    /// [`VerifiedBundle::decode`] of shared bytes (kept, not copied; block data are
+    /// slices of them).
+    pub fn decode_bytes(raw: Bytes) -> Result<VerifiedBundle, BundleError> {
+        VerifiedBundle::decode_bytes_with(raw, &DecodeLimits::default())
+    }
+
+    fn decode_bytes_with(raw: Bytes, limits: &DecodeLimits) -> Result<VerifiedBundle, BundleError> {
+        let bundle = VerifiedBundle::check(&raw, limits)?;
         Ok(VerifiedBundle { bundle, raw })
     }
 
-    fn check(bytes: &[u8], limits: &DecodeLimits) -> Result<Bundle, BundleError> {
-        let bundle = Bundle::decode_with(bytes, limits)?;
+    fn check(bytes: &Bytes, limits: &DecodeLimits) -> Result<Bundle, BundleError> {
+        let bundle = Bundle::decode_shared(bytes, limits)?;
         if crate::seal::is_sealed(&bundle) {
             // Anonymous by design: what a relay can check is the stamp.
             crate::seal::check_stamp(&bundle).map_err(|e| BundleError::Sealed(e.to_string()))?;
@@ -487,7 +515,10 @@ impl VerifiedBundle {
     }
 
     pub fn into_raw(self) -> Vec<u8> {
-        self.raw
+        // Drop the blocks' references first, so a raw not shared elsewhere is not copied.
+        let VerifiedBundle { bundle, raw } = self;
+        drop(bundle);
+        Vec::from(raw)
     }
 
     /// An anonymous sealed bundle (checked by its stamp, not a signature).
@@ -609,7 +640,7 @@ impl BundleBuilder {
         blocks.push(payload);
         let bundle = Bundle { primary, blocks };
         bundle.validate()?;
-        let raw = bundle.encode();
+        let raw = bundle.encode().into();
         Ok(VerifiedBundle { bundle, raw })
     }
 }

@@ -613,21 +613,27 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         let expires = b.expires_at(self.now);
         let dest_node = b.primary.destination.node_id();
         let signer = b.primary.source.node_id().to_string();
-        match adu::decode(b.payload()) {
-            Ok(Adu::Node(rec)) => {
+        // Only a node record or a receipt changes anything here: a payload whose head
+        // names another kind is not decoded (a megabyte file is not copied for nothing).
+        let may_matter = !matches!(
+            adu::peek_kind(b.payload()),
+            Some(k) if ![adu::KIND_NODE, adu::KIND_RECEIPT, adu::KIND_RECEIPTS].contains(&k)
+        );
+        match may_matter.then(|| adu::decode(b.payload())) {
+            Some(Ok(Adu::Node(rec))) => {
                 // A key that gives no shared secret (low-order point) is never learnt.
                 if crate::seal::usable_key(&rec.x25519) {
                     self.change.contacts.push((signer, rec.x25519));
                 }
                 Ok((false, 0))
             }
-            Ok(Adu::Receipt(r)) => {
+            Some(Ok(Adu::Receipt(r))) => {
                 // Never past the receipt's own expiry, whatever the body claims.
                 let until = DtnTime(r.expires).min(expires);
                 let p = self.apply_ack(&signer, r.bundle, r.created, until)?;
                 Ok((false, p as usize))
             }
-            Ok(Adu::Receipts(r)) => {
+            Some(Ok(Adu::Receipts(r))) => {
                 let until = DtnTime(r.expires).min(expires);
                 let mut purged = 0;
                 for k in r.keys() {
@@ -763,7 +769,8 @@ pub fn forward_copy(raw: &[u8]) -> Result<Option<Vec<u8>>, BundleError> {
         limit: hc.limit,
         count: hc.count + 1,
     }
-    .to_data();
+    .to_data()
+    .into();
     let mut w = crate::bundle::cbor::Writer::new();
     block.encode(&mut w);
     let block = w.into_vec();
@@ -815,7 +822,8 @@ mod tests {
                     limit: 3,
                     count: hop,
                 }
-                .to_data();
+                .to_data()
+                .into();
                 let got = forward_copy(&raw).unwrap().unwrap();
                 assert_eq!(got, want.encode());
                 let back = VerifiedBundle::decode_with(&got, &DecodeLimits::default()).unwrap();

@@ -27,6 +27,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 pub const KIND_SEALED: &str = "sealed";
@@ -332,14 +333,51 @@ pub fn seal_revealing<R: RngCore + CryptoRng>(
     VerifiedBundle::decode(&bundle.encode()).map_err(SealError::Inner)
 }
 
-/// The parts of a sealed outer bundle, structurally checked.
-struct Parsed {
+/// The parts of a sealed outer bundle, structurally checked; the ciphertext and the
+/// revealed secrets borrowed from the payload when it is encoded as `seal` writes it.
+struct Parsed<'a> {
     tag: [u8; TAG_LEN],
-    body: SealedBody,
+    epk: [u8; 32],
+    ct: Cow<'a, [u8]>,
+    stamp: u64,
+    opened: Cow<'a, [u8]>,
     aad: Vec<u8>,
 }
 
-fn parse(b: &Bundle) -> Result<Parsed, SealError> {
+/// A sealed body's epk, ciphertext, stamp and revealed secrets, borrowed.
+type InPlace<'a> = ([u8; 32], &'a [u8], u64, &'a [u8]);
+
+/// The body of a sealed payload read in place, when it is encoded exactly as `seal`
+/// writes it (`{"v": 1, "kind": "sealed", "body": {"epk", "ct", "stamp"[, "opened"]}}`,
+/// definite lengths, in that order): its epk, ciphertext, stamp and revealed secrets.
+/// `None` for any other encoding, which the serde path then judges as before: this only
+/// saves copying a megabyte ciphertext three times.
+fn body_in_place(payload: &[u8]) -> Option<InPlace<'_>> {
+    use crate::bundle::cbor::Reader;
+    use ciborium_ll::Header;
+    let mut r = adu::body_reader(payload, KIND_SEALED)?;
+    let key = |r: &mut Reader<'_>, k: &str| (r.text().ok()? == k).then_some(());
+    let n = match r.header().ok()? {
+        Header::Map(Some(n @ 3..=4)) => n,
+        _ => return None,
+    };
+    key(&mut r, "epk")?;
+    let epk: [u8; 32] = r.bytes().ok()?.try_into().ok()?;
+    key(&mut r, "ct")?;
+    let ct = r.bytes().ok()?;
+    key(&mut r, "stamp")?;
+    let stamp = r.uint().ok()?;
+    let opened = if n == 4 {
+        key(&mut r, "opened")?;
+        r.bytes().ok()?
+    } else {
+        &[][..]
+    };
+    r.finish().ok()?;
+    Some((epk, ct, stamp, opened))
+}
+
+fn parse(b: &Bundle) -> Result<Parsed<'_>, SealError> {
     let p = &b.primary;
     let bad = |s: &str| Err(SealError::NotSealed(s.to_string()));
     if !p.source.is_null() {
@@ -375,30 +413,48 @@ fn parse(b: &Bundle) -> Result<Parsed, SealError> {
     let mut tag = [0u8; TAG_LEN];
     hex::decode_to_slice(&tag_hex, &mut tag)
         .map_err(|_| SealError::NotSealed("destination tag is not 16 bytes of hex".into()))?;
-    let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
-        .map_err(|e| SealError::NotSealed(e.to_string()))?;
-    if !body.opened.len().is_multiple_of(TAG_LEN) || body.opened.len() > MAX_REVEALS * TAG_LEN {
+    let (epk, ct, stamp, opened) = match body_in_place(b.payload()) {
+        Some((epk, ct, stamp, opened)) => (epk, Cow::Borrowed(ct), stamp, Cow::Borrowed(opened)),
+        None => {
+            let body: SealedBody = adu::decode_kind(b.payload(), KIND_SEALED)
+                .map_err(|e| SealError::NotSealed(e.to_string()))?;
+            (
+                body.epk,
+                Cow::Owned(body.ct),
+                body.stamp,
+                Cow::Owned(body.opened),
+            )
+        }
+    };
+    if !opened.len().is_multiple_of(TAG_LEN) || opened.len() > MAX_REVEALS * TAG_LEN {
         return Err(SealError::NotSealed(format!(
             "its list of delivery secrets is {} bytes, not a multiple of {TAG_LEN} up to {}",
-            body.opened.len(),
+            opened.len(),
             MAX_REVEALS * TAG_LEN
         )));
     }
-    let aad = aad(&body.epk, &tag, p.created.time, p.lifetime_ms, &body.opened);
-    Ok(Parsed { tag, body, aad })
+    let aad = aad(&epk, &tag, p.created.time, p.lifetime_ms, &opened);
+    Ok(Parsed {
+        tag,
+        epk,
+        ct,
+        stamp,
+        opened,
+        aad,
+    })
 }
 
 /// What a relay checks before storing an unsigned bundle: that it is a well-formed sealed
 /// bundle with a valid stamp. Costs one blake3 pass over the ciphertext.
 pub fn check_stamp(b: &Bundle) -> Result<(), SealError> {
     let p = parse(b)?;
-    if b.primary.created.seq != content_seq(&p.aad, &p.body.ct) {
+    if b.primary.created.seq != content_seq(&p.aad, &p.ct) {
         return Err(SealError::NotSealed(
             "its sequence number is not bound to its content".into(),
         ));
     }
-    let need = required_bits(p.body.ct.len() + p.body.opened.len());
-    let got = stamp_bits(&stamp_digest(&p.aad, &p.body.ct), p.body.stamp);
+    let need = required_bits(p.ct.len() + p.opened.len());
+    let got = stamp_bits(&stamp_digest(&p.aad, &p.ct), p.stamp);
     if got < need {
         return Err(SealError::Stamp { got, need });
     }
@@ -449,7 +505,6 @@ pub fn tag_of(b: &Bundle) -> Option<[u8; TAG_LEN]> {
 pub fn reveals(b: &Bundle) -> Vec<[u8; TAG_LEN]> {
     match parse(b) {
         Ok(p) => p
-            .body
             .opened
             .chunks_exact(TAG_LEN)
             .filter_map(|c| c.try_into().ok())
@@ -489,14 +544,14 @@ pub fn open_with_any(
     me: &Eid,
 ) -> Result<Option<Opened>, SealError> {
     let p = parse(outer)?;
-    let epk = PublicKey::from(p.body.epk);
+    let epk = PublicKey::from(p.epk);
     let mut found = None;
     for key in keys {
         let shared = key.secret.diffie_hellman(&epk);
         if !shared.was_contributory() {
             continue;
         }
-        let d = derive(shared.as_bytes(), &p.body.epk, &key.public());
+        let d = derive(shared.as_bytes(), &p.epk, &key.public());
         if reveal_tag(&d.tag) == p.tag {
             found = Some((d, true));
             break;
@@ -514,7 +569,7 @@ pub fn open_with_any(
         .decrypt(
             Nonce::from_slice(&d.nonce),
             Payload {
-                msg: &p.body.ct,
+                msg: &p.ct,
                 aad: &p.aad,
             },
         )
@@ -532,7 +587,9 @@ pub fn open_with_any(
     if pt.len() != padded_len(4 + len) || pt[4 + len..].iter().any(|&b| b != 0) {
         return Err(SealError::Plaintext("padding is not zeros".into()));
     }
-    let inner = VerifiedBundle::decode(&pt[4..4 + len]).map_err(SealError::Inner)?;
+    // The inner bundle keeps (a slice of) the plaintext itself: no copy.
+    let inner = VerifiedBundle::decode_bytes(bytes::Bytes::from(pt).slice(4..4 + len))
+        .map_err(SealError::Inner)?;
     let dest = inner.bundle().primary.destination.node_id();
     if dest != me.node_id() {
         return Err(SealError::Misaddressed(dest.to_string()));
@@ -543,6 +600,42 @@ pub fn open_with_any(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_bodies_read_in_place_as_serde_reads_them() {
+        for opened in [Vec::new(), vec![7u8; 2 * TAG_LEN]] {
+            let body = SealedBody {
+                epk: [3; 32],
+                ct: (0..5000u32).map(|i| i as u8).collect(),
+                stamp: 1234567,
+                opened: opened.clone(),
+            };
+            let payload = adu::encode_kind(KIND_SEALED, &body);
+            let (epk, ct, stamp, op) = body_in_place(&payload).expect("seal's own encoding");
+            let serde: SealedBody = adu::decode_kind(&payload, KIND_SEALED).unwrap();
+            assert_eq!(
+                (epk, ct, stamp, op),
+                (serde.epk, &serde.ct[..], serde.stamp, &serde.opened[..])
+            );
+            assert_eq!(serde, body);
+            // Anything after it, or cut short: not read in place (serde refuses it too).
+            let mut longer = payload.clone();
+            longer.push(0);
+            assert!(body_in_place(&longer).is_none());
+            assert!(body_in_place(&payload[..payload.len() - 1]).is_none());
+        }
+        // The same fields in another order: not read in place, and serde still reads it.
+        use ciborium::Value;
+        let body = Value::Map(vec![
+            (Value::Text("stamp".into()), Value::Integer(9.into())),
+            (Value::Text("ct".into()), Value::Bytes(vec![1; 40])),
+            (Value::Text("epk".into()), Value::Bytes(vec![2; 32])),
+        ]);
+        let payload = adu::encode_kind(KIND_SEALED, &body);
+        assert!(body_in_place(&payload).is_none());
+        let serde: SealedBody = adu::decode_kind(&payload, KIND_SEALED).unwrap();
+        assert_eq!((serde.stamp, serde.ct.len(), serde.epk), (9, 40, [2; 32]));
+    }
 
     #[test]
     fn padme_is_monotone_bounded_and_at_least_the_minimum() {

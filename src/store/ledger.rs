@@ -11,7 +11,7 @@ use super::{cf, Store, StoreError};
 use crate::bundle::{CreationTimestamp, VerifiedBundle};
 use crate::market::ledger::{Entries, KvWrite};
 use crate::time::DtnTime;
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode};
 use std::collections::HashSet;
 
 impl Store {
@@ -49,7 +49,7 @@ impl Store {
         now: DtnTime,
     ) -> Result<(), StoreError> {
         let _g = self.lock_writes();
-        let mut batch = WriteBatch::default();
+        let mut batch = Store::batch_for(bundles);
         let mut staged = HashSet::new();
         for vb in bundles {
             self.stage_put(&mut batch, vb, now, &mut staged)?;

@@ -329,11 +329,19 @@ impl Store {
         Ok(CreationTimestamp { time: now, seq })
     }
 
+    /// A write batch with room for `bundles` and their index entries up front: a batch of
+    /// megabyte bundles otherwise grows by doubling, copying (and page-faulting) several
+    /// times what it holds.
+    fn batch_for<'b>(bundles: impl IntoIterator<Item = &'b VerifiedBundle>) -> WriteBatch {
+        let bytes: usize = bundles.into_iter().map(|vb| vb.raw().len() + 512).sum();
+        WriteBatch::with_capacity_bytes(bytes + 16 * 1024)
+    }
+
     /// Store a verified bundle durably. Dedup is on BPv7 identity: a second bundle with
     /// the same identity is reported as a duplicate and changes nothing.
     pub fn put(&self, vb: &VerifiedBundle, now: DtnTime) -> Result<PutOutcome, StoreError> {
         let _g = self.lock_writes();
-        let mut batch = WriteBatch::default();
+        let mut batch = Self::batch_for([vb]);
         let outcome = self.stage_put(&mut batch, vb, now, &mut HashSet::new())?;
         if outcome == PutOutcome::New {
             self.write_synced(batch)?;
@@ -436,6 +444,19 @@ impl Store {
         self.db
             .get_cf(self.cf(cf::BUNDLES), key)
             .map_err(|e| self.db_err(e))
+    }
+
+    /// `f` of a stored bundle's bytes, read in place (RocksDB's pinned buffer: no copy).
+    pub fn with_raw<T>(
+        &self,
+        key: &[u8; 32],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf::BUNDLES), key)
+            .map_err(|e| self.db_err(e))?
+            .map(|v| f(&v)))
     }
 
     /// A stored bundle, decoded and re-verified (a disk that rots is caught here).

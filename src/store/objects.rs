@@ -368,7 +368,12 @@ impl Store {
         from: Option<&ContactTag>,
     ) -> Result<Committed, StoreError> {
         let _g = self.lock_writes();
-        let mut batch = WriteBatch::default();
+        let mut batch = Store::batch_for(
+            items
+                .iter()
+                .filter_map(|it| it.result.as_ref().ok())
+                .flatten(),
+        );
         let mut staged = HashSet::new();
         let mut out = Committed::default();
         let mut relayed = Tally::default();

@@ -375,7 +375,7 @@ impl RouteStore for Store {
 
     fn commit(&self, change: Change, now: DtnTime) -> Result<(), StoreError> {
         let _g = self.lock_writes();
-        let mut batch = WriteBatch::default();
+        let mut batch = Store::batch_for(&change.put);
         let mut staged = HashSet::new();
         let mut new_sizes = HashMap::new();
         // A bundle the same change drops (a receipt for it came in the same batch) is

@@ -127,7 +127,7 @@ pub fn decode_stream(bytes: &[u8], max_bundle: usize) -> Result<Vec<Frame>, Sync
             return Err(SyncError::Protocol("truncated frame".into()));
         }
         out.push(
-            Frame::decode(rest[4..4 + len].to_vec())
+            Frame::decode_body(rest[4], rest[5..4 + len].to_vec())
                 .map_err(|e| SyncError::Protocol(e.to_string()))?,
         );
         rest = &rest[4 + len..];

@@ -125,6 +125,18 @@ impl Frame {
         Ok(len)
     }
 
+    /// [`Frame::decode`] of a frame of type `t` whose body was read on its own: a bundle
+    /// frame takes `body` as it is (no copy).
+    pub fn decode_body(t: u8, body: Vec<u8>) -> Result<Frame, WireError> {
+        if t == 4 {
+            return Ok(Frame::Bundle(body));
+        }
+        let mut buf = Vec::with_capacity(body.len() + 1);
+        buf.push(t);
+        buf.extend_from_slice(&body);
+        Frame::decode(buf)
+    }
+
     /// Decode a frame from what follows the length field (type byte and body).
     pub fn decode(buf: Vec<u8>) -> Result<Frame, WireError> {
         let (&t, _) = buf.split_first().ok_or(WireError::Empty)?;

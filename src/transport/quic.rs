@@ -17,6 +17,7 @@ use crate::sync::drive::{self, BundleIo, Output};
 use crate::sync::session::{Limits, Session, Stats, SyncError};
 use crate::sync::wire::{Frame, MAX_BUNDLE_FRAME};
 use crate::time::DtnTime;
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
@@ -439,8 +440,12 @@ impl<'a> NodeIo<'a> {
 
 impl BundleIo for NodeIo<'_> {
     fn outgoing(&mut self, key: &[u8; 32]) -> Option<Vec<u8>> {
-        let raw = self.node.store.get_raw(key).ok()??;
-        delivery::forward_copy(&raw).ok()?
+        // The copy with its hop count raised, made straight from the store's own buffer.
+        self.node
+            .store
+            .with_raw(key, delivery::forward_copy)
+            .ok()??
+            .ok()?
     }
 
     fn hand_over(&mut self, key: &[u8; 32]) -> Option<u32> {
@@ -569,26 +574,32 @@ async fn read_frame(
             crate::sync::wire::MAX_CONTROL
         )));
     }
-    let mut body = t.to_vec();
     let len = len - 1;
+    // The body straight into one buffer of its size (only pages the peer fills are
+    // touched), copied once out of quinn's chunks: no zero fill, no shift of the type byte.
+    let mut body = Vec::with_capacity(len);
     // Read in pieces so a peer that announces a large frame and stalls costs only what it
     // actually sent, and each piece must arrive within the timeout.
     let mut left = len;
     while left > 0 {
-        let chunk = left.min(1 << 20);
-        let start = body.len();
-        body.resize(start + chunk, 0);
-        match tokio::time::timeout(timeout, recv.read_exact(&mut body[start..])).await {
-            Err(_) => return Err(QuicError::Timeout(timeout)),
-            Ok(Err(quinn::ReadExactError::FinishedEarly(_))) => {
-                return Err(QuicError::Frame("stream ended inside a frame".into()))
+        let want = body.len() + left.min(1 << 20);
+        let piece = async {
+            while body.len() < want {
+                match recv.read_chunk(want - body.len(), true).await {
+                    Ok(Some(c)) => body.extend_from_slice(&c.bytes),
+                    Ok(None) => return Err(QuicError::Frame("stream ended inside a frame".into())),
+                    Err(e) => return Err(QuicError::Connection(e.to_string())),
+                }
             }
-            Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
-            Ok(Ok(())) => {}
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, piece).await {
+            Err(_) => return Err(QuicError::Timeout(timeout)),
+            Ok(r) => r?,
         }
-        left -= chunk;
+        left = len - body.len();
     }
-    Frame::decode(body)
+    Frame::decode_body(t[0], body)
         .map(Some)
         .map_err(|e| QuicError::Frame(e.to_string()))
 }
@@ -624,16 +635,13 @@ pub async fn run_session(
     let writer = tokio::spawn(async move {
         while let Some(out) = out_rx.recv().await {
             let r = match out {
-                Output::Frame(f) => send.write_all(&f).await,
+                // Handed to quinn as they are (`Bytes` from our vectors): no copy of a
+                // megabyte bundle on its way into the stream.
+                Output::Frame(f) => send.write_chunk(Bytes::from(f)).await,
                 Output::Bundle(h, c, b) => {
-                    let mut r = send.write_all(&h).await;
-                    if let (Ok(()), Some(c)) = (&r, c) {
-                        r = send.write_all(&c.to_be_bytes()).await;
-                    }
-                    match r {
-                        Ok(()) => send.write_all(&b).await,
-                        Err(e) => Err(e),
-                    }
+                    let c = c.map_or_else(Bytes::new, |c| Bytes::copy_from_slice(&c.to_be_bytes()));
+                    let mut parts = [Bytes::copy_from_slice(&h), c, Bytes::from(b)];
+                    send.write_all_chunks(&mut parts).await
                 }
             };
             if let Err(e) = r {
