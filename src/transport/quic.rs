@@ -431,7 +431,9 @@ impl<'a> NodeIo<'a> {
         self.pending_bytes += bytes.len();
         self.pending.push((bytes, copies));
         self.pending_since.get_or_insert_with(Instant::now);
-        if self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES {
+        // A full batch is due at once (`flush_due`): the QUIC driver commits it off the
+        // runtime's threads. A driver that never asks is bounded here, at twice that.
+        if self.pending.len() >= 2 * FLUSH_COUNT || self.pending_bytes >= 2 * FLUSH_BYTES {
             self.flush()?;
         }
         Ok(id.key())
@@ -474,7 +476,9 @@ impl BundleIo for NodeIo<'_> {
     }
 
     fn flush_due(&self) -> Option<Instant> {
-        self.pending_since.map(|t| t + FLUSH_AFTER)
+        let full = self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES;
+        self.pending_since
+            .map(|t| if full { t } else { t + FLUSH_AFTER })
     }
 
     fn flush(&mut self) -> Result<(), String> {
@@ -655,7 +659,7 @@ pub async fn run_session(
     });
     let mut result = drive_loop(&mut session, io, &mut in_rx, &out_tx).await;
     // What arrived before the end (or the cut) is stored either way.
-    if let Err(e) = io.flush() {
+    if let Err(e) = flush_off_runtime(io) {
         if result.is_ok() {
             result = Err(QuicError::Sync(SyncError::BadBundle(e)));
         }
@@ -680,6 +684,19 @@ pub async fn run_session(
     Ok(session.stats())
 }
 
+/// Commit a session's waiting arrivals (verification, opening, a synced write) without
+/// holding up the runtime: on a multi-threaded runtime the thread is handed over for the
+/// duration, so quinn keeps taking packets, acknowledging them and reading the next
+/// frames while the batch is written (a receiver that stalls its runtime loses packets
+/// and, with large windows, its connection).
+fn flush_off_runtime(io: &mut impl BundleIo) -> Result<(), String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| io.flush()),
+        _ => io.flush(),
+    }
+}
+
 async fn drive_loop(
     session: &mut Session,
     io: &mut impl BundleIo,
@@ -697,7 +714,7 @@ async fn drive_loop(
         let due = io.flush_due();
         tokio::select! {
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                io.flush().map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
+                flush_off_runtime(io).map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
             }
             permit = out_tx.reserve(), if pending.is_some() => {
                 let permit = permit.map_err(|_| QuicError::PeerClosed)?;
@@ -706,7 +723,16 @@ async fn drive_loop(
                 }
             }
             msg = in_rx.recv() => match msg {
-                Some(Ok(frame)) => drive::on_frame(session, io, frame)?,
+                Some(Ok(frame)) => {
+                    // A full batch, or the peer's `Done` (which waits for everything it
+                    // sent to be on disk), is committed before the frame goes on.
+                    let full = io.flush_due().is_some_and(|t| t <= Instant::now());
+                    if full || matches!(frame, Frame::Done) {
+                        flush_off_runtime(io)
+                            .map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
+                    }
+                    drive::on_frame(session, io, frame)?
+                }
                 Some(Err(e)) => return Err(e),
                 None => {
                     if session.is_finished() {
