@@ -689,10 +689,15 @@ pub async fn run_session(
 /// duration, so quinn keeps taking packets, acknowledging them and reading the next
 /// frames while the batch is written (a receiver that stalls its runtime loses packets
 /// and, with large windows, its connection).
+/// `MYCELIUM_QUIC_FLUSH=inline` commits on the runtime's thread instead, as before this
+/// existed (so `benches/delivery.rs` can compare the two in one run).
 fn flush_off_runtime(io: &mut impl BundleIo) -> Result<(), String> {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    static INLINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let inline =
+        *INLINE.get_or_init(|| std::env::var("MYCELIUM_QUIC_FLUSH").is_ok_and(|v| v == "inline"));
     match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| io.flush()),
+        Ok(RuntimeFlavor::MultiThread) if !inline => tokio::task::block_in_place(|| io.flush()),
         _ => io.flush(),
     }
 }
