@@ -661,7 +661,7 @@ pub async fn run_session(
     // What arrived before the end (or the cut) is stored either way.
     if let Err(e) = flush_off_runtime(io) {
         if result.is_ok() {
-            result = Err(QuicError::Sync(SyncError::BadBundle(e)));
+            result = Err(e);
         }
     }
     if let Err(e) = &result {
@@ -691,15 +691,16 @@ pub async fn run_session(
 /// and, with large windows, its connection).
 /// `MYCELIUM_QUIC_FLUSH=inline` commits on the runtime's thread instead, as before this
 /// existed (so `benches/delivery.rs` can compare the two in one run).
-fn flush_off_runtime(io: &mut impl BundleIo) -> Result<(), String> {
+fn flush_off_runtime(io: &mut impl BundleIo) -> Result<(), QuicError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     static INLINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let inline =
         *INLINE.get_or_init(|| std::env::var("MYCELIUM_QUIC_FLUSH").is_ok_and(|v| v == "inline"));
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
+    let r = match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) if !inline => tokio::task::block_in_place(|| io.flush()),
         _ => io.flush(),
-    }
+    };
+    r.map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))
 }
 
 async fn drive_loop(
@@ -719,7 +720,7 @@ async fn drive_loop(
         let due = io.flush_due();
         tokio::select! {
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                flush_off_runtime(io).map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
+                flush_off_runtime(io)?;
             }
             permit = out_tx.reserve(), if pending.is_some() => {
                 let permit = permit.map_err(|_| QuicError::PeerClosed)?;
@@ -729,12 +730,12 @@ async fn drive_loop(
             }
             msg = in_rx.recv() => match msg {
                 Some(Ok(frame)) => {
-                    // A full batch, or the peer's `Done` (which waits for everything it
-                    // sent to be on disk), is committed before the frame goes on.
-                    let full = io.flush_due().is_some_and(|t| t <= Instant::now());
-                    if full || matches!(frame, Frame::Done) {
-                        flush_off_runtime(io)
-                            .map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))?;
+                    // A batch that is due (full, or waited its time), or the peer's `Done`
+                    // (which waits for everything it sent to be on disk), is committed
+                    // before the frame goes on.
+                    let due_now = io.flush_due().is_some_and(|t| t <= Instant::now());
+                    if due_now || matches!(frame, Frame::Done) {
+                        flush_off_runtime(io)?;
                     }
                     drive::on_frame(session, io, frame)?
                 }
