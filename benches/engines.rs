@@ -8,7 +8,8 @@
 //! `scripts/reference/bench_reference.py --json` with `$REF_PYTHON` (default
 //! `/work/venv-ref/bin/python`, else `python3`); see `scripts/reference/README.md`.
 //! Models come from `scripts/fetch-models.sh`.
-//! Run: `cargo bench --bench engines`.
+//! Run: `cargo bench --bench engines`. `ENGINES_ONLY=check` runs only generate batch 1 and
+//! the check (for profiling the multi-row products), `ENGINES_ONLY=embed` only the embeds.
 
 use candle_core::Device;
 use mycelium::worker::embed::Embedder;
@@ -80,12 +81,20 @@ fn main() {
     let models = fetched_dir();
     let cpu = Device::Cpu;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("# Mycelium engines (CPU, {threads} threads)");
+    let isa = mycelium::worker::isa::chosen();
+    println!(
+        "# Mycelium engines (CPU, {threads} threads, kernels: {}; MYCELIUM_KERNELS=avx512|avx2|portable forces one)",
+        isa.name()
+    );
     let mut ours: Vec<(String, f64)> = Vec::new();
+    let only = std::env::var("ENGINES_ONLY").ok();
     let emb = Embedder::load(&models.join("all-minilm-l6-v2"), &cpu)
         .expect("MiniLM: run scripts/fetch-models.sh");
     let mut seed = 1u64;
     for n in [16usize, 128] {
+        if only.as_deref().is_some_and(|o| o != "embed") {
+            break;
+        }
         let texts: Vec<String> = (0..32).map(|_| sentence(&emb, &mut seed, n)).collect();
         for batch in [1usize, 32] {
             let inputs = texts[..batch].to_vec();
@@ -97,6 +106,9 @@ fn main() {
             println!("  embed  MiniLM   batch {batch:2} × {n:3} tokens  {v:9.1} sentences/s");
             ours.push((format!("embed batch {batch} x {n} tokens"), v));
         }
+    }
+    if only.as_deref() == Some("embed") {
+        return;
     }
     let mut gen = Generator::load(
         &models.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -126,6 +138,9 @@ fn main() {
         c * 1e3,
         s / c
     );
+    if only.is_some() {
+        return;
+    }
     let all: Vec<String> = PROMPTS8.iter().map(|p| gen.prompt(p)).collect();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let s = median(0, 3, || {

@@ -6,14 +6,15 @@
 //!   marks, so a padded batch costs what its real tokens cost (masked keys and padded
 //!   rows do not change the real rows' outputs, so results are the same);
 //! - the matrix products are our own: weights packed once at load into panels of
-//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) picked at run time, with a portable
-//!   kernel on other CPUs; bias, residual and GELU are fused into them; Q, K and V are
+//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) or an AVX2 one (4 × 24, four per
+//!   tile) picked at run time ([`super::isa`]), with a portable kernel on other CPUs; bias, residual and GELU are fused into them; Q, K and V are
 //!   one product;
 //! - attention, softmax, GELU (erf, rational approximation, error < 1e-7) and layer norm
 //!   are vectorisable loops, and everything large is split over rayon's threads.
 //!
 //! Owns: the CPU BERT forward pass and its weights' packed layout.
 
+use super::isa::Isa;
 use candle_core::DType;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
@@ -28,31 +29,6 @@ const NR: usize = 48;
 const KC: usize = 256;
 /// Rows of C one task computes (at most).
 const MC: usize = 64;
-
-/// Which kernels this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Avx512,
-    Portable,
-}
-
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx512;
-        }
-    }
-    Isa::Portable
-}
-
-/// Whether this CPU runs our fast kernels (AVX-512F and FMA). Elsewhere [`CpuBert`] still
-/// works, on portable kernels that candle's own BERT (AVX2 gemm) beats.
-pub fn fast_cpu() -> bool {
-    detect() == Isa::Avx512
-}
 
 /// A raw pointer that tasks on other threads may write through: each writes rows or
 /// columns no other task touches.
@@ -172,7 +148,10 @@ fn linear(vb: &VarBuilder, n: usize, k: usize) -> candle_core::Result<Linear> {
 impl CpuBert {
     /// Load from the same weights candle's `BertModel` reads (with or without a
     /// `bert.`-style prefix).
-    pub fn load(vb: VarBuilder, c: &Config) -> candle_core::Result<CpuBert> {
+    /// The weights in `vb`, for the kernels of `isa` (one this CPU runs; portable
+    /// otherwise).
+    pub fn load(vb: VarBuilder, c: &Config, isa: Isa) -> candle_core::Result<CpuBert> {
+        let isa = if isa.available() { isa } else { Isa::Portable };
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
         } else {
@@ -231,7 +210,7 @@ impl CpuBert {
             },
             vocab: c.vocab_size,
             max_pos: c.max_position_embeddings,
-            isa: detect(),
+            isa,
         })
     }
 
@@ -503,11 +482,26 @@ fn act_avx512(act: Act, xs: &mut [f32]) {
     act_slice(act, xs)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(row: &mut [f32], scale: f32) {
+    softmax_body(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn act_avx2(act: Act, xs: &mut [f32]) {
+    act_slice(act, xs)
+}
+
 fn softmax_row(isa: Isa, row: &mut [f32], scale: f32) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is Avx512 only where the CPU has it.
+        // SAFETY: `isa` names a path only where the CPU has it (`super::isa`).
         Isa::Avx512 => unsafe { softmax_avx512(row, scale) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { softmax_avx2(row, scale) },
         _ => softmax_body(row, scale),
     }
 }
@@ -515,8 +509,11 @@ fn softmax_row(isa: Isa, row: &mut [f32], scale: f32) {
 fn act_run(isa: Isa, act: Act, xs: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is Avx512 only where the CPU has it.
+        // SAFETY: `isa` names a path only where the CPU has it (`super::isa`).
         Isa::Avx512 => unsafe { act_avx512(act, xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { act_avx2(act, xs) },
         _ => act_slice(act, xs),
     }
 }
@@ -630,6 +627,8 @@ unsafe fn gemm_st(
                     Isa::Avx512 => {
                         kernel_avx512(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p)
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => kernel_avx2(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p),
                     _ => kernel_portable(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p),
                 }
                 i0 += MR;
@@ -711,6 +710,71 @@ unsafe fn kernel_avx512(
     store(&acc, c, ldc, mr, nr, load_c, bias);
 }
 
+/// [`kernel_portable`] for AVX2 CPUs (16 vector registers): the 8 × 48 tile as four
+/// 4 × 24 ones, each 12 accumulators, three loads of B and four broadcasts of A per step.
+/// B rows must hold `NR` readable floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx2(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    load_c: bool,
+    bias: *const f32,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 4;
+    const W: usize = 24;
+    let mut r0 = 0;
+    while r0 < mr {
+        let rows = R.min(mr - r0);
+        // Rows past `rows` repeat the last row; their results are not stored.
+        let ar: [*const f32; R] = std::array::from_fn(|i| a.add((r0 + i.min(rows - 1)) * lda));
+        let mut j0 = 0;
+        while j0 < nr {
+            let mut acc = [[_mm256_setzero_ps(); 3]; R];
+            let bj = b.add(j0);
+            for p in 0..kc {
+                let bp = bj.add(p * ldb);
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                let b2 = _mm256_loadu_ps(bp.add(16));
+                for (acc_i, ap) in acc.iter_mut().zip(&ar) {
+                    let av = _mm256_broadcast_ss(&*ap.add(p));
+                    acc_i[0] = _mm256_fmadd_ps(av, b0, acc_i[0]);
+                    acc_i[1] = _mm256_fmadd_ps(av, b1, acc_i[1]);
+                    acc_i[2] = _mm256_fmadd_ps(av, b2, acc_i[2]);
+                }
+            }
+            let mut out = [[0f32; W]; R];
+            for (o, v) in out.iter_mut().zip(&acc) {
+                for (q, x) in v.iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * q), *x);
+                }
+            }
+            let bias_j = if bias.is_null() { bias } else { bias.add(j0) };
+            store(
+                &out,
+                c.add(r0 * ldc + j0),
+                ldc,
+                rows,
+                W.min(nr - j0),
+                load_c,
+                bias_j,
+            );
+            j0 += W;
+        }
+        r0 += R;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn kernel_fma<const W: usize>(
@@ -734,8 +798,8 @@ unsafe fn kernel_fma<const W: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn store<const W: usize>(
-    acc: &[[f32; W]; MR],
+unsafe fn store<const R: usize, const W: usize>(
+    acc: &[[f32; W]; R],
     c: *mut f32,
     ldc: usize,
     mr: usize,
@@ -803,7 +867,7 @@ mod tests {
     #[test]
     fn products_match_naive_on_every_kernel_and_edge() {
         let mut seed = 7;
-        for isa in [detect(), Isa::Portable] {
+        for isa in Isa::all_here() {
             for (m, n, k) in [
                 (1, 1, 1),
                 (5, 17, 3),

@@ -2,12 +2,14 @@
 //! kind: `config.json`, `model.safetensors`, `tokenizer.json`) through candle. Texts are
 //! tokenized in batches (padded to the longest, truncated to the model's `max_seq_length`,
 //! 256 by default), run through the encoder, mean-pooled over the attention mask and L2
-//! normalised, as sentence-transformers does. On a CPU with AVX-512 the encoder is our own
-//! ([`super::bert`]); on other CPUs and devices, candle's `BertModel`.
+//! normalised, as sentence-transformers does. On a CPU with AVX-512 or AVX2 (and FMA) the
+//! encoder is our own ([`super::bert`], kernels picked by [`super::isa`]); on other CPUs,
+//! under `MYCELIUM_KERNELS=portable`, and on other devices, candle's `BertModel`.
 //!
 //! Owns: the embedding computation. Reads model files; no other I/O.
 
 use super::bert::CpuBert;
+use super::isa::Isa;
 use super::EngineError;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -41,6 +43,12 @@ fn read(dir: &Path, name: &str) -> Result<Vec<u8>, EngineError> {
 impl Embedder {
     /// Load a BERT sentence-embedding model from `dir` onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Embedder, EngineError> {
+        Self::load_on(dir, device, super::isa::chosen())
+    }
+
+    /// [`Embedder::load`] with the CPU kernels of `isa` (one this CPU runs): our own BERT
+    /// on AVX2 or AVX-512, candle's on `Isa::Portable` (and on other devices).
+    pub fn load_on(dir: &Path, device: &Device, isa: Isa) -> Result<Embedder, EngineError> {
         let config: Config = serde_json::from_slice(&read(dir, "config.json")?)
             .map_err(|e| EngineError::Model(format!("config.json: {e}")))?;
         let max_tokens = std::fs::read(dir.join("sentence_bert_config.json"))
@@ -67,8 +75,8 @@ impl Embedder {
         // model file is written once, by `model add` or the fetch script.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .map_err(|e| EngineError::Model(format!("{}: {e}", weights.display())))?;
-        let model = if device.is_cpu() && super::bert::fast_cpu() {
-            CpuBert::load(vb, &config).map(Encoder::Cpu)
+        let model = if device.is_cpu() && isa != Isa::Portable && isa.available() {
+            CpuBert::load(vb, &config, isa).map(Encoder::Cpu)
         } else {
             BertModel::load(vb, &config).map(Encoder::Candle)
         }

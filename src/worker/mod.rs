@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod devices;
 pub mod embed;
 pub mod generate;
+pub mod isa;
 pub mod kernels;
 pub mod llama;
 pub mod models;

@@ -2,11 +2,13 @@
 //! (Q4_1, Q8_0, F32) repacked with f32 scales, activations quantised to 8 bits per
 //! 32-value block (llama.cpp's Q8_1: scale and scaled sum), and the product of a weight
 //! matrix with many activation rows at once. The dot kernels use AVX2 when the CPU has it
-//! (picked at run time, so one binary runs everywhere) and a portable scalar loop
+//! (picked at run time by [`super::isa`], so one binary runs everywhere, and
+//! `MYCELIUM_KERNELS=portable` forces the scalar loop) and a portable scalar loop
 //! otherwise; the rows of the output are split across the rayon threads.
 //!
 //! Owns: quantised weight storage and the products over it. No I/O.
 
+use super::isa::Isa;
 use rayon::prelude::*;
 
 /// Values per block.
@@ -195,8 +197,15 @@ impl QMatrix {
     }
 
     /// `out[i][r] = Σ_c self[r][c] · x[i][c]` for the `n` rows of `x` (each `cols`
-    /// long); `out` is `n` × `rows`.
+    /// long); `out` is `n` × `rows`. On the kernel path this process uses
+    /// ([`super::isa::chosen`]).
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        self.matmul_on(super::isa::chosen(), x, n, out)
+    }
+
+    /// [`QMatrix::matmul`] on the given path (AVX-512 CPUs run the AVX2 kernels: there
+    /// are no AVX-512 ones for these blocks yet). `isa` must be one this CPU runs.
+    pub fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
         assert_eq!(x.len(), n * cols, "matmul input length");
         assert_eq!(out.len(), n * rows, "matmul output length");
@@ -228,7 +237,7 @@ impl QMatrix {
         let dst: &mut [f32] = if n == 1 { out } else { &mut t };
         // Chunks of rows big enough to be worth a task, small enough to balance.
         let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
-        let avx2 = has_avx2();
+        let avx2 = isa >= Isa::Avx2 && Isa::Avx2.available();
         dst.par_chunks_mut(chunk * n)
             .enumerate()
             .for_each(|(ci, o)| {
@@ -293,18 +302,6 @@ impl QMatrix {
     }
 }
 
-/// Whether the AVX2 + FMA kernels run here.
-pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Quantise `x` (a multiple of 32 long) into 8-bit blocks, rounding to nearest.
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     for (c, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -363,50 +360,78 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Q4_1 weights · N activation rows.
+    /// Q4_1 weights · N activation rows. Two sets of accumulators (even and odd blocks),
+    /// so one row's sum is two dependency chains, not one (a single row was bound by the
+    /// latency of its one chain of adds).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], xs: [&[BlockQ8]; N]) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut off = [0f32; N];
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+        let (mut off0, mut off1) = ([0f32; N], [0f32; N]);
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        for (i, b) in w.iter().enumerate() {
-            let q = _mm_loadu_si128(b.qs.as_ptr().cast());
-            let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
-            for k in 0..N {
-                let a = xs[k].get_unchecked(i);
-                let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), acc[k]);
-                off[k] += b.m * a.s;
-            }
+        macro_rules! step {
+            ($i:expr, $acc:ident, $off:ident) => {{
+                let b = w.get_unchecked($i);
+                let q = _mm_loadu_si128(b.qs.as_ptr().cast());
+                let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
+                for k in 0..N {
+                    let a = xs[k].get_unchecked($i);
+                    let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
+                    $acc[k] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
+                    $off[k] = b.m.mul_add(a.s, $off[k]);
+                }
+            }};
+        }
+        let mut i = 0;
+        while i + 2 <= w.len() {
+            step!(i, acc0, off0);
+            step!(i + 1, acc1, off1);
+            i += 2;
+        }
+        if i < w.len() {
+            step!(i, acc0, off0);
         }
         let mut out = [0f32; N];
         for k in 0..N {
-            out[k] = hsum(acc[k]) + off[k];
+            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k])) + (off0[k] + off1[k]);
         }
         out
     }
 
-    /// Q8_0 weights · N activation rows.
+    /// Q8_0 weights · N activation rows (two chains per row, as [`dot_q4_1`]).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], xs: [&[BlockQ8]; N]) -> [f32; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
+        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         let ones = _mm256_set1_epi16(1);
-        for (i, b) in w.iter().enumerate() {
-            let qw = _mm256_loadu_si256(b.qs.as_ptr().cast());
-            let aw = _mm256_sign_epi8(qw, qw);
-            for k in 0..N {
-                let a = xs[k].get_unchecked(i);
-                let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
-                let sx = _mm256_sign_epi8(qx, qw);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), acc[k]);
-            }
+        macro_rules! step {
+            ($i:expr, $acc:ident) => {{
+                let b = w.get_unchecked($i);
+                let qw = _mm256_loadu_si256(b.qs.as_ptr().cast());
+                let aw = _mm256_sign_epi8(qw, qw);
+                for k in 0..N {
+                    let a = xs[k].get_unchecked($i);
+                    let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
+                    let sx = _mm256_sign_epi8(qx, qw);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+                    $acc[k] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
+                }
+            }};
+        }
+        let mut i = 0;
+        while i + 2 <= w.len() {
+            step!(i, acc0);
+            step!(i + 1, acc1);
+            i += 2;
+        }
+        if i < w.len() {
+            step!(i, acc0);
         }
         let mut out = [0f32; N];
         for k in 0..N {
-            out[k] = hsum(acc[k]);
+            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k]));
         }
         out
     }
@@ -456,15 +481,18 @@ mod tests {
             }
         }
         let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
-        for (kind, bytes) in [("Q4_1", &q41), ("Q8_0", &q80)] {
+        for (isa, (kind, bytes)) in Isa::all_here()
+            .into_iter()
+            .flat_map(|i| [(i, ("Q4_1", &q41)), (i, ("Q8_0", &q80))])
+        {
             let m = QMatrix::from_gguf(kind, rows, cols, bytes).unwrap();
             let mut many = vec![0f32; n * rows];
-            m.matmul(&x, n, &mut many);
+            m.matmul_on(isa, &x, n, &mut many);
             let mut w = vec![0f32; cols];
             for i in 0..n {
                 let xi = &x[i * cols..(i + 1) * cols];
                 let mut one = vec![0f32; rows];
-                m.matmul(xi, 1, &mut one);
+                m.matmul_on(isa, xi, 1, &mut one);
                 let mut xq = vec![ZERO_Q8; cols / QK];
                 quantize_q8(xi, &mut xq);
                 let xd: Vec<f32> = xq
@@ -478,9 +506,9 @@ mod tests {
                     let tol = 1e-4 * scale.max(1.0);
                     assert!(
                         (many[i * rows + r] - exact).abs() < tol,
-                        "{kind} batched r{r}"
+                        "{isa:?} {kind} batched r{r}"
                     );
-                    assert!((one[r] - exact).abs() < tol, "{kind} single r{r}");
+                    assert!((one[r] - exact).abs() < tol, "{isa:?} {kind} single r{r}");
                     let nb = cols / QK;
                     let scalar = match &m.data {
                         Data::Q4_1(b) => dot_q4_1_scalar(&b[r * nb..(r + 1) * nb], &xq),
