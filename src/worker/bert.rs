@@ -6,7 +6,7 @@
 //!   marks, so a padded batch costs what its real tokens cost (masked keys and padded
 //!   rows do not change the real rows' outputs, so results are the same);
 //! - the matrix products are our own: weights packed once at load into panels of
-//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) or an AVX2 one (4 × 24, four per
+//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) or an AVX2 one (4 × 16, six per
 //!   tile) picked at run time ([`super::isa`]), with a portable kernel on other CPUs; bias, residual and GELU are fused into them; Q, K and V are
 //!   one product;
 //! - attention, softmax, GELU (erf, rational approximation, error < 1e-7) and layer norm
@@ -710,8 +710,9 @@ unsafe fn kernel_avx512(
     store(&acc, c, ldc, mr, nr, load_c, bias);
 }
 
-/// [`kernel_portable`] for AVX2 CPUs (16 vector registers): the 8 × 48 tile as four
-/// 4 × 24 ones, each 12 accumulators, three loads of B and four broadcasts of A per step.
+/// [`kernel_portable`] for AVX2 CPUs (16 vector registers): the 8 × 48 tile as six
+/// 4 × 16 ones, each 8 accumulators, two loads of B and four broadcasts of A per step
+/// (4 × 24 needed all 16 registers and more: one accumulator lived on the stack).
 /// B rows must hold `NR` readable floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -731,33 +732,31 @@ unsafe fn kernel_avx2(
 ) {
     use std::arch::x86_64::*;
     const R: usize = 4;
-    const W: usize = 24;
-    let mut r0 = 0;
-    while r0 < mr {
-        let rows = R.min(mr - r0);
-        // Rows past `rows` repeat the last row; their results are not stored.
-        let ar: [*const f32; R] = std::array::from_fn(|i| a.add((r0 + i.min(rows - 1)) * lda));
-        let mut j0 = 0;
-        while j0 < nr {
-            let mut acc = [[_mm256_setzero_ps(); 3]; R];
+    const W: usize = 16;
+    // Each 16-column strip of B (`kc` × 64 bytes) serves both row quads while in L1.
+    let mut j0 = 0;
+    while j0 < nr {
+        let mut r0 = 0;
+        while r0 < mr {
+            let rows = R.min(mr - r0);
+            // Rows past `rows` repeat the last row; their results are not stored.
+            let ar: [*const f32; R] = std::array::from_fn(|i| a.add((r0 + i.min(rows - 1)) * lda));
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
             let bj = b.add(j0);
             for p in 0..kc {
                 let bp = bj.add(p * ldb);
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
-                let b2 = _mm256_loadu_ps(bp.add(16));
                 for (acc_i, ap) in acc.iter_mut().zip(&ar) {
                     let av = _mm256_broadcast_ss(&*ap.add(p));
                     acc_i[0] = _mm256_fmadd_ps(av, b0, acc_i[0]);
                     acc_i[1] = _mm256_fmadd_ps(av, b1, acc_i[1]);
-                    acc_i[2] = _mm256_fmadd_ps(av, b2, acc_i[2]);
                 }
             }
             let mut out = [[0f32; W]; R];
             for (o, v) in out.iter_mut().zip(&acc) {
-                for (q, x) in v.iter().enumerate() {
-                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * q), *x);
-                }
+                _mm256_storeu_ps(o.as_mut_ptr(), v[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), v[1]);
             }
             let bias_j = if bias.is_null() { bias } else { bias.add(j0) };
             store(
@@ -769,9 +768,9 @@ unsafe fn kernel_avx2(
                 load_c,
                 bias_j,
             );
-            j0 += W;
+            r0 += R;
         }
-        r0 += R;
+        j0 += W;
     }
 }
 

@@ -1,5 +1,5 @@
 //! Which instruction-set path the CPU engines' kernels take: the best this CPU has
-//! (AVX-512F with FMA, AVX2 with FMA, or portable code), or the one `MYCELIUM_KERNELS`
+//! (AVX-512F with FMA, AVX2 with FMA and F16C, or portable code), or the one `MYCELIUM_KERNELS`
 //! names (`avx512`, `avx2`, `portable`), so that each path can be measured and tested on
 //! any machine that has it. A named path this CPU lacks is refused with a warning, and the
 //! best one it has is used.
@@ -32,7 +32,10 @@ impl Isa {
             let fma = std::arch::is_x86_feature_detected!("fma");
             match self {
                 Isa::Portable => true,
-                Isa::Avx2 => fma && std::arch::is_x86_feature_detected!("avx2"),
+                Isa::Avx2 => {
+                    fma && std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("f16c")
+                }
                 Isa::Avx512 => fma && std::arch::is_x86_feature_detected!("avx512f"),
             }
         }

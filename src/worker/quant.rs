@@ -14,21 +14,23 @@ use rayon::prelude::*;
 /// Values per block.
 pub const QK: usize = 32;
 
-/// A Q4_1 weight block: value = d · q + m, q in 0..16; `qs[j]` holds element j in its
-/// low nibble and element j + 16 in its high nibble (GGUF's order).
+/// A Q4_1 weight block as GGUF stores it (20 bytes): value = d · q + m, q in 0..16, `d`
+/// and `m` IEEE halves; `qs[j]` holds element j in its low nibble and element j + 16 in
+/// its high nibble. Halves, not f32: a token's decoding reads every weight once, so bytes
+/// are time (f32 scales made the blocks 24 bytes).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ4_1 {
-    pub d: f32,
-    pub m: f32,
+    pub d: u16,
+    pub m: u16,
     pub qs: [u8; 16],
 }
 
-/// A Q8_0 weight block: value = d · q.
+/// A Q8_0 weight block as GGUF stores it (34 bytes): value = d · q, `d` an IEEE half.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8_0 {
-    pub d: f32,
+    pub d: u16,
     pub qs: [i8; 32],
 }
 
@@ -137,8 +139,8 @@ impl QMatrix {
                                 let mut qs = [0u8; 16];
                                 qs.copy_from_slice(&c[4..20]);
                                 BlockQ4_1 {
-                                    d: f16_to_f32(le16(c, 0)),
-                                    m: f16_to_f32(le16(c, 2)),
+                                    d: le16(c, 0),
+                                    m: le16(c, 2),
                                     qs,
                                 }
                             })
@@ -153,10 +155,7 @@ impl QMatrix {
                                 for (q, b) in qs.iter_mut().zip(&c[2..34]) {
                                     *q = *b as i8;
                                 }
-                                BlockQ8_0 {
-                                    d: f16_to_f32(le16(c, 0)),
-                                    qs,
-                                }
+                                BlockQ8_0 { d: le16(c, 0), qs }
                             })
                             .collect(),
                     )
@@ -177,8 +176,9 @@ impl QMatrix {
                     .iter()
                     .zip(out.chunks_exact_mut(QK))
                 {
+                    let d = f16_to_f32(b.d);
                     for (x, q) in o.iter_mut().zip(b.qs) {
-                        *x = b.d * f32::from(q);
+                        *x = d * f32::from(q);
                     }
                 }
             }
@@ -187,9 +187,10 @@ impl QMatrix {
                     .iter()
                     .zip(out.chunks_exact_mut(QK))
                 {
+                    let (d, m) = (f16_to_f32(b.d), f16_to_f32(b.m));
                     for j in 0..16 {
-                        o[j] = b.d * f32::from(b.qs[j] & 0xf) + b.m;
-                        o[j + 16] = b.d * f32::from(b.qs[j] >> 4) + b.m;
+                        o[j] = d * f32::from(b.qs[j] & 0xf) + m;
+                        o[j + 16] = d * f32::from(b.qs[j] >> 4) + m;
                     }
                 }
             }
@@ -281,7 +282,7 @@ impl QMatrix {
                 let w = &w[r * nb..(r + 1) * nb];
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
-                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
                     return unsafe { x86::dot_q4_1::<N>(w, xs) };
                 }
                 let _ = avx2;
@@ -329,7 +330,7 @@ pub fn dot_q4_1_scalar(w: &[BlockQ4_1], x: &[BlockQ8]) -> f32 {
             i += i32::from(b.qs[j] & 0xf) * i32::from(a.qs[j])
                 + i32::from(b.qs[j] >> 4) * i32::from(a.qs[j + 16]);
         }
-        sum += b.d * a.d * i as f32 + b.m * a.s;
+        sum += f16_to_f32(b.d) * a.d * i as f32 + f16_to_f32(b.m) * a.s;
     }
     sum
 }
@@ -342,7 +343,7 @@ pub fn dot_q8_0_scalar(w: &[BlockQ8_0], x: &[BlockQ8]) -> f32 {
                 .zip(&a.qs)
                 .map(|(p, q)| i32::from(*p) * i32::from(*q))
                 .sum();
-        sum += b.d * a.d * i as f32;
+        sum += f16_to_f32(b.d) * a.d * i as f32;
     }
     sum
 }
@@ -363,7 +364,7 @@ mod x86 {
     /// Q4_1 weights · N activation rows. Two sets of accumulators (even and odd blocks),
     /// so one row's sum is two dependency chains, not one (a single row was bound by the
     /// latency of its one chain of adds).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], xs: [&[BlockQ8]; N]) -> [f32; N] {
         let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         let (mut off0, mut off1) = ([0f32; N], [0f32; N]);
@@ -372,6 +373,11 @@ mod x86 {
         macro_rules! step {
             ($i:expr, $acc:ident, $off:ident) => {{
                 let b = w.get_unchecked($i);
+                // d and m, two halves side by side, widened at once (F16C).
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                    (b as *const BlockQ4_1).cast::<i32>(),
+                )));
+                let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
                 let q = _mm_loadu_si128(b.qs.as_ptr().cast());
                 let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
                 for k in 0..N {
@@ -379,8 +385,8 @@ mod x86 {
                     let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
                     $acc[k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
-                    $off[k] = b.m.mul_add(a.s, $off[k]);
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
+                    $off[k] = m.mul_add(a.s, $off[k]);
                 }
             }};
         }
@@ -401,13 +407,14 @@ mod x86 {
     }
 
     /// Q8_0 weights · N activation rows (two chains per row, as [`dot_q4_1`]).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], xs: [&[BlockQ8]; N]) -> [f32; N] {
         let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         let ones = _mm256_set1_epi16(1);
         macro_rules! step {
             ($i:expr, $acc:ident) => {{
                 let b = w.get_unchecked($i);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
                 let qw = _mm256_loadu_si256(b.qs.as_ptr().cast());
                 let aw = _mm256_sign_epi8(qw, qw);
                 for k in 0..N {
@@ -416,7 +423,7 @@ mod x86 {
                     let sx = _mm256_sign_epi8(qx, qw);
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
                     $acc[k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(b.d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
+                        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
                 }
             }};
         }
