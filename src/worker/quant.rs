@@ -336,63 +336,22 @@ impl QMatrix {
     /// [`QMatrix::matmul`] on the given path (AVX-512 CPUs run the AVX2 kernels: there
     /// are no AVX-512 ones for these blocks yet). `isa` must be one this CPU runs.
     pub fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
+        matmul_each(isa, &mut [(self, out)], x, n);
+    }
+
+    fn matmul_f32(&self, w: &[f32], x: &[f32], out: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
-        assert_eq!(x.len(), n * cols, "matmul input length");
-        assert_eq!(out.len(), n * rows, "matmul output length");
-        if let Data::F32(w) = &self.data {
-            out.par_chunks_mut(rows)
-                .zip(x.par_chunks(cols))
-                .for_each(|(o, xi)| {
-                    for (r, y) in o.iter_mut().enumerate() {
-                        *y = w[r * cols..(r + 1) * cols]
-                            .iter()
-                            .zip(xi)
-                            .map(|(a, b)| a * b)
-                            .sum();
-                    }
-                });
-            return;
-        }
-        let nb = cols / QK;
-        let mut xq = vec![ZERO_Q8; n * nb];
-        for (xi, qi) in x.chunks_exact(cols).zip(xq.chunks_exact_mut(nb)) {
-            quantize_q8(xi, qi);
-        }
-        let avx2 = isa >= Isa::Avx2 && Isa::Avx2.available();
-        let groups = rows / GROUP;
-        let full = groups * GROUP;
-        // The groups' results, group-major: input i of group g at `(g·n + i)·8`; for one
-        // input row that is already the output's order.
-        let mut t = if n == 1 {
-            Vec::new()
-        } else {
-            vec![0f32; full * n]
-        };
-        {
-            let dst: &mut [f32] = if n == 1 { &mut out[..full] } else { &mut t };
-            // Chunks of groups big enough to be worth a task, small enough to balance.
-            let chunk = (groups / (rayon::current_num_threads() * 8)).clamp(1, 32);
-            dst.par_chunks_mut(chunk * GROUP * n)
-                .enumerate()
-                .for_each(|(ci, o)| {
-                    for (k, og) in o.chunks_exact_mut(GROUP * n).enumerate() {
-                        self.group(avx2, ci * chunk + k, &xq, nb, n, og);
-                    }
-                });
-        }
-        if n > 1 {
-            for (g, tg) in t.chunks_exact(GROUP * n).enumerate() {
-                for (i, v) in tg.chunks_exact(GROUP).enumerate() {
-                    out[i * rows + g * GROUP..][..GROUP].copy_from_slice(v);
+        out.par_chunks_mut(rows)
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, xi)| {
+                for (r, y) in o.iter_mut().enumerate() {
+                    *y = w[r * cols..(r + 1) * cols]
+                        .iter()
+                        .zip(xi)
+                        .map(|(a, b)| a * b)
+                        .sum();
                 }
-            }
-        }
-        // The last rows % 8 rows, one dot each.
-        for r in full..rows {
-            for i in 0..n {
-                out[i * rows + r] = self.dot(avx2, r - full, &xq[i * nb..(i + 1) * nb]);
-            }
-        }
+            });
     }
 
     /// Group `g` (rows 8g..8g + 8) times all `n` activation rows into `out` (`n` × 8),
@@ -451,6 +410,90 @@ impl QMatrix {
                 dot_q8_0_scalar(w, x)
             }
             Data::F32(_) => 0.0,
+        }
+    }
+}
+
+/// Several products of the same `n` input rows, `m.matmul_on(isa, x, n, out)` for each
+/// `(m, out)`, in one parallel region and with `x` quantised once (the q, k and v
+/// projections of a layer; its gate and up). Every matrix must have `x`'s row length.
+pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: usize) {
+    let Some(cols) = mats.first().map(|(m, _)| m.cols) else {
+        return;
+    };
+    assert_eq!(x.len(), n * cols, "matmul input length");
+    for (m, out) in mats.iter_mut() {
+        assert_eq!(m.cols, cols, "matmul row lengths");
+        assert_eq!(out.len(), n * m.rows, "matmul output length");
+        if let Data::F32(w) = &m.data {
+            m.matmul_f32(w, x, out);
+        }
+    }
+    let nb = cols / QK;
+    let mut xq = vec![ZERO_Q8; n * nb];
+    if mats.iter().any(|(m, _)| !matches!(m.data, Data::F32(_))) {
+        // Rows in parallel only when there are enough to pay for it.
+        let per = n.div_ceil(rayon::current_num_threads()).max(8);
+        x.par_chunks(per * cols)
+            .zip(xq.par_chunks_mut(per * nb))
+            .for_each(|(xc, qc)| {
+                for (xi, qi) in xc.chunks_exact(cols).zip(qc.chunks_exact_mut(nb)) {
+                    quantize_q8(xi, qi);
+                }
+            });
+    }
+    let avx2 = isa >= Isa::Avx2 && Isa::Avx2.available();
+    // The groups' results, group-major: input i of group g at `(g·n + i)·8`; for one input
+    // row that is already the output's order, so it goes straight there.
+    let mut staged: Vec<Vec<f32>> = mats
+        .iter()
+        .map(|(m, _)| {
+            if n == 1 || matches!(m.data, Data::F32(_)) {
+                Vec::new()
+            } else {
+                vec![0f32; m.rows / GROUP * GROUP * n]
+            }
+        })
+        .collect();
+    {
+        // Chunks of groups big enough to be worth a task, small enough to balance.
+        let total: usize = mats.iter().map(|(m, _)| m.rows / GROUP).sum();
+        let chunk = (total / (rayon::current_num_threads() * 8)).clamp(1, 32);
+        let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+        for ((m, out), t) in mats.iter_mut().zip(&mut staged) {
+            if matches!(m.data, Data::F32(_)) {
+                continue;
+            }
+            let full = m.rows / GROUP * GROUP;
+            let dst: &mut [f32] = if n == 1 { &mut out[..full] } else { t };
+            for (ci, o) in dst.chunks_mut(chunk * GROUP * n).enumerate() {
+                tasks.push((m, ci * chunk, o));
+            }
+        }
+        tasks.into_par_iter().for_each(|(m, g0, o)| {
+            for (k, og) in o.chunks_exact_mut(GROUP * n).enumerate() {
+                m.group(avx2, g0 + k, &xq, nb, n, og);
+            }
+        });
+    }
+    for ((m, out), t) in mats.iter_mut().zip(&staged) {
+        if matches!(m.data, Data::F32(_)) {
+            continue;
+        }
+        let rows = m.rows;
+        let full = rows / GROUP * GROUP;
+        if n > 1 {
+            out.par_chunks_mut(rows).enumerate().for_each(|(i, o)| {
+                for (g, v) in o[..full].chunks_exact_mut(GROUP).enumerate() {
+                    v.copy_from_slice(&t[(g * n + i) * GROUP..][..GROUP]);
+                }
+            });
+        }
+        // The last rows % 8 rows, one dot each.
+        for r in full..rows {
+            for i in 0..n {
+                out[i * rows + r] = m.dot(avx2, r - full, &xq[i * nb..(i + 1) * nb]);
+            }
         }
     }
 }
@@ -849,6 +892,54 @@ mod tests {
                     };
                     assert!((scalar - exact).abs() < tol, "{kind} scalar r{r}");
                 }
+            }
+        }
+    }
+
+    /// Products of several matrices in one region (quantised once) are each exactly the
+    /// product on its own, for one and many input rows, whatever the kinds.
+    #[test]
+    fn products_together_equal_products_alone() {
+        let mut seed = 3u64;
+        let cols = 64;
+        let mut bytes = |rows: usize, size: usize| -> Vec<u8> {
+            (0..rows * cols / QK * size)
+                .map(|i| match i % size {
+                    0 => 0x00,
+                    1 => 0x2c, // a half near 0.06 for d
+                    2 if size == 20 => 0x00,
+                    3 if size == 20 => 0xb4, // m near -0.25
+                    _ => ((lcg(&mut seed) + 1.0) * 127.9) as u8,
+                })
+                .collect()
+        };
+        let a = QMatrix::from_gguf("Q4_1", 24, cols, &bytes(24, 20)).unwrap();
+        let b = QMatrix::from_gguf("Q8_0", 13, cols, &bytes(13, 34)).unwrap();
+        let f: Vec<u8> = (0..5 * cols)
+            .flat_map(|_| lcg(&mut seed).to_le_bytes())
+            .collect();
+        let c = QMatrix::from_gguf("F32", 5, cols, &f).unwrap();
+        for isa in Isa::all_here() {
+            for n in [1, 7] {
+                let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+                let alone: Vec<Vec<f32>> = [&a, &b, &c]
+                    .iter()
+                    .map(|m| {
+                        let mut o = vec![0f32; n * m.rows];
+                        m.matmul_on(isa, &x, n, &mut o);
+                        o
+                    })
+                    .collect();
+                let (mut oa, mut ob, mut oc) =
+                    (vec![0f32; n * 24], vec![0f32; n * 13], vec![0f32; n * 5]);
+                matmul_each(
+                    isa,
+                    &mut [(&a, &mut oa), (&b, &mut ob), (&c, &mut oc)],
+                    &x,
+                    n,
+                );
+                assert_eq!(alone, [oa, ob, oc], "{isa:?} n={n}");
+                assert!(alone.iter().flatten().any(|v| *v != 0.0));
             }
         }
     }
