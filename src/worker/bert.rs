@@ -6,7 +6,7 @@
 //!   marks, so a padded batch costs what its real tokens cost (masked keys and padded
 //!   rows do not change the real rows' outputs, so results are the same);
 //! - the matrix products are our own: weights packed once at load into panels of
-//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) or an AVX2 one (4 × 16, six per
+//!   [`NR`] columns, an AVX-512 microkernel (8 × 48) or an AVX2 one (6 × 16, three per
 //!   tile) picked at run time ([`super::isa`]), with a portable kernel on other CPUs; bias, residual and GELU are fused into them; Q, K and V are
 //!   one product;
 //! - attention, softmax, GELU (erf, rational approximation, error < 1e-7) and layer norm
@@ -29,6 +29,17 @@ const NR: usize = 48;
 const KC: usize = 256;
 /// Rows of C one task computes (at most).
 const MC: usize = 64;
+/// Rows of the AVX2 microkernel's tile (16 vector registers: 6 × 16 is twelve
+/// accumulators, two of B and one broadcast of A).
+const MR_AVX2: usize = 6;
+
+/// Rows per kernel call and rows per task for `isa`'s kernel.
+fn tile_rows(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx2 => (MR_AVX2, 10 * MR_AVX2),
+        _ => (MR, MC),
+    }
+}
 
 /// A raw pointer that tasks on other threads may write through: each writes rows or
 /// columns no other task touches.
@@ -58,28 +69,55 @@ enum Rhs {
 unsafe impl Send for Rhs {}
 unsafe impl Sync for Rhs {}
 
-/// A linear layer `y = x Wᵀ + b`, `W` (n, k) packed for [`gemm`].
+/// 64 bytes of floats on a cache line of their own.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A linear layer `y = x Wᵀ + b`, `W` (n, k) packed for [`gemm`]: panels of `NR`
+/// columns, each either `k` rows of `NR` (AVX-512 and portable kernels) or, for the AVX2
+/// kernel, three strips of 16 columns one after the other (`k` × 16 each), so the
+/// kernel's pass over a strip reads consecutive cache lines.
 struct Linear {
-    packed: Vec<f32>,
+    packed: Vec<Line>,
     bias: Vec<f32>,
     n: usize,
     k: usize,
 }
 
+/// Whether `isa`'s kernel reads panels as strips of 16 columns.
+fn strips(isa: Isa) -> bool {
+    isa == Isa::Avx2
+}
+
 impl Linear {
-    /// From row-major `w` (n, k), the concatenation of one or more layers' weights.
-    fn new(w: &[f32], bias: Vec<f32>, n: usize, k: usize) -> Linear {
+    /// From row-major `w` (n, k), the concatenation of one or more layers' weights, for
+    /// `isa`'s kernel.
+    fn new(w: &[f32], bias: Vec<f32>, n: usize, k: usize, isa: Isa) -> Linear {
         let panels = n.div_ceil(NR);
-        let mut packed = vec![0f32; panels * k * NR];
+        let mut flat = vec![0f32; panels * k * NR];
         for p in 0..panels {
             for j in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
                 for (kk, v) in row.iter().enumerate() {
-                    packed[(p * k + kk) * NR + j] = *v;
+                    let at = if strips(isa) {
+                        (p * NR + j / 16 * 16) * k + kk * 16 + j % 16
+                    } else {
+                        (p * k + kk) * NR + j
+                    };
+                    flat[at] = *v;
                 }
             }
         }
+        let packed = flat
+            .chunks_exact(16)
+            .map(|c| Line(std::array::from_fn(|i| c[i])))
+            .collect();
         Linear { packed, bias, n, k }
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.packed.as_ptr().cast()
     }
 }
 
@@ -136,12 +174,13 @@ fn norm(vb: &VarBuilder, d: usize) -> candle_core::Result<Norm> {
     })
 }
 
-fn linear(vb: &VarBuilder, n: usize, k: usize) -> candle_core::Result<Linear> {
+fn linear(vb: &VarBuilder, n: usize, k: usize, isa: Isa) -> candle_core::Result<Linear> {
     Ok(Linear::new(
         &get(vb, &[n, k], "weight")?,
         get(vb, &[n], "bias")?,
         n,
         k,
+        isa,
     ))
 }
 
@@ -185,11 +224,11 @@ impl CpuBert {
             b.extend(get(&s.pp("key"), &[d], "bias")?);
             b.extend(get(&s.pp("value"), &[d], "bias")?);
             layers.push(Layer {
-                qkv: Linear::new(&w, b, 3 * d, d),
-                out: linear(&l.pp("attention.output.dense"), d, d)?,
+                qkv: Linear::new(&w, b, 3 * d, d, isa),
+                out: linear(&l.pp("attention.output.dense"), d, d, isa)?,
                 ln1: norm(&l.pp("attention.output.LayerNorm"), d)?,
-                up: linear(&l.pp("intermediate.dense"), f, d)?,
-                down: linear(&l.pp("output.dense"), d, f)?,
+                up: linear(&l.pp("intermediate.dense"), f, d, isa)?,
+                down: linear(&l.pp("output.dense"), d, f, isa)?,
                 ln2: norm(&l.pp("output.LayerNorm"), d)?,
             });
         }
@@ -284,7 +323,7 @@ impl CpuBert {
                 l.k,
                 x.as_ptr(),
                 l.k,
-                Rhs::Packed(l.packed.as_ptr()),
+                Rhs::Packed(l.as_ptr()),
                 y.as_mut_ptr(),
                 l.n,
                 add,
@@ -539,7 +578,8 @@ unsafe fn gemm(
     act: Act,
 ) {
     let threads = rayon::current_num_threads().max(1);
-    let row_tiles = m.div_ceil(MC);
+    let (_, mc) = tile_rows(isa);
+    let row_tiles = m.div_ceil(mc);
     let panels = n.div_ceil(NR);
     let want = 4 * threads;
     let col_tiles = if row_tiles >= want {
@@ -553,8 +593,8 @@ unsafe fn gemm(
     let flops = m * n * k;
     let task = move |t: usize| {
         let (r, q) = (t / col_tiles, t % col_tiles);
-        let (i0, j0) = (r * MC, q * per);
-        let (mi, nj) = (MC.min(m - i0), per.min(n - j0));
+        let (i0, j0) = (r * mc, q * per);
+        let (mi, nj) = (mc.min(m - i0), per.min(n - j0));
         let b = match b {
             Rhs::Packed(p) => Rhs::Packed(p.add(j0 / NR * k * NR)),
             Rhs::Plain(p, ldb) => Rhs::Plain(p.add(j0), ldb),
@@ -601,6 +641,7 @@ unsafe fn gemm_st(
     bias: Option<&[f32]>,
     act: Act,
 ) {
+    let (step, _) = tile_rows(isa);
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
@@ -608,9 +649,12 @@ unsafe fn gemm_st(
         let mut j0 = 0;
         while j0 < n {
             let nr = NR.min(n - j0);
-            let (bp, ldb) = match b {
-                Rhs::Packed(p) => (p.add(j0 / NR * k * NR + k0 * NR), NR),
-                Rhs::Plain(p, ldb) => (p.add(k0 * ldb + j0), ldb),
+            // B at (k0, j0), its row stride, and (for the AVX2 kernel) how far the next
+            // 16-column strip starts.
+            let (bp, ldb, sstride) = match b {
+                Rhs::Packed(p) if strips(isa) => (p.add(j0 * k + k0 * 16), 16, 16 * k),
+                Rhs::Packed(p) => (p.add(j0 / NR * k * NR + k0 * NR), NR, 16),
+                Rhs::Plain(p, ldb) => (p.add(k0 * ldb + j0), ldb, 16),
             };
             let bias_p = match bias {
                 Some(v) if first => v.as_ptr().add(j0),
@@ -618,7 +662,7 @@ unsafe fn gemm_st(
             };
             let mut i0 = 0;
             while i0 < m {
-                let mr = MR.min(m - i0);
+                let mr = step.min(m - i0);
                 let cp = c.add(i0 * ldc + j0);
                 let ab = a.add(i0 * lda + k0);
                 let load_c = add || !first;
@@ -628,10 +672,12 @@ unsafe fn gemm_st(
                         kernel_avx512(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p)
                     }
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => kernel_avx2(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p),
+                    Isa::Avx2 => kernel_avx2(
+                        kc, ab, lda, bp, ldb, sstride, cp, ldc, mr, nr, load_c, bias_p,
+                    ),
                     _ => kernel_portable(kc, ab, lda, bp, ldb, cp, ldc, mr, nr, load_c, bias_p),
                 }
-                i0 += MR;
+                i0 += step;
             }
             j0 += NR;
         }
@@ -710,10 +756,11 @@ unsafe fn kernel_avx512(
     store(&acc, c, ldc, mr, nr, load_c, bias);
 }
 
-/// [`kernel_portable`] for AVX2 CPUs (16 vector registers): the 8 × 48 tile as six
-/// 4 × 16 ones, each 8 accumulators, two loads of B and four broadcasts of A per step
-/// (4 × 24 needed all 16 registers and more: one accumulator lived on the stack).
-/// B rows must hold `NR` readable floats.
+/// [`kernel_portable`] for AVX2 CPUs (16 vector registers), for up to [`MR_AVX2`] rows:
+/// the 6 × 48 tile as three 6 × 16 ones, each twelve accumulators, two loads of B and six
+/// broadcasts of A per step (4 × 16 had eight accumulators, too few to hide the latency
+/// of the FMAs on two pipes; 4 × 24 needed more than 16 registers). Strip `s` of B
+/// starts `s · sstride` floats after `b`, its rows `ldb` apart, each 16 readable floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -723,6 +770,7 @@ unsafe fn kernel_avx2(
     lda: usize,
     b: *const f32,
     ldb: usize,
+    sstride: usize,
     c: *mut f32,
     ldc: usize,
     mr: usize,
@@ -731,9 +779,9 @@ unsafe fn kernel_avx2(
     bias: *const f32,
 ) {
     use std::arch::x86_64::*;
-    const R: usize = 4;
+    const R: usize = MR_AVX2;
     const W: usize = 16;
-    // Each 16-column strip of B (`kc` × 64 bytes) serves both row quads while in L1.
+    // Each 16-column strip of B (`kc` × 64 bytes) is one pass; A's rows stay in L1.
     let mut j0 = 0;
     while j0 < nr {
         let mut r0 = 0;
@@ -742,7 +790,7 @@ unsafe fn kernel_avx2(
             // Rows past `rows` repeat the last row; their results are not stored.
             let ar: [*const f32; R] = std::array::from_fn(|i| a.add((r0 + i.min(rows - 1)) * lda));
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            let bj = b.add(j0);
+            let bj = b.add(j0 / W * sstride);
             for p in 0..kc {
                 let bp = bj.add(p * ldb);
                 let b0 = _mm256_loadu_ps(bp);
@@ -884,7 +932,7 @@ mod tests {
                     }
                 }
                 let want = naive_matmul(&a, &bt, m, n, k);
-                let l = Linear::new(&w, bias.clone(), n, k);
+                let l = Linear::new(&w, bias.clone(), n, k, isa);
                 let resid = rand(m * n, &mut seed);
                 let mut got = resid.clone();
                 let mut plain = vec![0f32; m * n];
@@ -897,7 +945,7 @@ mod tests {
                         k,
                         a.as_ptr(),
                         k,
-                        Rhs::Packed(l.packed.as_ptr()),
+                        Rhs::Packed(l.as_ptr()),
                         got.as_mut_ptr(),
                         n,
                         true,
