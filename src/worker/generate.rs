@@ -63,6 +63,9 @@ pub struct Generator {
     system: String,
     /// Longest prompt plus generation the model takes.
     pub context: usize,
+    /// The tokenizer's vocabulary size, added tokens included (asking the tokenizer
+    /// builds its whole vocabulary map each time).
+    vocab: usize,
 }
 
 fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value, EngineError> {
@@ -175,12 +178,14 @@ impl Generator {
                 device: device.clone(),
             }
         };
+        let vocab = tokenizer.get_vocab_size(true);
         Ok(Generator {
             engine,
             tokenizer,
             stop_ids,
             system,
             context,
+            vocab,
         })
     }
 
@@ -433,7 +438,7 @@ impl Generator {
         if claimed.is_empty() {
             return Ok(None);
         }
-        let vocab = self.tokenizer.get_vocab_size(true);
+        let vocab = self.vocab;
         if let Some(i) = claimed.iter().position(|&t| t as usize >= vocab) {
             return Ok(Some(i));
         }
@@ -482,7 +487,7 @@ impl Generator {
         {
             return Ok(Err("the answer goes on past a stop token".into()));
         }
-        let vocab = self.tokenizer.get_vocab_size(true);
+        let vocab = self.vocab;
         if tokens.iter().any(|&t| t as usize >= vocab) {
             return Ok(Err("a token outside the vocabulary".into()));
         }

@@ -354,9 +354,17 @@ impl QMatrix {
             });
     }
 
-    /// Group `g` (rows 8g..8g + 8) times all `n` activation rows into `out` (`n` × 8),
-    /// four activation rows per kernel call.
-    fn group(&self, avx2: bool, g: usize, xq: &[BlockQ8], nb: usize, n: usize, out: &mut [f32]) {
+    /// Group `g` (rows 8g..8g + 8) times all `n` activation rows, four per kernel call;
+    /// `put(i, v)` takes the eight results of activation row `i`.
+    fn group(
+        &self,
+        avx2: bool,
+        g: usize,
+        xq: &[BlockQ8],
+        nb: usize,
+        n: usize,
+        mut put: impl FnMut(usize, &[f32; GROUP]),
+    ) {
         macro_rules! run {
             ($n:literal, $j:expr) => {{
                 let j = $j;
@@ -368,7 +376,7 @@ impl QMatrix {
                     Data::F32(_) => [[0.0; GROUP]; $n],
                 };
                 for (k, v) in r.iter().enumerate() {
-                    out[(j + k) * GROUP..][..GROUP].copy_from_slice(v);
+                    put(j + k, v);
                 }
             }};
         }
@@ -414,6 +422,22 @@ impl QMatrix {
     }
 }
 
+/// A matrix product's output, written by several tasks at once: each writes columns
+/// (row groups) no other task touches.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used for disjoint writes inside one parallel call, which the buffer
+// outlives.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `OutPtr`, which is `Send`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Several products of the same `n` input rows, `m.matmul_on(isa, x, n, out)` for each
 /// `(m, out)`, in one parallel region and with `x` quantised once (the q, k and v
 /// projections of a layer; its gate and up). Every matrix must have `x`'s row length.
@@ -443,52 +467,44 @@ pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: 
             });
     }
     let avx2 = isa >= Isa::Avx2 && Isa::Avx2.available();
-    // The groups' results, group-major: input i of group g at `(g·n + i)·8`; for one input
-    // row that is already the output's order, so it goes straight there.
-    let mut staged: Vec<Vec<f32>> = mats
-        .iter()
-        .map(|(m, _)| {
-            if n == 1 || matches!(m.data, Data::F32(_)) {
-                Vec::new()
-            } else {
-                vec![0f32; m.rows / GROUP * GROUP * n]
-            }
-        })
-        .collect();
     {
         // Chunks of groups big enough to be worth a task, small enough to balance.
         let total: usize = mats.iter().map(|(m, _)| m.rows / GROUP).sum();
         let chunk = (total / (rayon::current_num_threads() * 8)).clamp(1, 32);
-        let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
-        for ((m, out), t) in mats.iter_mut().zip(&mut staged) {
+        let mut tasks: Vec<(&QMatrix, usize, usize, OutPtr)> = Vec::new();
+        for (m, out) in mats.iter_mut() {
             if matches!(m.data, Data::F32(_)) {
                 continue;
             }
-            let full = m.rows / GROUP * GROUP;
-            let dst: &mut [f32] = if n == 1 { &mut out[..full] } else { t };
-            for (ci, o) in dst.chunks_mut(chunk * GROUP * n).enumerate() {
-                tasks.push((m, ci * chunk, o));
+            let groups = m.rows / GROUP;
+            let ptr = OutPtr(out.as_mut_ptr());
+            for g0 in (0..groups).step_by(chunk) {
+                tasks.push((m, g0, groups.min(g0 + chunk), ptr));
             }
         }
-        tasks.into_par_iter().for_each(|(m, g0, o)| {
-            for (k, og) in o.chunks_exact_mut(GROUP * n).enumerate() {
-                m.group(avx2, g0 + k, &xq, nb, n, og);
+        tasks.into_par_iter().for_each(|(m, g0, g1, ptr)| {
+            for g in g0..g1 {
+                m.group(avx2, g, &xq, nb, n, |i, v| {
+                    // SAFETY: `out` is n × rows (asserted above) and i < n, (g + 1)·8 ≤
+                    // rows; each task writes only its own groups' columns, so no two
+                    // tasks write the same element, and `out` outlives this call.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            v.as_ptr(),
+                            ptr.get().add(i * m.rows + g * GROUP),
+                            GROUP,
+                        )
+                    }
+                });
             }
         });
     }
-    for ((m, out), t) in mats.iter_mut().zip(&staged) {
+    for (m, out) in mats.iter_mut() {
         if matches!(m.data, Data::F32(_)) {
             continue;
         }
         let rows = m.rows;
         let full = rows / GROUP * GROUP;
-        if n > 1 {
-            out.par_chunks_mut(rows).enumerate().for_each(|(i, o)| {
-                for (g, v) in o[..full].chunks_exact_mut(GROUP).enumerate() {
-                    v.copy_from_slice(&t[(g * n + i) * GROUP..][..GROUP]);
-                }
-            });
-        }
         // The last rows % 8 rows, one dot each.
         for r in full..rows {
             for i in 0..n {
