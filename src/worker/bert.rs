@@ -422,22 +422,44 @@ thread_local! {
 
 fn norm_row(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
     let n = row.len() as f32;
-    let mean = sum16(row.iter().copied()) / n;
-    let var = sum16(row.iter().map(|v| (v - mean) * (v - mean))) / n;
+    let mean = sum16(row, |v| v) / n;
+    let var = sum16(row, |v| (v - mean) * (v - mean)) / n;
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
         *v = (*v - mean) * inv * w + b;
     }
 }
 
-/// Sum in 16 lanes (vectorisable; float addition is not reassociated otherwise).
+/// Σ f(x) over `xs` in sixteen independent lanes, so it vectorises (a sum indexed by
+/// `i % 16` did not).
 #[inline(always)]
-fn sum16(it: impl Iterator<Item = f32>) -> f32 {
+fn sum16(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let c = xs.chunks_exact(16);
+    let tail: f32 = c.remainder().iter().map(|&v| f(v)).sum();
     let mut acc = [0f32; 16];
-    for (i, v) in it.enumerate() {
-        acc[i % 16] += v;
+    for ch in c {
+        for k in 0..16 {
+            acc[k] += f(ch[k]);
+        }
     }
-    acc.iter().sum()
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest of `xs` (NaN never wins), in sixteen lanes as [`sum16`].
+#[inline(always)]
+fn max16(xs: &[f32]) -> f32 {
+    let c = xs.chunks_exact(16);
+    let tail = c
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut acc = [f32::NEG_INFINITY; 16];
+    for ch in c {
+        for k in 0..16 {
+            acc[k] = acc[k].max(ch[k]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a.max(b))
 }
 
 /// `exp(x)`, Cephes' single-precision polynomial: branch-free so loops over it vectorise.
@@ -499,11 +521,11 @@ fn act_slice(act: Act, xs: &mut [f32]) {
 
 #[inline(always)]
 fn softmax_body(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let max = max16(row);
     for v in row.iter_mut() {
         *v = exp_fast((*v - max) * scale);
     }
-    let inv = 1.0 / sum16(row.iter().copied());
+    let inv = 1.0 / sum16(row, |v| v);
     for v in row.iter_mut() {
         *v *= inv;
     }
