@@ -49,7 +49,7 @@ pub struct Generated {
 /// How the model runs: our CPU forward pass ([`Llama`]: batched, all-position logits), or
 /// candle's quantized llama on a GPU.
 enum Engine {
-    Cpu(Llama),
+    Cpu(Box<Llama>),
     Candle {
         model: Box<ModelWeights>,
         device: Device,
@@ -169,7 +169,7 @@ impl Generator {
             .unwrap_or(2048)
             .min(4096);
         let engine = if device.is_cpu() {
-            Engine::Cpu(Llama::load(&ct, &mut f)?)
+            Engine::Cpu(Box::new(Llama::load(&ct, &mut f)?))
         } else {
             let model = ModelWeights::from_gguf(ct, &mut f, device)
                 .map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;

@@ -570,9 +570,9 @@ pub fn q4_1x8_scalar(w: &[BlockQ4_1x8], x: &[BlockQ8]) -> [f32; GROUP] {
         let mut sum = [0i32; GROUP];
         for (g, q) in b.qs.chunks_exact(4 * GROUP).enumerate() {
             for (s, q) in sum.iter_mut().zip(q.chunks_exact(4)) {
-                for t in 0..4 {
-                    *s += i32::from(q[t] & 0xf) * i32::from(a.qs[4 * g + t])
-                        + i32::from(q[t] >> 4) * i32::from(a.qs[16 + 4 * g + t]);
+                for (t, &q) in q.iter().enumerate() {
+                    *s += i32::from(q & 0xf) * i32::from(a.qs[4 * g + t])
+                        + i32::from(q >> 4) * i32::from(a.qs[16 + 4 * g + t]);
                 }
             }
         }
@@ -590,8 +590,8 @@ pub fn q8_0x8_scalar(w: &[BlockQ8_0x8], x: &[BlockQ8]) -> [f32; GROUP] {
         let mut sum = [0i32; GROUP];
         for (g, q) in b.qs.chunks_exact(4 * GROUP).enumerate() {
             for (s, q) in sum.iter_mut().zip(q.chunks_exact(4)) {
-                for t in 0..4 {
-                    *s += i32::from(q[t]) * i32::from(a.qs[4 * g + t]);
+                for (t, &q) in q.iter().enumerate() {
+                    *s += i32::from(q) * i32::from(a.qs[4 * g + t]);
                 }
             }
         }
