@@ -67,19 +67,35 @@ pub struct BlockQ8_0x8 {
     pub qs: [i8; 256],
 }
 
+/// Where element `j` of row `r` sits in a group's interleaved values: four columns of the
+/// eight rows per 32 bytes.
+const fn lane_at(r: usize, j: usize) -> usize {
+    32 * (j / 4) + 4 * r + j % 4
+}
+
+/// Eight rows' values (`L` each) interleaved into one group's `P = 8 · L`.
+fn interleave<T: Copy + Default, const L: usize, const P: usize>(rows: [&[T; L]; GROUP]) -> [T; P] {
+    let mut out = [T::default(); P];
+    for (r, x) in rows.iter().enumerate() {
+        for (j, q) in x.iter().enumerate() {
+            out[lane_at(r, j)] = *q;
+        }
+    }
+    out
+}
+
+/// Row `r`'s `L` values back out of a group's interleaved ones.
+fn deinterleave<T: Copy, const L: usize>(qs: &[T], r: usize) -> [T; L] {
+    std::array::from_fn(|j| qs[lane_at(r, j)])
+}
+
 impl BlockQ4_1x8 {
     fn pack(b: [&BlockQ4_1; GROUP]) -> Self {
-        let mut p = BlockQ4_1x8 {
+        BlockQ4_1x8 {
             d: b.map(|x| x.d),
             m: b.map(|x| x.m),
-            qs: [0; 128],
-        };
-        for (r, x) in b.iter().enumerate() {
-            for (j, q) in x.qs.iter().enumerate() {
-                p.qs[32 * (j / 4) + 4 * r + j % 4] = *q;
-            }
+            qs: interleave(b.map(|x| &x.qs)),
         }
-        p
     }
 
     /// Row `r`'s block.
@@ -87,30 +103,24 @@ impl BlockQ4_1x8 {
         BlockQ4_1 {
             d: self.d[r],
             m: self.m[r],
-            qs: std::array::from_fn(|j| self.qs[32 * (j / 4) + 4 * r + j % 4]),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
 
 impl BlockQ8_0x8 {
     fn pack(b: [&BlockQ8_0; GROUP]) -> Self {
-        let mut p = BlockQ8_0x8 {
+        BlockQ8_0x8 {
             d: b.map(|x| x.d),
-            qs: [0; 256],
-        };
-        for (r, x) in b.iter().enumerate() {
-            for (j, q) in x.qs.iter().enumerate() {
-                p.qs[32 * (j / 4) + 4 * r + j % 4] = *q;
-            }
+            qs: interleave(b.map(|x| &x.qs)),
         }
-        p
     }
 
     /// Row `r`'s block.
     pub fn get(&self, r: usize) -> BlockQ8_0 {
         BlockQ8_0 {
             d: self.d[r],
-            qs: std::array::from_fn(|j| self.qs[32 * (j / 4) + 4 * r + j % 4]),
+            qs: deinterleave(&self.qs, r),
         }
     }
 }
