@@ -412,7 +412,7 @@ impl QMatrix {
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-                    return unsafe { x86::dot_q4_1::<1>(w, [x])[0] };
+                    return unsafe { x86::dot_q4_1(w, x) };
                 }
                 let _ = avx2;
                 dot_q4_1_scalar(w, x)
@@ -422,7 +422,7 @@ impl QMatrix {
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: as above.
-                    return unsafe { x86::dot_q8_0::<1>(w, [x])[0] };
+                    return unsafe { x86::dot_q8_0(w, x) };
                 }
                 let _ = avx2;
                 dot_q8_0_scalar(w, x)
@@ -732,86 +732,47 @@ mod x86 {
         out
     }
 
-    /// Q4_1 weights · N activation rows. Two sets of accumulators (even and odd blocks),
-    /// so one row's sum is two dependency chains, not one (a single row was bound by the
-    /// latency of its one chain of adds).
+    /// Q4_1 weights · one activation row (the tail rows outside the groups of eight).
+    /// Two accumulators (even and odd blocks), so the sum is two dependency chains, not one.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], xs: [&[BlockQ8]; N]) -> [f32; N] {
-        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
-        let (mut off0, mut off1) = ([0f32; N], [0f32; N]);
+    pub unsafe fn dot_q4_1(w: &[BlockQ4_1], x: &[BlockQ8]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut off = [0f32; 2];
         let low = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
-        macro_rules! step {
-            ($i:expr, $acc:ident, $off:ident) => {{
-                let b = w.get_unchecked($i);
-                // d and m, two halves side by side, widened at once (F16C).
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
-                    (b as *const BlockQ4_1).cast::<i32>(),
-                )));
-                let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-                let q = _mm_loadu_si128(b.qs.as_ptr().cast());
-                let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
-                for k in 0..N {
-                    let a = xs[k].get_unchecked($i);
-                    let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
-                    $acc[k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
-                    $off[k] = m.mul_add(a.s, $off[k]);
-                }
-            }};
+        for (i, (b, a)) in w.iter().zip(x).enumerate() {
+            // d and m, two halves side by side, widened at once (F16C).
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+                (b as *const BlockQ4_1).cast::<i32>(),
+            )));
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            let q = _mm_loadu_si128(b.qs.as_ptr().cast());
+            let qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
+            let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, qx), ones);
+            let c = i % 2;
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[c]);
+            off[c] = m.mul_add(a.s, off[c]);
         }
-        let mut i = 0;
-        while i + 2 <= w.len() {
-            step!(i, acc0, off0);
-            step!(i + 1, acc1, off1);
-            i += 2;
-        }
-        if i < w.len() {
-            step!(i, acc0, off0);
-        }
-        let mut out = [0f32; N];
-        for k in 0..N {
-            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k])) + (off0[k] + off1[k]);
-        }
-        out
+        hsum(_mm256_add_ps(acc[0], acc[1])) + (off[0] + off[1])
     }
 
-    /// Q8_0 weights · N activation rows (two chains per row, as [`dot_q4_1`]).
+    /// Q8_0 weights · one activation row (two chains, as [`dot_q4_1`]).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], xs: [&[BlockQ8]; N]) -> [f32; N] {
-        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
+    pub unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 2];
         let ones = _mm256_set1_epi16(1);
-        macro_rules! step {
-            ($i:expr, $acc:ident) => {{
-                let b = w.get_unchecked($i);
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
-                let qw = _mm256_loadu_si256(b.qs.as_ptr().cast());
-                let aw = _mm256_sign_epi8(qw, qw);
-                for k in 0..N {
-                    let a = xs[k].get_unchecked($i);
-                    let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
-                    let sx = _mm256_sign_epi8(qx, qw);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
-                    $acc[k] =
-                        _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), $acc[k]);
-                }
-            }};
+        for (i, (b, a)) in w.iter().zip(x).enumerate() {
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(b.d))));
+            let qw = _mm256_loadu_si256(b.qs.as_ptr().cast());
+            let aw = _mm256_sign_epi8(qw, qw);
+            let qx = _mm256_loadu_si256(a.qs.as_ptr().cast());
+            let sx = _mm256_sign_epi8(qx, qw);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+            let c = i % 2;
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), _mm256_cvtepi32_ps(p), acc[c]);
         }
-        let mut i = 0;
-        while i + 2 <= w.len() {
-            step!(i, acc0);
-            step!(i + 1, acc1);
-            i += 2;
-        }
-        if i < w.len() {
-            step!(i, acc0);
-        }
-        let mut out = [0f32; N];
-        for k in 0..N {
-            out[k] = hsum(_mm256_add_ps(acc0[k], acc1[k]));
-        }
-        out
+        hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 }
 
