@@ -447,7 +447,7 @@ impl Generator {
             let Some(&want) = v.get(tok as usize) else {
                 return Ok(Some(i));
             };
-            let best = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let best = super::vmath::max16(v);
             if want + margin < best {
                 return Ok(Some(i));
             }

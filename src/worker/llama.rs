@@ -14,6 +14,7 @@
 
 use super::isa::Isa;
 use super::quant::{matmul_each, QMatrix, QuantError};
+use super::vmath::{dot8, exp_fast, max16, sum16};
 use super::EngineError;
 use candle_core::quantized::gguf_file;
 use rayon::prelude::*;
@@ -95,10 +96,64 @@ fn meta_f(ct: &gguf_file::Content, key: &str, default: f32) -> f32 {
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ms = sum16(x, |v| v * v) / x.len() as f32;
     let s = 1.0 / (ms + eps).sqrt();
     for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
         *o = v * s * g;
+    }
+}
+
+/// Rows of work below which a row-wise step runs on the calling thread (a generation
+/// step's one row is not worth a parallel region).
+const PAR_ROWS: usize = 8;
+
+/// [`rms_norm`] of each `w.len()`-wide row of `x` into `out`, rows in parallel when there
+/// are many (a prompt, a check).
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    if x.len() < PAR_ROWS * d {
+        for (xi, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            rms_norm(xi, w, eps, o);
+        }
+    } else {
+        x.par_chunks_exact(d)
+            .zip(out.par_chunks_exact_mut(d))
+            .for_each(|(xi, o)| rms_norm(xi, w, eps, o));
+    }
+}
+
+/// The gated feed-forward's activation: `g ← silu(g) · u` element-wise over rows of
+/// `width`, rows in parallel when there are many, vectorised in AVX2 where chosen.
+fn silu_rows(avx2: bool, g: &mut [f32], u: &[f32], width: usize) {
+    if g.len() < PAR_ROWS * width {
+        silu_mul(avx2, g, u);
+    } else {
+        g.par_chunks_mut(width)
+            .zip(u.par_chunks(width))
+            .for_each(|(g, u)| silu_mul(avx2, g, u));
+    }
+}
+
+fn silu_mul(avx2: bool, g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && Isa::Avx2.available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { silu_mul_avx2(g, u) };
+    }
+    let _ = avx2;
+    silu_mul_body(g, u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
+    silu_mul_body(g, u)
+}
+
+#[inline(always)]
+fn silu_mul_body(g: &mut [f32], u: &[f32]) {
+    for (a, b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + exp_fast(-*a)) * b;
     }
 }
 
@@ -164,19 +219,18 @@ fn attend_body(s: &Heads, q: &[f32], keys: &[f32], vals: &[f32], w: &mut [f32], 
     for hq in 0..s.heads {
         let off = hq / s.group * hd;
         let qh = &q[hq * hd..(hq + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
         for (wt, kt) in w.iter_mut().zip(keys.chunks_exact(s.kvw)) {
             *wt = dot8(qh, &kt[off..off + hd]) * s.scale;
-            max = max.max(*wt);
         }
-        let mut sum = 0f32;
+        let max = max16(w);
+        // libm's exp here, not the polynomial: greedy choices at near ties follow
+        // llama.cpp's more often with it (the fixture test counts them).
         for wt in w.iter_mut() {
             *wt = (*wt - max).exp();
-            sum += *wt;
         }
         let oh = &mut out[hq * hd..(hq + 1) * hd];
         oh.fill(0.0);
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum16(w, |v| v);
         for (wt, vt) in w.iter().zip(vals.chunks_exact(s.kvw)) {
             let f = wt * inv;
             for (a, b) in oh.iter_mut().zip(&vt[off..off + hd]) {
@@ -184,26 +238,6 @@ fn attend_body(s: &Heads, q: &[f32], keys: &[f32], vals: &[f32], w: &mut [f32], 
             }
         }
     }
-}
-
-/// Σ a·b in eight independent lanes (so it vectorises; the order differs from a plain
-/// left-to-right sum only in rounding).
-#[inline(always)]
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut acc = [0f32; 8];
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 impl Llama {
@@ -382,9 +416,7 @@ impl Llama {
         let isa = super::isa::chosen();
         let avx2 = isa >= Isa::Avx2;
         for (li, l) in self.layers.iter().enumerate() {
-            for (xi, hi) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
-                rms_norm(xi, &l.attn_norm, c.eps, hi);
-            }
+            rms_norm_rows(&x, &l.attn_norm, c.eps, &mut h);
             matmul_each(
                 isa,
                 &mut [(&l.wq, &mut q), (&l.wk, &mut k), (&l.wv, &mut v)],
@@ -419,13 +451,9 @@ impl Llama {
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;
             }
-            for (xi, hi) in x.chunks_exact(dim).zip(h.chunks_exact_mut(dim)) {
-                rms_norm(xi, &l.ffn_norm, c.eps, hi);
-            }
+            rms_norm_rows(&x, &l.ffn_norm, c.eps, &mut h);
             matmul_each(isa, &mut [(&l.gate, &mut g), (&l.up, &mut u)], &h, n);
-            for (a, b) in g.iter_mut().zip(&u) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
-            }
+            silu_rows(avx2, &mut g, &u, c.ffn);
             l.down.matmul(&g, n, &mut o);
             for (a, b) in x.iter_mut().zip(&o) {
                 *a += b;

@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod llama;
 pub mod models;
 pub mod quant;
+pub mod vmath;
 
 use crate::adu::market::{self as m, JobKind, Offer, Task, TaskResult, Used};
 use crate::bundle::{Eid, VerifiedBundle};
