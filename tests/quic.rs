@@ -560,3 +560,43 @@ fn a_forged_receipt_neither_stops_nor_deletes_a_bundle() {
         "an unverified tombstone entered the set"
     );
 }
+
+#[test]
+fn arrivals_beyond_one_batch_are_written_while_the_next_is_verified() {
+    // Twenty 1 MiB messages: more than two full commit batches (8 MiB each), so the
+    // receiver verifies each batch while the one before it is written; every bundle must
+    // still be on disk when the sync ends, counted once and acknowledged once.
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&dir, "a");
+    let b = Arc::new(node(&dir, "b"));
+    let big: Vec<_> = (0..20)
+        .map(|i| text(&a, &b.node_id(), &format!("{i:02}{}", "m".repeat(1 << 20))))
+        .collect();
+    let rt = rt();
+    // Batches close only when full (or at `Done`), however slowly a debug build runs.
+    let cfg = QuicConfig {
+        batch_wait: Duration::from_secs(60),
+        ..QuicConfig::default()
+    };
+    let (addr, log, stop) = start_server(&rt, b.clone(), None, cfg.clone());
+    let r = rt
+        .block_on(quic::sync_with(&a, addr, Some(&b.node_id()), &cfg))
+        .unwrap();
+    assert_eq!(r.stats.bundles_out, 20, "{r:?}");
+    for k in &big {
+        assert!(b.store.record(k).unwrap().is_some(), "b lacks a bundle");
+    }
+    assert_eq!(b.inbox().unwrap().len(), 20);
+    // The receipts of all three batches come home and free a's copies.
+    let r2 = rt
+        .block_on(quic::sync_with(&a, addr, Some(&b.node_id()), &cfg))
+        .unwrap();
+    assert_eq!(r2.purged, 20, "{r2:?}");
+    for k in &big {
+        assert!(a.store.record(k).unwrap().is_none(), "a still carries one");
+    }
+    let _ = stop.send(());
+    let log = log.lock().unwrap();
+    let first = log[0].1.as_ref().unwrap();
+    assert_eq!((first.new, first.delivered), (20, 20), "{first:?}");
+}

@@ -35,6 +35,14 @@ pub trait BundleIo {
         Ok(())
     }
 
+    /// A batch is due ([`BundleIo::flush_due`]): commit it, or, where an implementation
+    /// can, verify it now and leave its durable write to overlap the next batch's work,
+    /// to be finished by the next call or by [`BundleIo::flush`]. Either way nothing is
+    /// counted as stored before it is on disk. `Err` as for `flush`.
+    fn flush_ahead(&mut self) -> Result<(), String> {
+        self.flush()
+    }
+
     /// When the arrivals waiting in a batch should be committed at the latest.
     fn flush_due(&self) -> Option<std::time::Instant> {
         None

@@ -79,6 +79,8 @@ pub struct QuicConfig {
     pub max_frame: usize,
     /// Sealed bundles taken from one session (more are refused, not stored).
     pub sealed_quota: u64,
+    /// Longest an arrival waits for its batch to fill before the batch is committed anyway.
+    pub batch_wait: Duration,
     pub limits: Limits,
 }
 
@@ -91,6 +93,7 @@ impl Default for QuicConfig {
             max_sessions: 16,
             max_frame: MAX_BUNDLE_FRAME,
             sealed_quota: crate::seal::QUOTA_PER_CONTACT,
+            batch_wait: FLUSH_AFTER,
             limits: Limits::default(),
         }
     }
@@ -368,7 +371,8 @@ pub struct SessionReport {
 const FLUSH_COUNT: usize = 2048;
 /// ...or this many bytes...
 const FLUSH_BYTES: usize = 8 << 20;
-/// ...or the oldest has waited this long (and always before this side says `Done`).
+/// ...or the oldest has waited this long (and always before this side says `Done`):
+/// [`QuicConfig::batch_wait`]'s default.
 const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 /// A session's view of the node's store. Arriving bundles are checked for structure at
@@ -381,10 +385,25 @@ pub struct NodeIo<'a> {
     pub report: SessionReport,
     /// Sealed bundles this session may still store.
     pub sealed_left: u64,
-    /// Arrived, not yet committed: bytes and the spray copies handed over.
+    /// Arrived, not yet verified: bytes and the spray copies handed over.
     pending: Vec<(Vec<u8>, Option<u32>)>,
     pending_bytes: usize,
     pending_since: Option<Instant>,
+    /// [`QuicConfig::batch_wait`].
+    pub batch_wait: Duration,
+    /// A full batch verified and opened, its durable write left to overlap the next
+    /// batch's verification ([`BundleIo::flush_ahead`]); nothing in it is counted yet.
+    staged: Option<(Staged<'a>, Instant)>,
+}
+
+/// Spray copies a batch took: (bundle key, copies).
+type Sprayed = Vec<([u8; 32], u32)>;
+
+/// A batch verified, opened and settled in memory, not yet written.
+struct Staged<'a> {
+    batch: delivery::Batch<'a, crate::store::Store>,
+    counts: SessionReport,
+    sprayed: Sprayed,
 }
 
 impl<'a> NodeIo<'a> {
@@ -400,6 +419,8 @@ impl<'a> NodeIo<'a> {
             pending: Vec::new(),
             pending_bytes: 0,
             pending_since: None,
+            batch_wait: FLUSH_AFTER,
+            staged: None,
         }
     }
 
@@ -476,12 +497,51 @@ impl BundleIo for NodeIo<'_> {
     }
 
     fn flush_due(&self) -> Option<Instant> {
-        let full = self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES;
-        self.pending_since
-            .map(|t| if full { t } else { t + FLUSH_AFTER })
+        if self.batch_full() {
+            return self.pending_since;
+        }
+        let waiting = match (self.pending_since, &self.staged) {
+            (Some(t), Some((_, u))) => Some(t.min(*u)),
+            (t, s) => t.or(s.as_ref().map(|(_, u)| *u)),
+        };
+        waiting.map(|t| t + self.batch_wait)
     }
 
     fn flush(&mut self) -> Result<(), String> {
+        let r = self.stage_pending();
+        let c = match self.staged.take() {
+            Some((st, _)) => self.commit_staged(st),
+            None => Ok(()),
+        };
+        c.and(r)
+    }
+
+    fn flush_ahead(&mut self) -> Result<(), String> {
+        if !self.batch_full() {
+            return self.flush();
+        }
+        match self.stage_pending() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A forged or malformed bundle ends the session: the good ones of its batch
+                // are stored first.
+                self.flush()?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<'a> NodeIo<'a> {
+    fn batch_full(&self) -> bool {
+        self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES
+    }
+
+    /// Verify, open and settle the waiting arrivals into a staged batch, while the batch
+    /// staged before is written on a thread of its own (its synced write waits on the
+    /// disk; verification keeps both cores busy meanwhile). `Err` names the first forged
+    /// or malformed bundle (the rest are staged) or a failed write.
+    fn stage_pending(&mut self) -> Result<(), String> {
         self.pending_since = None;
         self.pending_bytes = 0;
         if self.pending.is_empty() {
@@ -490,7 +550,20 @@ impl BundleIo for NodeIo<'_> {
         let (raws, copies): (Vec<Vec<u8>>, Vec<Option<u32>>) =
             std::mem::take(&mut self.pending).into_iter().unzip();
         let node = self.node;
-        let prepared = delivery::prepare(raws, &node.identity);
+        let before = self.staged.take();
+        let (prepared, written) = std::thread::scope(|sc| {
+            let writer = before.map(|(st, _)| sc.spawn(move || Self::write_staged(st)));
+            let prepared = delivery::prepare(raws, &node.identity);
+            let written = writer.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("the batch writer failed".to_string()))
+            });
+            (prepared, written)
+        });
+        let written = match written {
+            Some(r) => r.map(|(counts, sprayed)| self.count(counts, sprayed)),
+            None => Ok(Ok(())),
+        };
         // Sealed bundles are held for relaying on this peer's account (the store's bound
         // evicts from the peers holding the most first).
         let from = self
@@ -505,7 +578,6 @@ impl BundleIo for NodeIo<'_> {
             let a = match p {
                 Ok(a) => a,
                 Err(e) => {
-                    // Forged or malformed: the session ends, once the good ones are stored.
                     bad.get_or_insert(e.to_string());
                     continue;
                 }
@@ -529,7 +601,38 @@ impl BundleIo for NodeIo<'_> {
                 Arrival::Refused(_) => counts.refused += 1,
             }
         }
-        batch.commit().map_err(|e| format!("local store: {e}"))?;
+        self.staged = Some((
+            Staged {
+                batch,
+                counts,
+                sprayed,
+            },
+            Instant::now(),
+        ));
+        written??;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The synced write of a staged batch (receipts signed and sealed with it).
+    fn write_staged(st: Staged<'_>) -> Result<(SessionReport, Sprayed), String> {
+        st.batch.commit().map_err(|e| format!("local store: {e}"))?;
+        Ok((st.counts, st.sprayed))
+    }
+
+    fn commit_staged(&mut self, st: Staged<'_>) -> Result<(), String> {
+        let (counts, sprayed) = Self::write_staged(st)?;
+        self.count(counts, sprayed)
+    }
+
+    /// What a written batch adds to the report, and the spray copies it took.
+    fn count(
+        &mut self,
+        counts: SessionReport,
+        sprayed: Vec<([u8; 32], u32)>,
+    ) -> Result<(), String> {
         let r = &mut self.report;
         r.new += counts.new;
         r.delivered += counts.delivered;
@@ -539,14 +642,12 @@ impl BundleIo for NodeIo<'_> {
         r.expired += counts.expired;
         r.refused += counts.refused;
         for (key, c) in sprayed {
-            node.store
+            self.node
+                .store
                 .set_copies(&key, c)
                 .map_err(|e| format!("local store: {e}"))?;
         }
-        match bad {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
@@ -616,20 +717,26 @@ pub async fn run_session(
     mut recv: quinn::RecvStream,
     cfg: &QuicConfig,
 ) -> Result<Stats, QuicError> {
-    // Two frames in flight at most: with 64 MiB bundle frames, depth is memory.
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Frame, QuicError>>(2);
+    // Frames read ahead while a batch is verified and written, bounded in bytes (with
+    // 64 MiB bundle frames, depth is memory): [`READ_AHEAD`] and one frame beyond.
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Result<Ahead, QuicError>>();
+    let budget = Arc::new(tokio::sync::Semaphore::new(READ_AHEAD_KIB as usize));
     let (max, timeout) = (cfg.max_frame, cfg.frame_timeout);
     let reader = tokio::spawn(async move {
         loop {
             match read_frame(&mut recv, max, timeout).await {
                 Ok(Some(f)) => {
-                    if in_tx.send(Ok(f)).await.is_err() {
+                    let kib = (held_bytes(&f) / 1024 + 1).min(READ_AHEAD_KIB as usize) as u32;
+                    let Ok(permit) = budget.clone().acquire_many_owned(kib).await else {
+                        break;
+                    };
+                    if in_tx.send(Ok((f, permit))).is_err() {
                         break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = in_tx.send(Err(e)).await;
+                    let _ = in_tx.send(Err(e));
                     break;
                 }
             }
@@ -659,7 +766,7 @@ pub async fn run_session(
     });
     let mut result = drive_loop(&mut session, io, &mut in_rx, &out_tx).await;
     // What arrived before the end (or the cut) is stored either way.
-    if let Err(e) = flush_off_runtime(io) {
+    if let Err(e) = flush_off_runtime(io, false) {
         if result.is_ok() {
             result = Err(e);
         }
@@ -691,22 +798,41 @@ pub async fn run_session(
 /// and, with large windows, its connection).
 /// `MYCELIUM_QUIC_FLUSH=inline` commits on the runtime's thread instead, as before this
 /// existed (so `benches/delivery.rs` can compare the two in one run).
-fn flush_off_runtime(io: &mut impl BundleIo) -> Result<(), QuicError> {
+fn flush_off_runtime(io: &mut impl BundleIo, ahead: bool) -> Result<(), QuicError> {
     use tokio::runtime::{Handle, RuntimeFlavor};
     static INLINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let inline =
         *INLINE.get_or_init(|| std::env::var("MYCELIUM_QUIC_FLUSH").is_ok_and(|v| v == "inline"));
     let r = match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) if !inline => tokio::task::block_in_place(|| io.flush()),
+        Ok(RuntimeFlavor::MultiThread) if !inline => {
+            tokio::task::block_in_place(|| if ahead { io.flush_ahead() } else { io.flush() })
+        }
+        _ if ahead => io.flush_ahead(),
         _ => io.flush(),
     };
     r.map_err(|e| QuicError::Sync(SyncError::BadBundle(e)))
 }
 
+/// Bytes of frames read ahead of the session (KiB).
+const READ_AHEAD_KIB: u32 = 16 << 10;
+
+/// The bytes a frame holds in memory (its variable-length part).
+fn held_bytes(f: &Frame) -> usize {
+    match f {
+        Frame::Bundle(b) | Frame::Spray { bundle: b, .. } | Frame::Recon(b) => b.len(),
+        Frame::Want(keys) => 32 * keys.len(),
+        Frame::Error(e) => e.len(),
+        Frame::Hello { .. } | Frame::Done => 0,
+    }
+}
+
+/// A frame read ahead, holding its share of the read-ahead budget until handled.
+type Ahead = (Frame, tokio::sync::OwnedSemaphorePermit);
+
 async fn drive_loop(
     session: &mut Session,
     io: &mut impl BundleIo,
-    in_rx: &mut mpsc::Receiver<Result<Frame, QuicError>>,
+    in_rx: &mut mpsc::UnboundedReceiver<Result<Ahead, QuicError>>,
     out_tx: &mpsc::Sender<Output>,
 ) -> Result<(), QuicError> {
     let mut pending: Option<Output> = None;
@@ -720,7 +846,7 @@ async fn drive_loop(
         let due = io.flush_due();
         tokio::select! {
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
-                flush_off_runtime(io)?;
+                flush_off_runtime(io, true)?;
             }
             permit = out_tx.reserve(), if pending.is_some() => {
                 let permit = permit.map_err(|_| QuicError::PeerClosed)?;
@@ -729,13 +855,14 @@ async fn drive_loop(
                 }
             }
             msg = in_rx.recv() => match msg {
-                Some(Ok(frame)) => {
+                Some(Ok((frame, _permit))) => {
                     // A batch that is due (full, or waited its time), or the peer's `Done`
                     // (which waits for everything it sent to be on disk), is committed
                     // before the frame goes on.
+                    let done = matches!(frame, Frame::Done);
                     let due_now = io.flush_due().is_some_and(|t| t <= Instant::now());
-                    if due_now || matches!(frame, Frame::Done) {
-                        flush_off_runtime(io)?;
+                    if due_now || done {
+                        flush_off_runtime(io, !done)?;
                     }
                     drive::on_frame(session, io, frame)?
                 }
@@ -801,6 +928,7 @@ pub async fn sync_with(
         .await
         .map_err(|e| QuicError::Connection(e.to_string()))?;
     let mut io = NodeIo::new(node, now, Some(peer.clone()), cfg.sealed_quota);
+    io.batch_wait = cfg.batch_wait;
     let mut result = run_session(session, &mut io, send, recv, cfg).await;
     // A connection the server closed says why (a refused key, say): report that.
     if let (Err(QuicError::Connection(_) | QuicError::PeerClosed), Some(why)) =
@@ -931,6 +1059,7 @@ async fn accept_one(
             .map_err(|e| QuicError::Connection(format!("local store: {e}")))?;
         let session = Session::responder(items, cfg.limits)?;
         let mut io = NodeIo::new(node, now, Some(peer.clone()), cfg.sealed_quota);
+        io.batch_wait = cfg.batch_wait;
         let stats = run_session(session, &mut io, send, recv, cfg).await;
         // The initiator closes once it has our Done; wait for that (bounded).
         if stats.is_ok() {
