@@ -520,6 +520,56 @@ fn one_contact_cannot_fill_a_relay_with_sealed_bundles() {
     assert_eq!(r.refused, 7);
 }
 
+/// A sealed bundle that arrives twice in one session, the second time before the first
+/// is written, counts once against the contact's quota: the next new one still fits.
+#[test]
+fn a_repeated_sealed_bundle_counts_once_against_the_quota() {
+    use mycelium::sync::drive::BundleIo;
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&dir, "a");
+    let relay = node(&dir, "relay");
+    let victim = mycelium::identity::Identity::from_seed([7; 32]);
+    a.store
+        .set_contact(&victim.node_id().to_string(), &victim.seal_key().public())
+        .unwrap();
+    for i in 0..2 {
+        let p = adu::encode_message(&Message::Text(format!("sealed {i}")));
+        a.send(victim.node_id(), p, DAY, DtnTime::now(), true)
+            .unwrap();
+    }
+    let raw: Vec<Vec<u8>> = a
+        .store
+        .of_kind("sealed")
+        .unwrap()
+        .iter()
+        .map(|k| a.store.get_raw(k).unwrap().unwrap())
+        .collect();
+    assert_eq!(raw.len(), 2);
+    let mut io = quic::NodeIo::new(&relay, DtnTime::now(), None, 2);
+    for r in [&raw[0], &raw[0], &raw[1]] {
+        io.incoming(r.clone()).unwrap();
+    }
+    io.flush().unwrap();
+    assert_eq!(io.report.refused, 0, "{:?}", io.report);
+    assert_eq!(relay.store.of_kind("sealed").unwrap().len(), 2);
+    // And the quota still holds: a third new one is refused.
+    let p = adu::encode_message(&Message::Text("sealed 2".into()));
+    a.send(victim.node_id(), p, DAY, DtnTime::now(), true)
+        .unwrap();
+    let third = a
+        .store
+        .of_kind("sealed")
+        .unwrap()
+        .into_iter()
+        .find(|k| relay.store.get_raw(k).unwrap().is_none())
+        .unwrap();
+    io.incoming(a.store.get_raw(&third).unwrap().unwrap())
+        .unwrap();
+    io.flush().unwrap();
+    assert_eq!(io.report.refused, 1);
+    assert_eq!(relay.store.of_kind("sealed").unwrap().len(), 2);
+}
+
 #[test]
 fn a_forged_receipt_neither_stops_nor_deletes_a_bundle() {
     let dir = tempfile::tempdir().unwrap();

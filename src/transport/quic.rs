@@ -385,6 +385,9 @@ pub struct NodeIo<'a> {
     pub report: SessionReport,
     /// Sealed bundles this session may still store.
     pub sealed_left: u64,
+    /// The sealed bundles counted against it so far: a copy that arrives again before the
+    /// first is written (pending, or in a staged batch) is not counted twice.
+    sealed_counted: HashSet<[u8; 32]>,
     /// Arrived, not yet verified: bytes and the spray copies handed over.
     pending: Vec<(Vec<u8>, Option<u32>)>,
     pending_bytes: usize,
@@ -416,6 +419,7 @@ impl<'a> NodeIo<'a> {
                 ..Default::default()
             },
             sealed_left: sealed_quota,
+            sealed_counted: HashSet::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             pending_since: None,
@@ -435,7 +439,8 @@ impl<'a> NodeIo<'a> {
         };
         // The quota counts what is new to this store; a bundle refused for it is not
         // remembered, so a later session may bring it.
-        if crate::seal::is_sealed_primary(&p) {
+        let key = id.key();
+        if crate::seal::is_sealed_primary(&p) && !self.sealed_counted.contains(&key) {
             let known = self
                 .node
                 .store
@@ -444,9 +449,10 @@ impl<'a> NodeIo<'a> {
             if !known {
                 if self.sealed_left == 0 {
                     self.report.refused += 1;
-                    return Ok(id.key());
+                    return Ok(key);
                 }
                 self.sealed_left -= 1;
+                self.sealed_counted.insert(key);
             }
         }
         self.pending_bytes += bytes.len();
@@ -457,7 +463,7 @@ impl<'a> NodeIo<'a> {
         if self.pending.len() >= 2 * FLUSH_COUNT || self.pending_bytes >= 2 * FLUSH_BYTES {
             self.flush()?;
         }
-        Ok(id.key())
+        Ok(key)
     }
 }
 
