@@ -110,27 +110,26 @@ const PAR_ROWS: usize = 8;
 /// [`rms_norm`] of each `w.len()`-wide row of `x` into `out`, rows in parallel when there
 /// are many (a prompt, a check).
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = w.len();
-    if x.len() < PAR_ROWS * d {
-        for (xi, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            rms_norm(xi, w, eps, o);
-        }
-    } else {
-        x.par_chunks_exact(d)
-            .zip(out.par_chunks_exact_mut(d))
-            .for_each(|(xi, o)| rms_norm(xi, w, eps, o));
-    }
+    rows_each(out, x, w.len(), |o, xi| rms_norm(xi, w, eps, o));
 }
 
 /// The gated feed-forward's activation: `g ← silu(g) · u` element-wise over rows of
 /// `width`, rows in parallel when there are many, vectorised in AVX2 where chosen.
 fn silu_rows(avx2: bool, g: &mut [f32], u: &[f32], width: usize) {
-    if g.len() < PAR_ROWS * width {
-        silu_mul(avx2, g, u);
+    rows_each(g, u, width, |g, u| silu_mul(avx2, g, u));
+}
+
+/// `f(row of a, row of b)` for each pair of `width`-long rows: on this thread for a few
+/// rows, across the rayon threads for [`PAR_ROWS`] or more.
+fn rows_each(a: &mut [f32], b: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) {
+    if a.len() < PAR_ROWS * width {
+        for (x, y) in a.chunks_exact_mut(width).zip(b.chunks_exact(width)) {
+            f(x, y);
+        }
     } else {
-        g.par_chunks_mut(width)
-            .zip(u.par_chunks(width))
-            .for_each(|(g, u)| silu_mul(avx2, g, u));
+        a.par_chunks_exact_mut(width)
+            .zip(b.par_chunks_exact(width))
+            .for_each(|(x, y)| f(x, y));
     }
 }
 
