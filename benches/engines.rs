@@ -83,8 +83,9 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let isa = mycelium::worker::isa::chosen();
     println!(
-        "# Mycelium engines (CPU, {threads} threads, kernels: {}; MYCELIUM_KERNELS=avx512|avx2|portable forces one)",
-        isa.name()
+        "# Mycelium engines (CPU, {threads} threads, kernels: {}, quantised products: {}; MYCELIUM_KERNELS=avx512|avx2|portable forces one)",
+        isa.name(),
+        mycelium::worker::quant::Kern::on(isa).name()
     );
     let mut ours: Vec<(String, f64)> = Vec::new();
     let only = std::env::var("ENGINES_ONLY").ok();

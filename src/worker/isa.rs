@@ -63,6 +63,22 @@ impl Isa {
     }
 }
 
+/// Whether this CPU has AVX-512's byte and VNNI extensions (`vpdpbusd`), which the
+/// quantised kernels' AVX-512 path needs beside AVX2.
+pub fn vnni_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.available()
+            && Isa::Avx2.available()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The best path this CPU runs.
 pub fn best_here() -> Isa {
     Isa::all_here().into_iter().max().unwrap_or(Isa::Portable)

@@ -12,9 +12,11 @@
 //! batch), so many-row products are matrix-matrix work rather than repeated dots. The
 //! last `rows % 8` rows stay plain blocks with per-row dot kernels.
 //!
-//! The kernels use AVX2 when the CPU has it (picked at run time by [`super::isa`], so one
-//! binary runs everywhere; `MYCELIUM_KERNELS=portable` forces the scalar loops); the row
-//! groups of the output are split across the rayon threads.
+//! The kernels use AVX-512 with VNNI when the CPU has it (one `vpdpbusd` multiplies 64
+//! weight bytes by activation bytes and sums them four at a time into 32-bit lanes), else
+//! AVX2, else portable loops: picked at run time by [`super::isa`], so one binary runs
+//! everywhere (`MYCELIUM_KERNELS=avx2|portable` forces a lesser path); the row groups of
+//! the output are split across the rayon threads.
 //!
 //! Owns: quantised weight storage and the products over it. No I/O.
 
@@ -139,6 +141,39 @@ const ZERO_Q8: BlockQ8 = BlockQ8 {
     s: 0.0,
     qs: [0; 32],
 };
+
+/// Which kernels a product runs: the instruction-set path narrowed to what these blocks
+/// have kernels for (an AVX-512 CPU without VNNI runs the AVX2 ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kern {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Kern {
+    /// The kernels the path `isa` runs on this CPU.
+    pub fn on(isa: Isa) -> Kern {
+        match isa {
+            Isa::Avx512 if super::isa::vnni_here() => Kern::Avx512Vnni,
+            Isa::Avx512 | Isa::Avx2 if Isa::Avx2.available() => Kern::Avx2,
+            _ => Kern::Portable,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kern::Portable => "portable",
+            Kern::Avx2 => "avx2",
+            Kern::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether the per-row dot kernels (tail rows) take their AVX2 form.
+    fn avx2(self) -> bool {
+        self != Kern::Portable
+    }
+}
 
 /// Quantised rows: the first `rows / 8 · 8` in interleaved groups (group-major, then
 /// block), the last `rows % 8` as plain row-major blocks.
@@ -343,8 +378,8 @@ impl QMatrix {
         self.matmul_on(super::isa::chosen(), x, n, out)
     }
 
-    /// [`QMatrix::matmul`] on the given path (AVX-512 CPUs run the AVX2 kernels: there
-    /// are no AVX-512 ones for these blocks yet). `isa` must be one this CPU runs.
+    /// [`QMatrix::matmul`] on the given path ([`Kern::on`] says which kernels that is).
+    /// `isa` must be one this CPU runs.
     pub fn matmul_on(&self, isa: Isa, x: &[f32], n: usize, out: &mut [f32]) {
         matmul_each(isa, &mut [(self, out)], x, n);
     }
@@ -368,7 +403,7 @@ impl QMatrix {
     /// `put(i, v)` takes the eight results of activation row `i`.
     fn group(
         &self,
-        avx2: bool,
+        kern: Kern,
         g: usize,
         xq: &[BlockQ8],
         nb: usize,
@@ -381,8 +416,8 @@ impl QMatrix {
                 let xs: [&[BlockQ8]; $n] =
                     std::array::from_fn(|k| &xq[(j + k) * nb..(j + k + 1) * nb]);
                 let r: [[f32; GROUP]; $n] = match &self.data {
-                    Data::Q4_1(p) => q4_1x8_on(avx2, &p.groups[g * nb..(g + 1) * nb], xs),
-                    Data::Q8_0(p) => q8_0x8_on(avx2, &p.groups[g * nb..(g + 1) * nb], xs),
+                    Data::Q4_1(p) => q4_1x8_on(kern, &p.groups[g * nb..(g + 1) * nb], xs),
+                    Data::Q8_0(p) => q8_0x8_on(kern, &p.groups[g * nb..(g + 1) * nb], xs),
                     Data::F32(_) => [[0.0; GROUP]; $n],
                 };
                 for (k, v) in r.iter().enumerate() {
@@ -391,6 +426,14 @@ impl QMatrix {
             }};
         }
         let mut j = 0;
+        // AVX-512 has the registers for eight rows' accumulators, which share each
+        // block's unpacked weights twice as widely.
+        if kern == Kern::Avx512Vnni {
+            while j + 8 <= n {
+                run!(8, j);
+                j += 8;
+            }
+        }
         while j + 4 <= n {
             run!(4, j);
             j += 4;
@@ -476,7 +519,8 @@ pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: 
                 }
             });
     }
-    let avx2 = isa >= Isa::Avx2 && Isa::Avx2.available();
+    let kern = Kern::on(isa);
+    let avx2 = kern.avx2();
     {
         // Chunks of groups big enough to be worth a task, small enough to balance.
         let total: usize = mats.iter().map(|(m, _)| m.rows / GROUP).sum();
@@ -494,7 +538,7 @@ pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: 
         }
         tasks.into_par_iter().for_each(|(m, g0, g1, ptr)| {
             for g in g0..g1 {
-                m.group(avx2, g, &xq, nb, n, |i, v| {
+                m.group(kern, g, &xq, nb, n, |i, v| {
                     // SAFETY: `out` is n × rows (asserted above) and i < n, (g + 1)·8 ≤
                     // rows; each task writes only its own groups' columns, so no two
                     // tasks write the same element, and `out` outlives this call.
@@ -543,34 +587,37 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
-/// Eight Q4_1 rows · N activation rows, on the given path.
+/// Eight Q4_1 rows · N activation rows, on the given kernels.
 fn q4_1x8_on<const N: usize>(
-    avx2: bool,
+    kern: Kern,
     w: &[BlockQ4_1x8],
     xs: [&[BlockQ8]; N],
 ) -> [[f32; GROUP]; N] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        return unsafe { x86::q4_1x8::<N>(w, xs) };
+    match kern {
+        // SAFETY: `Kern::on` picks these only where the CPU has AVX-512F, BW and VNNI
+        // (with AVX2, FMA and F16C), or AVX2, FMA and F16C (checked at run time).
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx512Vnni => unsafe { x86::q4_1x8_vnni::<N>(w, xs) },
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx2 => unsafe { x86::q4_1x8::<N>(w, xs) },
+        _ => xs.map(|x| q4_1x8_scalar(w, x)),
     }
-    let _ = avx2;
-    xs.map(|x| q4_1x8_scalar(w, x))
 }
 
-/// Eight Q8_0 rows · N activation rows, on the given path.
+/// Eight Q8_0 rows · N activation rows, on the given kernels.
 fn q8_0x8_on<const N: usize>(
-    avx2: bool,
+    kern: Kern,
     w: &[BlockQ8_0x8],
     xs: [&[BlockQ8]; N],
 ) -> [[f32; GROUP]; N] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: as above.
-        return unsafe { x86::q8_0x8::<N>(w, xs) };
+    match kern {
+        // SAFETY: as in `q4_1x8_on`.
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx512Vnni => unsafe { x86::q8_0x8_vnni::<N>(w, xs) },
+        #[cfg(target_arch = "x86_64")]
+        Kern::Avx2 => unsafe { x86::q8_0x8::<N>(w, xs) },
+        _ => xs.map(|x| q8_0x8_scalar(w, x)),
     }
-    let _ = avx2;
-    xs.map(|x| q8_0x8_scalar(w, x))
 }
 
 /// Eight interleaved Q4_1 rows · one activation row.
@@ -732,6 +779,135 @@ mod x86 {
         out
     }
 
+    /// Lane `2r` of the result is lane `r` of the first 256 bits, lane `2r + 1` lane `r` of
+    /// the second: a 64-byte load of two column quads (eight rows each) rearranged so that
+    /// each row's two quads are adjacent, matching a broadcast of eight activation bytes.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pairs(q: *const u8) -> __m512i {
+        let idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+        _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(q.cast()))
+    }
+
+    /// Eight halves widened and each repeated (lanes 2r and 2r + 1 hold row r's), or with
+    /// `EVEN_ONLY` in the even lanes alone (a per-row term added once per pair).
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn halves_paired<const EVEN_ONLY: bool>(h: &[u16; 8]) -> __m512 {
+        let v = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())));
+        let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        if EVEN_ONLY {
+            _mm512_maskz_permutexvar_ps(0x5555, idx, v)
+        } else {
+            _mm512_permutexvar_ps(idx, v)
+        }
+    }
+
+    /// Each pair of lanes summed: row r's result from lanes 2r and 2r + 1.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fold_pairs(v: __m512) -> [f32; 8] {
+        let s = _mm512_add_ps(v, _mm512_permute_ps::<0b1011_0001>(v));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(
+            out.as_mut_ptr(),
+            _mm512_castps512_ps256(_mm512_permutexvar_ps(even, s)),
+        );
+        out
+    }
+
+    /// Eight activation bytes from `at` in every 64-bit lane: in each lane pair of
+    /// [`pairs`], the first quad meets bytes 0..4 and the second bytes 4..8.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn eight(a: &BlockQ8, at: usize) -> __m512i {
+        _mm512_set1_epi64(std::ptr::read_unaligned(a.qs.as_ptr().add(at).cast()))
+    }
+
+    /// Eight interleaved Q4_1 rows · N activation rows with AVX-512 VNNI: per block, two
+    /// 64-byte loads (each two column quads of the eight rows, see [`pairs`]) split into
+    /// nibbles, and per activation row four `vpdpbusd` (unsigned nibbles times signed
+    /// activation bytes, summed four at a time into 32 bits: no 16-bit step, no
+    /// saturation) take the whole block. Lanes 2r and 2r + 1 hold row r's two halves,
+    /// scaled alike and summed at the end; the offsets `m · s` go in the even lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q4_1x8_vnni<const N: usize>(
+        w: &[BlockQ4_1x8],
+        xs: [&[BlockQ8]; N],
+    ) -> [[f32; 8]; N] {
+        // The scaled products and the offsets in two chains of additions, not one.
+        let (mut acc, mut off) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        let low = _mm512_set1_epi8(0x0f);
+        for (l, b) in w.iter().enumerate() {
+            // Columns 0..8 and 16..24 (nibbles of quads 0, 1), 8..16 and 24..32 (2, 3).
+            let q0 = pairs(b.qs.as_ptr());
+            let q1 = pairs(b.qs.as_ptr().add(64));
+            let lo0 = _mm512_and_si512(q0, low);
+            let hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), low);
+            let lo1 = _mm512_and_si512(q1, low);
+            let hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), low);
+            let d = halves_paired::<false>(&b.d);
+            let m = halves_paired::<true>(&b.m);
+            for k in 0..N {
+                let a = xs[k].get_unchecked(l);
+                // Two chains of two, not one of four.
+                let z = _mm512_setzero_si512();
+                let s0 = _mm512_dpbusd_epi32(z, lo0, eight(a, 0));
+                let s1 = _mm512_dpbusd_epi32(z, lo1, eight(a, 8));
+                let s0 = _mm512_dpbusd_epi32(s0, hi0, eight(a, 16));
+                let s1 = _mm512_dpbusd_epi32(s1, hi1, eight(a, 24));
+                let s = _mm512_add_epi32(s0, s1);
+                let ad = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                acc[k] = _mm512_fmadd_ps(ad, _mm512_cvtepi32_ps(s), acc[k]);
+                off[k] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.s), off[k]);
+            }
+        }
+        let mut out = [[0f32; 8]; N];
+        for k in 0..N {
+            out[k] = fold_pairs(_mm512_add_ps(acc[k], off[k]));
+        }
+        out
+    }
+
+    /// Eight interleaved Q8_0 rows · N activation rows with AVX-512 VNNI. `vpdpbusd`
+    /// takes unsigned by signed bytes, so the weights go in offset by 128 (a sign-bit
+    /// flip, once per load for every activation row): Σ (w + 128) · a = Σ w · a + 128 · Σ a,
+    /// and 128 · Σ a is the activation block's own sum (`s = d · Σ a`), taken off once
+    /// per row in the even lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q8_0x8_vnni<const N: usize>(
+        w: &[BlockQ8_0x8],
+        xs: [&[BlockQ8]; N],
+    ) -> [[f32; 8]; N] {
+        let (mut acc, mut off) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        let flip = _mm512_set1_epi8(-128);
+        for (l, b) in w.iter().enumerate() {
+            let p = b.qs.as_ptr().cast::<u8>();
+            let q = [
+                _mm512_xor_si512(pairs(p), flip),
+                _mm512_xor_si512(pairs(p.add(64)), flip),
+                _mm512_xor_si512(pairs(p.add(128)), flip),
+                _mm512_xor_si512(pairs(p.add(192)), flip),
+            ];
+            let d = halves_paired::<false>(&b.d);
+            let d_even = halves_paired::<true>(&b.d);
+            for k in 0..N {
+                let a = xs[k].get_unchecked(l);
+                let z = _mm512_setzero_si512();
+                let s0 = _mm512_dpbusd_epi32(z, q[0], eight(a, 0));
+                let s1 = _mm512_dpbusd_epi32(z, q[1], eight(a, 8));
+                let s0 = _mm512_dpbusd_epi32(s0, q[2], eight(a, 16));
+                let s1 = _mm512_dpbusd_epi32(s1, q[3], eight(a, 24));
+                let s = _mm512_add_epi32(s0, s1);
+                let ad = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                acc[k] = _mm512_fmadd_ps(ad, _mm512_cvtepi32_ps(s), acc[k]);
+                off[k] = _mm512_fmadd_ps(d_even, _mm512_set1_ps(-128.0 * a.s), off[k]);
+            }
+        }
+        let mut out = [[0f32; 8]; N];
+        for k in 0..N {
+            out[k] = fold_pairs(_mm512_add_ps(acc[k], off[k]));
+        }
+        out
+    }
+
     /// Q4_1 weights · one activation row (the tail rows outside the groups of eight).
     /// Two accumulators (even and odd blocks), so the sum is two dependency chains, not one.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -802,9 +978,9 @@ mod tests {
     /// one and many rows, agree with f32 arithmetic on the dequantised values.
     #[test]
     fn products_match_dequantised_arithmetic() {
-        // Groups of eight and a tail, groups only, a tail only; 4 + 2, 4 + 4 + 1 and 3
-        // activation rows.
-        for (rows, n) in [(37, 6), (16, 9), (5, 3)] {
+        // Groups of eight and a tail, groups only, a tail only; 6, 9, 3 and 13 activation
+        // rows (4 + 2, 4 + 4 + 1 or 8 + 1 on AVX-512, 3, 8 + 4 + 1).
+        for (rows, n) in [(37, 6), (16, 9), (5, 3), (24, 13)] {
             products_match(rows, 96, n);
         }
     }
@@ -927,6 +1103,43 @@ mod tests {
                 );
                 assert_eq!(alone, [oa, ob, oc], "{isa:?} n={n}");
                 assert!(alone.iter().flatten().any(|v| *v != 0.0));
+            }
+        }
+    }
+
+    /// The extremes of each block type (Q8_0 weights of -128 and 127, Q4_1 nibbles of 0
+    /// and 15, activations of ±127) give the same products on every path as on the
+    /// scalar one: no lane saturates or wraps.
+    #[test]
+    fn extreme_values_agree_on_every_path() {
+        let (rows, cols, n) = (16, 128, 5);
+        let mut q41 = Vec::new();
+        let mut q80 = Vec::new();
+        for b in 0..rows * cols / QK {
+            q41.extend_from_slice(&half_bits(0.5).to_le_bytes());
+            q41.extend_from_slice(&half_bits(-1.0).to_le_bytes());
+            q41.extend((0..16).map(|j| if (b + j) % 3 == 0 { 0x00 } else { 0xff }));
+            q80.extend_from_slice(&half_bits(0.25).to_le_bytes());
+            q80.extend((0..32).map(|j| if (b + j) % 5 == 0 { 0x7f } else { 0x80 }));
+        }
+        // ±1 quantises to ±127 exactly.
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| if i % 7 < 5 { 1.0 } else { -1.0 })
+            .collect();
+        for (kind, bytes) in [("Q4_1", &q41), ("Q8_0", &q80)] {
+            let m = QMatrix::from_gguf(kind, rows, cols, bytes).unwrap();
+            let mut want = vec![0f32; n * rows];
+            m.matmul_on(Isa::Portable, &x, n, &mut want);
+            assert!(want.iter().all(|v| v.abs() > 100.0), "{kind}: {want:?}");
+            for isa in Isa::all_here() {
+                let mut got = vec![0f32; n * rows];
+                m.matmul_on(isa, &x, n, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{isa:?} {kind}: {g} vs {w}"
+                    );
+                }
             }
         }
     }
