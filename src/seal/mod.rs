@@ -6,7 +6,7 @@
 //!   X25519 key (from its signed node record). Keys: blake3 in derive-key mode over the
 //!   shared secret, the ephemeral and the recipient public keys → AEAD key (32), nonce (12)
 //!   and recipient tag (16). A key is used for one message only, so nonces never repeat.
-//! - AEAD: ChaCha20-Poly1305; the additional data binds the ciphertext to the outer
+//! - AEAD: ChaCha20-Poly1305 (RFC 8439, ring's); the additional data binds the ciphertext to the outer
 //!   bundle's tag, creation timestamp and lifetime.
 //! - Outer bundle: source `dtn:none`, destination `dtn://sealed/<tag hex>` (a fresh tag per
 //!   bundle: unlinkable; the recipient recognises its own by recomputing it), creation
@@ -23,12 +23,19 @@ use crate::bundle::{
     PrimaryBlock, VerifiedBundle,
 };
 use crate::time::DtnTime;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand_core::{CryptoRng, RngCore};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use x25519_dalek::{PublicKey, StaticSecret};
+
+/// ChaCha20-Poly1305 (RFC 8439) under `key`, ring's implementation (its vector code is
+/// about twice as fast as a portable one; the construction and the bytes are the same).
+fn aead(key: &[u8; 32]) -> Result<LessSafeKey, SealError> {
+    UnboundKey::new(&CHACHA20_POLY1305, key)
+        .map(LessSafeKey::new)
+        .map_err(|_| SealError::Auth)
+}
 
 pub const KIND_SEALED: &str = "sealed";
 /// Node name of every sealed bundle's destination.
@@ -277,9 +284,13 @@ pub fn seal_revealing<R: RngCore + CryptoRng>(
     pt.extend_from_slice(raw);
     pt.resize(padded_len(raw.len() + 4), 0);
     let a = aad(&epk, &tag, time, lifetime, &opened);
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&d.nonce), Payload { msg: &pt, aad: &a })
+    let mut ct = pt;
+    aead(&d.key)?
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(d.nonce),
+            Aad::from(&a),
+            &mut ct,
+        )
         .map_err(|_| SealError::Auth)?;
     let created = CreationTimestamp {
         time,
@@ -564,16 +575,16 @@ pub fn open_with_any(
         return Ok(None);
     };
     let secret = v2.then_some(d.tag);
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(&d.key));
-    let pt = cipher
-        .decrypt(
-            Nonce::from_slice(&d.nonce),
-            Payload {
-                msg: &p.ct,
-                aad: &p.aad,
-            },
+    let mut pt = p.ct.to_vec();
+    let n = aead(&d.key)?
+        .open_in_place(
+            Nonce::assume_unique_for_key(d.nonce),
+            Aad::from(&p.aad),
+            &mut pt,
         )
-        .map_err(|_| SealError::Auth)?;
+        .map_err(|_| SealError::Auth)?
+        .len();
+    pt.truncate(n);
     if pt.len() < 4 {
         return Err(SealError::Plaintext("shorter than its length field".into()));
     }
@@ -600,6 +611,40 @@ pub fn open_with_any(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AEAD is RFC 8439's ChaCha20-Poly1305 (its §2.8.2 vector): sealed bundles made
+    /// by any implementation of it, earlier builds of ours included, open alike.
+    #[test]
+    fn the_aead_is_rfc_8439_chacha20_poly1305() {
+        let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+        let nonce = [7, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
+        let aad = [
+            0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7,
+        ];
+        let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
+        let mut ct = pt.to_vec();
+        aead(&key)
+            .unwrap()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut ct,
+            )
+            .unwrap();
+        let want = "d31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b61161ae10b594f09e26a7e902ecbd0600691";
+        let hex: String = ct.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, want);
+        let n = aead(&key)
+            .unwrap()
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut ct,
+            )
+            .unwrap()
+            .len();
+        assert_eq!(&ct[..n], pt);
+    }
 
     #[test]
     fn sealed_bodies_read_in_place_as_serde_reads_them() {
