@@ -15,7 +15,9 @@ use candle_core::Device;
 use mycelium::worker::embed::Embedder;
 use mycelium::worker::generate::{Decode, Generator};
 use mycelium::worker::models::fetched_dir;
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::median;
 
 const WORDS: &str = "the of and to in is was for on with as by at from that this it be are or an which have not had one were all their but there can more when out some time so what up about into other than only new may its over also many first these people would two like such been water tree root forest soil fungus network light sun rain river stone field city road house book music story night day year world life hand part place case week company system program question work government number point home group problem fact";
 
@@ -30,22 +32,6 @@ const PROMPTS8: [&str; 8] = [
     "How does a computer store numbers in memory?",
 ];
 const NEW_TOKENS: usize = 64;
-
-/// Median seconds of `runs` timed calls after `warm` untimed ones.
-fn median(warm: usize, runs: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
-}
 
 /// A sentence of common words that tokenises to exactly `n` tokens ([CLS], [SEP] included).
 fn sentence(e: &Embedder, seed: &mut u64, n: usize) -> String {

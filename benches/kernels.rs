@@ -10,7 +10,9 @@
 
 use mycelium::worker::isa::Isa;
 use mycelium::worker::quant::{matmul_each, Kern, QMatrix};
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::median;
 
 const DIM: usize = 576;
 const KV: usize = 192;
@@ -75,21 +77,6 @@ struct Bufs {
     g: Vec<f32>,
     u: Vec<f32>,
     logits: Vec<f32>,
-}
-
-fn median(warm: usize, runs: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
 }
 
 fn main() {
