@@ -6,8 +6,8 @@
 //!   X25519 key (from its signed node record). Keys: blake3 in derive-key mode over the
 //!   shared secret, the ephemeral and the recipient public keys → AEAD key (32), nonce (12)
 //!   and recipient tag (16). A key is used for one message only, so nonces never repeat.
-//! - AEAD: ChaCha20-Poly1305 (RFC 8439, ring's); the additional data binds the ciphertext to the outer
-//!   bundle's tag, creation timestamp and lifetime.
+//! - AEAD: ChaCha20-Poly1305 (RFC 8439, ring's); the additional data binds the ciphertext
+//!   to the outer bundle's tag, creation timestamp and lifetime.
 //! - Outer bundle: source `dtn:none`, destination `dtn://sealed/<tag hex>` (a fresh tag per
 //!   bundle: unlinkable; the recipient recognises its own by recomputing it), creation
 //!   time rounded to the minute, a random sequence number, hop count, no signature.
@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-/// ChaCha20-Poly1305 (RFC 8439) under `key`, ring's implementation (its vector code is
-/// about twice as fast as a portable one; the construction and the bytes are the same).
+/// ChaCha20-Poly1305 (RFC 8439) under `key`, ring's implementation (its assembly made
+/// opening a sealed 1 MiB bundle about 1.4x faster here than the RustCrypto crate did;
+/// the construction and the bytes are the same).
 fn aead(key: &[u8; 32]) -> Result<LessSafeKey, SealError> {
     UnboundKey::new(&CHACHA20_POLY1305, key)
         .map(LessSafeKey::new)
