@@ -109,8 +109,10 @@ fn main() {
     );
     println!("| rows | kernels | ms per pass | rows/s | vs avx2 |");
     println!("|---:|---|---:|---:|---:|");
+    // The portable loops take seconds a pass: only when asked for.
+    let portable = std::env::var_os("KERNELS_PORTABLE").is_some();
     for n in [1usize, 64] {
-        let x: Vec<f32> = (0..n * FF)
+        let x: Vec<f32> = (0..n * DIM)
             .map(|_| (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0)
             .collect();
         let mut buf = Bufs {
@@ -122,19 +124,16 @@ fn main() {
             u: vec![0.0; n * FF],
             logits: vec![0.0; VOCAB],
         };
-        let xs = &x[..n * DIM];
         let (warm, runs) = if n == 1 { (5, 31) } else { (2, 9) };
         let mut avx2 = None;
         let mut seen = Vec::new();
         for isa in Isa::all_here() {
             let kern = Kern::on(isa);
-            // The portable loops take seconds a pass: only when asked for.
-            let portable = std::env::var_os("KERNELS_PORTABLE").is_some();
             if seen.contains(&kern) || (kern == Kern::Portable && !portable) {
                 continue;
             }
             seen.push(kern);
-            let s = median(warm, runs, || forward(isa, &layers, &head, xs, n, &mut buf));
+            let s = median(warm, runs, || forward(isa, &layers, &head, &x, n, &mut buf));
             if kern == Kern::Avx2 {
                 avx2 = Some(s);
             }

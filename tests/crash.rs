@@ -1,8 +1,8 @@
 //! Crash safety: SIGKILL the real binary at random points of import and export, 50 times,
 //! of a feed ingest, 12 times, and the receiving daemon at random points of a sync, 12
-//! times (small messages) and 10 times (large ones, in full batches). Afterwards the store opens, every bundle an import reported is there and
-//! verifies, the indexes agree with the bundles, the drive is still importable, and every
-//! delivery has its receipt.
+//! times (small messages) and 10 times (large ones, in full batches). Afterwards the store
+//! opens, every bundle an import reported is there and verifies, the indexes agree with
+//! the bundles, the drive is still importable, and every delivery has its receipt.
 
 use assert_cmd::cargo::cargo_bin;
 use indicatif::ProgressBar;
