@@ -81,6 +81,10 @@ pub struct Node {
     /// One step of the marketplace's rules at a time on this node (see
     /// `market::service`).
     rules: std::sync::Mutex<()>,
+    /// Deliveries whose receipt a running sync session of this process owes and will
+    /// issue at its end ([`crate::route::delivery::Owed`]): [`Node::pay_owed`] leaves
+    /// them to it.
+    owed_live: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 /// A bundle addressed to this node, with its payload decoded where we can.
@@ -108,6 +112,7 @@ impl Node {
             identity,
             store,
             rules: std::sync::Mutex::new(()),
+            owed_live: Default::default(),
         })
     }
 
@@ -125,6 +130,7 @@ impl Node {
             identity,
             store,
             rules: std::sync::Mutex::new(()),
+            owed_live: Default::default(),
         })
     }
 
@@ -394,6 +400,7 @@ impl Node {
     /// Settle what an import stored and could not settle before it was stopped (a crash,
     /// a pulled stick): the receipts, tombstones and openings it owed.
     pub fn settle_unsettled(&self, now: DtnTime) -> Result<SettleReport, NodeError> {
+        self.pay_owed(now)?;
         let keys = self.store.unsettled()?;
         if keys.is_empty() {
             return Ok(SettleReport::default());
@@ -403,6 +410,47 @@ impl Node {
             "settling bundles an interrupted import stored"
         );
         self.settle_arrivals(&keys, now)
+    }
+
+    /// Issue the receipts a sync session stopped before its end (a crash, a cut) owes for
+    /// what it delivered: one write, receipts in bulk. Deliveries a session of this
+    /// process still holds are left to it. Returns how many were acknowledged.
+    pub fn pay_owed(&self, now: DtnTime) -> Result<usize, NodeError> {
+        let marks = self.store.owed_marks()?;
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        let owed = {
+            let live = self.owed_live.lock().unwrap_or_else(|p| p.into_inner());
+            crate::route::delivery::Owed::from_marks(
+                marks.into_iter().filter(|(k, _)| !live.contains(k)),
+            )
+        };
+        if owed.is_empty() {
+            return Ok(0);
+        }
+        let n = owed.len();
+        tracing::info!(
+            deliveries = n,
+            "acknowledging what an interrupted sync delivered"
+        );
+        let mut batch = crate::route::delivery::Batch::new(&self.store, &self.identity, now);
+        batch.owe(owed);
+        batch.commit()?;
+        Ok(n)
+    }
+
+    /// Keys a running session owes receipts for ([`Node::pay_owed`] leaves them alone):
+    /// `owing` adds them, else they are taken off.
+    pub fn owed_live(&self, keys: impl IntoIterator<Item = [u8; 32]>, owing: bool) {
+        let mut live = self.owed_live.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            if owing {
+                live.insert(k);
+            } else {
+                live.remove(&k);
+            }
+        }
     }
 
     /// [`Node::settle_arrivals`] for bundles just stored whose CPU work (verifying,

@@ -360,6 +360,8 @@ fn kill_syncs(t: &Path, a: &Path, b: &Path, count: usize, rounds: u64, seed: u64
     assert_eq!(inbox.len(), count);
     let keys: HashSet<[u8; 32]> = inbox.iter().map(|i| i.key).collect();
     assert_eq!(keys.len(), count);
+    // Every receipt a killed session owed was issued (at the daemon's next start).
+    assert!(n.store.owed_marks().unwrap().is_empty());
     drop(n);
     let an = Node::open(a).unwrap();
     let left: Vec<_> = an

@@ -650,3 +650,103 @@ fn arrivals_beyond_one_batch_are_written_while_the_next_is_verified() {
     let first = log[0].1.as_ref().unwrap();
     assert_eq!((first.new, first.delivered), (20, 20), "{first:?}");
 }
+
+/// `n` sealed text messages from `a` to `b`, as `send` makes them: their bytes.
+fn sealed_for(a: &Node, b: &Node, n: usize) -> Vec<Vec<u8>> {
+    for i in 0..n {
+        let p = adu::encode_message(&Message::Text(format!("sealed {i}")));
+        a.send(b.node_id(), p, DAY, DtnTime::now(), true).unwrap();
+    }
+    let raw: Vec<Vec<u8>> = a
+        .store
+        .of_kind("sealed")
+        .unwrap()
+        .iter()
+        .map(|k| a.store.get_raw(k).unwrap().unwrap())
+        .collect();
+    assert_eq!(raw.len(), n);
+    raw
+}
+
+/// What `a` still holds of its own messages (private copies and sealed outers).
+fn own_copies(a: &Node) -> usize {
+    a.store.of_kind("sealed").unwrap().len() + a.store.of_kind("message").unwrap().len()
+}
+
+/// `b`'s sealed receipts (a v2 recipient keeps no sealed outer of what it received, so
+/// every sealed bundle it holds is a receipt it made), given to `a`.
+fn receipts_home(b: &Node, a: &Node) -> usize {
+    let keys = b.store.of_kind("sealed").unwrap();
+    for k in &keys {
+        a.receive(&b.store.get_raw(k).unwrap().unwrap(), DtnTime::now())
+            .unwrap();
+    }
+    keys.len()
+}
+
+/// A session's batches are written as they come (here: each on the batch timer), and
+/// what they delivered is acknowledged once, in one receipt at the session's end; until
+/// then each delivery is marked owed on disk.
+#[test]
+fn a_session_acknowledges_what_its_batches_delivered_in_one_receipt_at_its_end() {
+    use mycelium::sync::drive::BundleIo;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (node(&dir, "a"), node(&dir, "b"));
+    let raw = sealed_for(&a, &b, 6);
+    assert_eq!(own_copies(&a), 12);
+    let mut io = quic::NodeIo::new(&b, DtnTime::now(), Some(a.node_id()), 10_000);
+    for (i, pair) in raw.chunks(2).enumerate() {
+        for r in pair {
+            io.incoming(r.clone()).unwrap();
+        }
+        io.flush_ahead().unwrap();
+        // Delivered and on disk, the receipt owed: marked, not yet made.
+        assert_eq!(io.report.delivered, 2 * (i as u64 + 1));
+        assert_eq!(b.inbox().unwrap().len(), 2 * (i + 1));
+        assert_eq!(b.store.owed_marks().unwrap().len(), 2 * (i + 1));
+        assert!(b.store.of_kind("sealed").unwrap().is_empty());
+    }
+    // A session of this process owes them: the node leaves them to it.
+    assert_eq!(b.pay_owed(DtnTime::now()).unwrap(), 0);
+    io.flush().unwrap();
+    drop(io);
+    assert!(b.store.owed_marks().unwrap().is_empty());
+    assert_eq!(
+        receipts_home(&b, &a),
+        1,
+        "one receipt for the whole session"
+    );
+    assert_eq!(
+        own_copies(&a),
+        0,
+        "the receipt acknowledges all six deliveries"
+    );
+}
+
+/// A session stopped before its end (a crash, a cut without a last flush) leaves its
+/// deliveries marked owed; the node issues their receipt when next started.
+#[test]
+fn receipts_a_stopped_session_owed_are_issued_when_the_node_next_starts() {
+    use mycelium::sync::drive::BundleIo;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (node(&dir, "a"), node(&dir, "b"));
+    let raw = sealed_for(&a, &b, 3);
+    let mut io = quic::NodeIo::new(&b, DtnTime::now(), Some(a.node_id()), 10_000);
+    for r in &raw {
+        io.incoming(r.clone()).unwrap();
+    }
+    io.flush_ahead().unwrap();
+    drop(io);
+    drop(b);
+    let b = Node::open(&dir.path().join("b")).unwrap();
+    assert_eq!(b.store.owed_marks().unwrap().len(), 3);
+    assert!(b.store.of_kind("sealed").unwrap().is_empty());
+    let settled = b.settle_unsettled(DtnTime::now()).unwrap();
+    assert_eq!(settled.delivered, 0, "nothing is delivered twice");
+    assert!(b.store.owed_marks().unwrap().is_empty());
+    assert_eq!(b.inbox().unwrap().len(), 3);
+    assert_eq!(receipts_home(&b, &a), 1);
+    assert_eq!(own_copies(&a), 0);
+    // Paid once: another start issues nothing more.
+    assert_eq!(b.pay_owed(DtnTime::now()).unwrap(), 0);
+}

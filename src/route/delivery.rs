@@ -6,7 +6,8 @@
 //! - Arrivals from one contact are handled as a [`Batch`]: one atomic commit, and
 //!   receipts in bulk (one signed `receipts` bundle per source and [`RECEIPT_BATCH`]
 //!   deliveries). The CPU work (signatures, stamps, opening sealed bundles) is done
-//!   before, in parallel ([`prepare`]).
+//!   before, in parallel ([`prepare`]). A sync session's batches may leave their
+//!   receipts [`Owed`] (marked on disk) for its last batch to issue.
 //! - A bundle that reached its destination is delivered once: the destination keeps it
 //!   (its inbox), records a tombstone so it never offers it to anyone, and owes the
 //!   source a receipt.
@@ -63,6 +64,11 @@ pub struct Change {
     /// Bundles a batch import stored earlier whose routing duties this change does: no
     /// longer waiting to be settled (see `Store::commit_rebuilt`).
     pub settled: Vec<[u8; 32]>,
+    /// Deliveries whose receipt a later change issues ([`Batch::commit_owing`]): bundle
+    /// key and its owed mark ([`Owed::from_marks`] reads them back after a crash).
+    pub owed: Vec<OwedMarkBytes>,
+    /// Owed receipts this change issues ([`Batch::owe`]): their marks go.
+    pub owed_paid: Vec<[u8; 32]>,
 }
 
 /// Who brought a bundle, as far as the store's fairness needs to know: a hash of a sync
@@ -247,6 +253,133 @@ struct Ack {
     secret: Option<[u8; 16]>,
 }
 
+/// An owed mark as stored: the delivered bundle's key, and the mark.
+pub type OwedMarkBytes = ([u8; 32], Vec<u8>);
+
+/// Deliveries to acknowledge, by source node (its node ID as text): the source, and the
+/// deliveries.
+type Acks = BTreeMap<String, (Eid, Vec<Ack>)>;
+
+/// Deliveries acknowledged by a later commit's receipts ([`Batch::commit_owing`], then
+/// [`Batch::owe`]): a sync session writes its batches as they fill and acknowledges what
+/// they delivered in one receipt per source at its end, not one per batch (each receipt
+/// carries a proof-of-work stamp, and on a slow link a batch may hold a handful of
+/// bundles). Until its receipt is written each delivery is marked owed on disk, in the
+/// same write that delivered it, so a crash in between loses no receipt
+/// ([`Owed::from_marks`]).
+#[derive(Default)]
+pub struct Owed {
+    clear: Acks,
+    sealed: Acks,
+    len: usize,
+    /// Marks that could not be read back: dropped, with no receipt.
+    unreadable: Vec<[u8; 32]>,
+}
+
+/// The delivered bundles' keys in two sets of acknowledgements.
+fn ack_keys<'a>(clear: &'a Acks, sealed: &'a Acks) -> impl Iterator<Item = [u8; 32]> + 'a {
+    clear
+        .values()
+        .chain(sealed.values())
+        .flat_map(|(_, acks)| acks.iter().map(|a| a.key))
+}
+
+/// An owed mark on disk: whom the receipt goes to and what it says of the delivery.
+#[derive(Serialize, Deserialize)]
+struct OwedMark {
+    signer: String,
+    source: String,
+    sealed: bool,
+    expires: u64,
+    secret: Option<[u8; 16]>,
+}
+
+impl Owed {
+    /// Deliveries owed a receipt.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 && self.unreadable.is_empty()
+    }
+
+    /// The delivered bundles' keys.
+    pub fn keys(&self) -> impl Iterator<Item = [u8; 32]> + '_ {
+        ack_keys(&self.clear, &self.sealed)
+    }
+
+    /// Add `other`'s deliveries.
+    pub fn merge(&mut self, other: Owed) {
+        for (mine, theirs) in [
+            (&mut self.clear, other.clear),
+            (&mut self.sealed, other.sealed),
+        ] {
+            for (signer, (source, acks)) in theirs {
+                mine.entry(signer)
+                    .or_insert_with(|| (source, Vec::new()))
+                    .1
+                    .extend(acks);
+            }
+        }
+        self.len += other.len;
+        self.unreadable.extend(other.unreadable);
+    }
+
+    /// The owed marks a store holds (bundle key, mark), as [`Change::owed`] wrote them:
+    /// what a session stopped before its end (a crash, a cut) still owes.
+    pub fn from_marks(marks: impl IntoIterator<Item = OwedMarkBytes>) -> Owed {
+        let mut out = Owed::default();
+        for (key, bytes) in marks {
+            let m: Option<OwedMark> = ciborium::from_reader(bytes.as_slice()).ok();
+            let Some((m, source)) = m.and_then(|m| Eid::parse(&m.source).ok().map(|s| (m, s)))
+            else {
+                tracing::warn!(key = %hex::encode(key), "an owed receipt's mark is unreadable: dropped");
+                out.unreadable.push(key);
+                continue;
+            };
+            let acks = if m.sealed {
+                &mut out.sealed
+            } else {
+                &mut out.clear
+            };
+            acks.entry(m.signer)
+                .or_insert_with(|| (source, Vec::new()))
+                .1
+                .push(Ack {
+                    key,
+                    expires: DtnTime(m.expires),
+                    secret: m.secret,
+                });
+            out.len += 1;
+        }
+        out
+    }
+
+    /// The marks that stand for these deliveries on disk.
+    fn marks(&self) -> Vec<OwedMarkBytes> {
+        let mut out = Vec::with_capacity(self.len);
+        for (sealed, acks) in [(false, &self.clear), (true, &self.sealed)] {
+            for (signer, (source, list)) in acks {
+                for a in list {
+                    let mut bytes = Vec::new();
+                    let mark = OwedMark {
+                        signer: signer.clone(),
+                        source: source.to_string(),
+                        sealed,
+                        expires: a.expires.0,
+                        secret: a.secret,
+                    };
+                    // Writing CBOR into a vector does not fail.
+                    let _ = ciborium::into_writer(&mark, &mut bytes);
+                    out.push((a.key, bytes));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Many arrivals from one contact handled together: one atomic [`Change`] for all of
 /// them, and receipts in bulk (one per source and [`RECEIPT_BATCH`] deliveries) instead
 /// of one per delivered bundle. Reads see what the batch has staged.
@@ -262,8 +395,8 @@ pub struct Batch<'a, S: RouteStore> {
     /// Staged tombstones, by key and signer.
     stones: HashMap<([u8; 32], String), Tombstone>,
     /// Deliveries to acknowledge, by source node: in clear, or sealed for the source.
-    clear: BTreeMap<String, (Eid, Vec<Ack>)>,
-    sealed: BTreeMap<String, (Eid, Vec<Ack>)>,
+    clear: Acks,
+    sealed: Acks,
     marks_left: usize,
     items: usize,
 }
@@ -292,7 +425,30 @@ impl<'a, S: RouteStore> Batch<'a, S> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items == 0 && self.change.settled.is_empty()
+        self.items == 0 && self.change.settled.is_empty() && self.change.owed_paid.is_empty()
+    }
+
+    /// Keys of the deliveries this batch acknowledges (or, committed owing, owes).
+    pub fn acked_keys(&self) -> Vec<[u8; 32]> {
+        ack_keys(&self.clear, &self.sealed).collect()
+    }
+
+    /// Acknowledge `owed` (deliveries an earlier commit left owed) in this batch's
+    /// receipts: their marks go in the same write.
+    pub fn owe(&mut self, owed: Owed) {
+        for (mine, theirs) in [
+            (&mut self.clear, owed.clear),
+            (&mut self.sealed, owed.sealed),
+        ] {
+            for (signer, (source, acks)) in theirs {
+                self.change.owed_paid.extend(acks.iter().map(|a| a.key));
+                mine.entry(signer)
+                    .or_insert_with(|| (source, Vec::new()))
+                    .1
+                    .extend(acks);
+            }
+        }
+        self.change.owed_paid.extend(owed.unreadable);
     }
 
     /// A stored bundle that waited to be settled and cannot be (gone, or no longer
@@ -672,6 +828,22 @@ impl<'a, S: RouteStore> Batch<'a, S> {
         }
     }
 
+    /// Commit everything in one atomic write, but sign no receipts: what this batch
+    /// delivered is marked owed in the same write and returned, for a later batch to
+    /// acknowledge ([`Batch::owe`]).
+    pub fn commit_owing(mut self) -> Result<Owed, DeliveryError<S::Error>> {
+        let len = ack_keys(&self.clear, &self.sealed).count();
+        let owed = Owed {
+            clear: std::mem::take(&mut self.clear),
+            sealed: std::mem::take(&mut self.sealed),
+            len,
+            unreadable: Vec::new(),
+        };
+        self.change.owed = owed.marks();
+        self.commit()?;
+        Ok(owed)
+    }
+
     /// Sign the receipts owed (in bulk: one per source and [`RECEIPT_BATCH`] deliveries)
     /// and commit everything in one atomic write.
     pub fn commit(mut self) -> Result<(), DeliveryError<S::Error>> {
@@ -720,6 +892,8 @@ impl<'a, S: RouteStore> Batch<'a, S> {
             && c.delete.is_empty()
             && c.contacts.is_empty()
             && c.settled.is_empty()
+            && c.owed.is_empty()
+            && c.owed_paid.is_empty()
         {
             return Ok(());
         }

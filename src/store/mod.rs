@@ -110,6 +110,14 @@ const META_UNSETTLED: &[u8] = b"unsettled/";
 fn unsettled_key(key: &[u8; 32]) -> Vec<u8> {
     [META_UNSETTLED, key].concat()
 }
+/// Prefix of the marks of deliveries whose receipt is owed (a sync session acknowledges
+/// at its end what its batches delivered): `owed/` ‖ bundle key → the mark
+/// ([`crate::route::delivery::Owed::from_marks`]).
+const META_OWED: &[u8] = b"owed/";
+
+fn owed_key(key: &[u8; 32]) -> Vec<u8> {
+    [META_OWED, key].concat()
+}
 const META_SEQ: &[u8] = b"creation_seq";
 const SCHEMA_VERSION: u64 = 1;
 
@@ -543,6 +551,24 @@ impl Store {
                 break;
             }
             out.push(key32(&k[META_UNSETTLED.len()..])?);
+        }
+        Ok(out)
+    }
+
+    /// Deliveries whose receipt is owed (bundle key, mark): what a sync session stopped
+    /// before its end did not acknowledge yet.
+    pub fn owed_marks(&self) -> Result<Vec<crate::route::delivery::OwedMarkBytes>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(cf::META),
+            IteratorMode::From(META_OWED, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(META_OWED) {
+                break;
+            }
+            out.push((key32(&k[META_OWED.len()..])?, v.to_vec()));
         }
         Ok(out)
     }

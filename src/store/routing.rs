@@ -418,6 +418,12 @@ impl RouteStore for Store {
         for key in &change.settled {
             batch.delete_cf(self.cf(cf::META), super::unsettled_key(key));
         }
+        for key in &change.owed_paid {
+            batch.delete_cf(self.cf(cf::META), super::owed_key(key));
+        }
+        for (key, mark) in &change.owed {
+            batch.put_cf(self.cf(cf::META), super::owed_key(key), mark);
+        }
         self.write_synced(batch)?;
         if relayed.count > 0 {
             self.bound_sealed(relayed)?;

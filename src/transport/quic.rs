@@ -270,6 +270,33 @@ fn transport(cfg: &QuicConfig) -> Result<quinn::TransportConfig, QuicError> {
     Ok(t)
 }
 
+/// Socket buffers asked for (the kernel grants up to its `net.core.rmem_max` /
+/// `wmem_max`). The default (about 208 KiB on Linux) holds a few hundred datagrams: a
+/// receiver busy verifying and committing a batch for a few milliseconds let it
+/// overflow, and every drop is a loss to Cubic (a 100 x 1 MiB sync on loopback lost
+/// 1,200 to 2,300 packets in 50 to 65 congestion events; with these buffers, none).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` (dual-stack where it is IPv6) with the larger buffers.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        if let Err(e) = s.set_only_v6(false) {
+            tracing::debug!(error = %e, "socket is not dual-stack");
+        }
+    }
+    // Best effort: a smaller buffer still works, as before.
+    if let Err(e) = s.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "socket receive buffer left as it was");
+    }
+    if let Err(e) = s.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "socket send buffer left as it was");
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// A server endpoint for `id` on `addr`; `allow` restricts which node keys may connect.
 pub fn server_endpoint(
     id: &Identity,
@@ -293,7 +320,14 @@ pub fn server_endpoint(
     let qsc = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(qsc));
     sc.transport_config(Arc::new(transport(cfg)?));
-    quinn::Endpoint::server(sc, addr).map_err(|source| QuicError::Bind { addr, source })
+    let socket = udp_socket(addr).map_err(|source| QuicError::Bind { addr, source })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(sc),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| QuicError::Bind { addr, source })
 }
 
 fn client_config(
@@ -329,8 +363,14 @@ pub fn client_endpoint(
     expect: Option<[u8; 32]>,
     cfg: &QuicConfig,
 ) -> Result<quinn::Endpoint, QuicError> {
-    let mut ep =
-        quinn::Endpoint::client(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+    let socket = udp_socket(bind).map_err(|source| QuicError::Bind { addr: bind, source })?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| QuicError::Bind { addr: bind, source })?;
     ep.set_default_client_config(client_config(id, expect, cfg)?);
     Ok(ep)
 }
@@ -397,6 +437,13 @@ pub struct NodeIo<'a> {
     /// A full batch verified and opened, its durable write left to overlap the next
     /// batch's verification ([`BundleIo::flush_ahead`]); nothing in it is counted yet.
     staged: Option<(Staged<'a>, Instant)>,
+    /// Deliveries written and owed a receipt: acknowledged at the session's end (or once
+    /// [`delivery::RECEIPT_BATCH`] are owed), in bulk, not one receipt per batch.
+    owed: delivery::Owed,
+    /// Keys this session told the node it owes receipts for ([`Node::owed_live`]).
+    live: HashSet<[u8; 32]>,
+    /// The batch being staged is the session's last: it pays what is owed.
+    last: bool,
 }
 
 /// Spray copies a batch took: (bundle key, copies).
@@ -407,6 +454,17 @@ struct Staged<'a> {
     batch: delivery::Batch<'a, crate::store::Store>,
     counts: SessionReport,
     sprayed: Sprayed,
+    /// Its write issues the receipts owed (else it marks its deliveries owed).
+    pay: bool,
+}
+
+/// What a batch's write leaves to the session: its counts, spray copies, and either the
+/// deliveries it left owed or the keys whose receipts it wrote.
+struct Written {
+    counts: SessionReport,
+    sprayed: Sprayed,
+    owed: delivery::Owed,
+    paid: Vec<[u8; 32]>,
 }
 
 impl<'a> NodeIo<'a> {
@@ -425,6 +483,9 @@ impl<'a> NodeIo<'a> {
             pending_since: None,
             batch_wait: FLUSH_AFTER,
             staged: None,
+            owed: delivery::Owed::default(),
+            live: HashSet::new(),
+            last: false,
         }
     }
 
@@ -461,9 +522,18 @@ impl<'a> NodeIo<'a> {
         // A full batch is due at once (`flush_due`): the QUIC driver commits it off the
         // runtime's threads. A driver that never asks is bounded here, at twice that.
         if self.pending.len() >= 2 * FLUSH_COUNT || self.pending_bytes >= 2 * FLUSH_BYTES {
-            self.flush()?;
+            self.commit_all(false)?;
         }
         Ok(key)
+    }
+}
+
+impl Drop for NodeIo<'_> {
+    /// Receipts this session still owes (it ended in an error) are left to the node: the
+    /// marks are on disk, and [`Node::pay_owed`] issues them.
+    fn drop(&mut self) {
+        let keys: Vec<[u8; 32]> = self.live.drain().collect();
+        self.node.owed_live(keys, false);
     }
 }
 
@@ -514,17 +584,12 @@ impl BundleIo for NodeIo<'_> {
     }
 
     fn flush(&mut self) -> Result<(), String> {
-        let r = self.stage_pending();
-        let c = match self.staged.take() {
-            Some((st, _)) => self.commit_staged(st),
-            None => Ok(()),
-        };
-        c.and(r)
+        self.commit_all(true)
     }
 
     fn flush_ahead(&mut self) -> Result<(), String> {
         if !self.batch_full() {
-            return self.flush();
+            return self.commit_all(false);
         }
         match self.stage_pending() {
             Ok(()) => Ok(()),
@@ -539,6 +604,27 @@ impl BundleIo for NodeIo<'_> {
 }
 
 impl<'a> NodeIo<'a> {
+    /// Verify and write everything taken. `last` (the peer said `Done`, or the session
+    /// ends): the receipts the session owes go too, in the last batch's write where there
+    /// is one, else in one of their own.
+    fn commit_all(&mut self, last: bool) -> Result<(), String> {
+        self.last = last;
+        let r = self.stage_pending();
+        self.last = false;
+        let c = match self.staged.take() {
+            Some((mut st, _)) => {
+                if last && !st.pay {
+                    st.batch.owe(std::mem::take(&mut self.owed));
+                    st.pay = true;
+                }
+                self.commit_staged(st)
+            }
+            None => Ok(()),
+        };
+        let p = if last { self.pay_owed() } else { Ok(()) };
+        c.and(r).and(p)
+    }
+
     fn batch_full(&self) -> bool {
         self.pending.len() >= FLUSH_COUNT || self.pending_bytes >= FLUSH_BYTES
     }
@@ -567,7 +653,7 @@ impl<'a> NodeIo<'a> {
             (prepared, written)
         });
         let written = match written {
-            Some(r) => r.map(|(counts, sprayed)| self.count(counts, sprayed)),
+            Some(r) => r.map(|w| self.count(w)),
             None => Ok(Ok(())),
         };
         // Sealed bundles are held for relaying on this peer's account (the store's bound
@@ -607,11 +693,22 @@ impl<'a> NodeIo<'a> {
                 Arrival::Refused(_) => counts.refused += 1,
             }
         }
+        // Receipts at the session's end, or once a receipt's worth is owed; until then
+        // the node leaves the marks of these deliveries to this session.
+        let pay = self.last || self.owed.len() >= delivery::RECEIPT_BATCH;
+        if pay {
+            batch.owe(std::mem::take(&mut self.owed));
+        } else {
+            let keys = batch.acked_keys();
+            self.node.owed_live(keys.iter().copied(), true);
+            self.live.extend(keys);
+        }
         self.staged = Some((
             Staged {
                 batch,
                 counts,
                 sprayed,
+                pay,
             },
             Instant::now(),
         ));
@@ -622,23 +719,64 @@ impl<'a> NodeIo<'a> {
         }
     }
 
-    /// The synced write of a staged batch (receipts signed and sealed with it).
-    fn write_staged(st: Staged<'_>) -> Result<(SessionReport, Sprayed), String> {
-        st.batch.commit().map_err(|e| format!("local store: {e}"))?;
-        Ok((st.counts, st.sprayed))
+    /// The synced write of a staged batch: with the receipts owed signed and sealed, or
+    /// with its deliveries marked owed.
+    fn write_staged(st: Staged<'_>) -> Result<Written, String> {
+        let err = |e| format!("local store: {e}");
+        let (owed, paid) = if st.pay {
+            let paid = st.batch.acked_keys();
+            st.batch.commit().map_err(err)?;
+            (delivery::Owed::default(), paid)
+        } else {
+            (st.batch.commit_owing().map_err(err)?, Vec::new())
+        };
+        Ok(Written {
+            counts: st.counts,
+            sprayed: st.sprayed,
+            owed,
+            paid,
+        })
     }
 
     fn commit_staged(&mut self, st: Staged<'_>) -> Result<(), String> {
-        let (counts, sprayed) = Self::write_staged(st)?;
-        self.count(counts, sprayed)
+        let w = Self::write_staged(st)?;
+        self.count(w)
     }
 
-    /// What a written batch adds to the report, and the spray copies it took.
-    fn count(
-        &mut self,
-        counts: SessionReport,
-        sprayed: Vec<([u8; 32], u32)>,
-    ) -> Result<(), String> {
+    /// Issue the receipts owed in a write of their own.
+    fn pay_owed(&mut self) -> Result<(), String> {
+        if self.owed.is_empty() {
+            return Ok(());
+        }
+        let owed = std::mem::take(&mut self.owed);
+        let mut batch = delivery::Batch::new(&self.node.store, &self.node.identity, self.now);
+        batch.owe(owed);
+        let paid = batch.acked_keys();
+        // Should it fail, the marks stay on disk for `Node::pay_owed`.
+        batch.commit().map_err(|e| format!("local store: {e}"))?;
+        self.unlive(paid);
+        Ok(())
+    }
+
+    /// Keys whose receipts are written: the node no longer leaves them to this session.
+    fn unlive(&mut self, keys: Vec<[u8; 32]>) {
+        for k in &keys {
+            self.live.remove(k);
+        }
+        self.node.owed_live(keys, false);
+    }
+
+    /// What a written batch adds to the report, the spray copies it took, and the
+    /// receipts it left owed or wrote.
+    fn count(&mut self, w: Written) -> Result<(), String> {
+        let Written {
+            counts,
+            sprayed,
+            owed,
+            paid,
+        } = w;
+        self.owed.merge(owed);
+        self.unlive(paid);
         let r = &mut self.report;
         r.new += counts.new;
         r.delivered += counts.delivered;
@@ -947,7 +1085,7 @@ pub async fn sync_with(
     // The close goes out at once; the rest of the draining period (3 PTO, ~90 ms even on
     // loopback) only absorbs stray packets, so it is not worth waiting for in full.
     let _ = tokio::time::timeout(Duration::from_millis(20), ep.wait_idle()).await;
-    let mut report = io.report;
+    let mut report = std::mem::take(&mut io.report);
     report.wire_tx = cs.udp_tx.bytes;
     report.wire_rx = cs.udp_rx.bytes;
     report.elapsed = started.elapsed();
@@ -1073,7 +1211,7 @@ async fn accept_one(
         } else {
             conn.close(1u32.into(), b"sync failed");
         }
-        let mut report = io.report;
+        let mut report = std::mem::take(&mut io.report);
         report.stats = stats?;
         Ok(report)
     }
