@@ -532,19 +532,7 @@ fn a_repeated_sealed_bundle_counts_once_against_the_quota() {
     a.store
         .set_contact(&victim.node_id().to_string(), &victim.seal_key().public())
         .unwrap();
-    for i in 0..2 {
-        let p = adu::encode_message(&Message::Text(format!("sealed {i}")));
-        a.send(victim.node_id(), p, DAY, DtnTime::now(), true)
-            .unwrap();
-    }
-    let raw: Vec<Vec<u8>> = a
-        .store
-        .of_kind("sealed")
-        .unwrap()
-        .iter()
-        .map(|k| a.store.get_raw(k).unwrap().unwrap())
-        .collect();
-    assert_eq!(raw.len(), 2);
+    let raw = sealed_for(&a, &victim.node_id(), 2);
     let mut io = quic::NodeIo::new(&relay, DtnTime::now(), None, 2);
     for r in [&raw[0], &raw[0], &raw[1]] {
         io.incoming(r.clone()).unwrap();
@@ -651,11 +639,11 @@ fn arrivals_beyond_one_batch_are_written_while_the_next_is_verified() {
     assert_eq!((first.new, first.delivered), (20, 20), "{first:?}");
 }
 
-/// `n` sealed text messages from `a` to `b`, as `send` makes them: their bytes.
-fn sealed_for(a: &Node, b: &Node, n: usize) -> Vec<Vec<u8>> {
+/// `n` sealed text messages from `a` to `to`, as `send` makes them: their bytes.
+fn sealed_for(a: &Node, to: &Eid, n: usize) -> Vec<Vec<u8>> {
     for i in 0..n {
         let p = adu::encode_message(&Message::Text(format!("sealed {i}")));
-        a.send(b.node_id(), p, DAY, DtnTime::now(), true).unwrap();
+        a.send(to.clone(), p, DAY, DtnTime::now(), true).unwrap();
     }
     let raw: Vec<Vec<u8>> = a
         .store
@@ -692,7 +680,7 @@ fn a_session_acknowledges_what_its_batches_delivered_in_one_receipt_at_its_end()
     use mycelium::sync::drive::BundleIo;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (node(&dir, "a"), node(&dir, "b"));
-    let raw = sealed_for(&a, &b, 6);
+    let raw = sealed_for(&a, &b.node_id(), 6);
     assert_eq!(own_copies(&a), 12);
     let mut io = quic::NodeIo::new(&b, DtnTime::now(), Some(a.node_id()), 10_000);
     for (i, pair) in raw.chunks(2).enumerate() {
@@ -730,7 +718,7 @@ fn receipts_a_stopped_session_owed_are_issued_when_the_node_next_starts() {
     use mycelium::sync::drive::BundleIo;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (node(&dir, "a"), node(&dir, "b"));
-    let raw = sealed_for(&a, &b, 3);
+    let raw = sealed_for(&a, &b.node_id(), 3);
     let mut io = quic::NodeIo::new(&b, DtnTime::now(), Some(a.node_id()), 10_000);
     for r in &raw {
         io.incoming(r.clone()).unwrap();
