@@ -253,7 +253,7 @@ struct Ack {
     secret: Option<[u8; 16]>,
 }
 
-/// An owed mark as stored: the delivered bundle's key, and the mark.
+/// A mark as stored (an owed mark, say): the bundle's key, and the mark.
 pub type OwedMarkBytes = ([u8; 32], Vec<u8>);
 
 /// Deliveries to acknowledge, by source node (its node ID as text): the source, and the
@@ -271,7 +271,6 @@ type Acks = BTreeMap<String, (Eid, Vec<Ack>)>;
 pub struct Owed {
     clear: Acks,
     sealed: Acks,
-    len: usize,
     /// Marks that could not be read back: dropped, with no receipt.
     unreadable: Vec<[u8; 32]>,
 }
@@ -282,6 +281,16 @@ fn ack_keys<'a>(clear: &'a Acks, sealed: &'a Acks) -> impl Iterator<Item = [u8; 
         .values()
         .chain(sealed.values())
         .flat_map(|(_, acks)| acks.iter().map(|a| a.key))
+}
+
+/// Add `theirs` to `mine`, source by source.
+fn merge_acks(mine: &mut Acks, theirs: Acks) {
+    for (signer, (source, acks)) in theirs {
+        mine.entry(signer)
+            .or_insert_with(|| (source, Vec::new()))
+            .1
+            .extend(acks);
+    }
 }
 
 /// An owed mark on disk: whom the receipt goes to and what it says of the delivery.
@@ -297,11 +306,11 @@ struct OwedMark {
 impl Owed {
     /// Deliveries owed a receipt.
     pub fn len(&self) -> usize {
-        self.len
+        self.keys().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0 && self.unreadable.is_empty()
+        self.keys().next().is_none() && self.unreadable.is_empty()
     }
 
     /// The delivered bundles' keys.
@@ -311,18 +320,8 @@ impl Owed {
 
     /// Add `other`'s deliveries.
     pub fn merge(&mut self, other: Owed) {
-        for (mine, theirs) in [
-            (&mut self.clear, other.clear),
-            (&mut self.sealed, other.sealed),
-        ] {
-            for (signer, (source, acks)) in theirs {
-                mine.entry(signer)
-                    .or_insert_with(|| (source, Vec::new()))
-                    .1
-                    .extend(acks);
-            }
-        }
-        self.len += other.len;
+        merge_acks(&mut self.clear, other.clear);
+        merge_acks(&mut self.sealed, other.sealed);
         self.unreadable.extend(other.unreadable);
     }
 
@@ -351,14 +350,13 @@ impl Owed {
                     expires: DtnTime(m.expires),
                     secret: m.secret,
                 });
-            out.len += 1;
         }
         out
     }
 
     /// The marks that stand for these deliveries on disk.
     fn marks(&self) -> Vec<OwedMarkBytes> {
-        let mut out = Vec::with_capacity(self.len);
+        let mut out = Vec::new();
         for (sealed, acks) in [(false, &self.clear), (true, &self.sealed)] {
             for (signer, (source, list)) in acks {
                 for a in list {
@@ -436,19 +434,10 @@ impl<'a, S: RouteStore> Batch<'a, S> {
     /// Acknowledge `owed` (deliveries an earlier commit left owed) in this batch's
     /// receipts: their marks go in the same write.
     pub fn owe(&mut self, owed: Owed) {
-        for (mine, theirs) in [
-            (&mut self.clear, owed.clear),
-            (&mut self.sealed, owed.sealed),
-        ] {
-            for (signer, (source, acks)) in theirs {
-                self.change.owed_paid.extend(acks.iter().map(|a| a.key));
-                mine.entry(signer)
-                    .or_insert_with(|| (source, Vec::new()))
-                    .1
-                    .extend(acks);
-            }
-        }
+        self.change.owed_paid.extend(owed.keys());
         self.change.owed_paid.extend(owed.unreadable);
+        merge_acks(&mut self.clear, owed.clear);
+        merge_acks(&mut self.sealed, owed.sealed);
     }
 
     /// A stored bundle that waited to be settled and cannot be (gone, or no longer
@@ -832,11 +821,9 @@ impl<'a, S: RouteStore> Batch<'a, S> {
     /// delivered is marked owed in the same write and returned, for a later batch to
     /// acknowledge ([`Batch::owe`]).
     pub fn commit_owing(mut self) -> Result<Owed, DeliveryError<S::Error>> {
-        let len = ack_keys(&self.clear, &self.sealed).count();
         let owed = Owed {
             clear: std::mem::take(&mut self.clear),
             sealed: std::mem::take(&mut self.sealed),
-            len,
             unreadable: Vec::new(),
         };
         self.change.owed = owed.marks();

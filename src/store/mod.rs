@@ -540,17 +540,29 @@ impl Store {
     /// Bundles a batch import stored and did not settle (it was stopped in between):
     /// the next import settles them.
     pub fn unsettled(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        Ok(self
+            .meta_marks(META_UNSETTLED)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// The bundle-keyed marks under `prefix` in META: (bundle key, value).
+    fn meta_marks(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<crate::route::delivery::OwedMarkBytes>, StoreError> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(cf::META),
-            IteratorMode::From(META_UNSETTLED, Direction::Forward),
+            IteratorMode::From(prefix, Direction::Forward),
         );
         for item in it {
-            let (k, _) = item.map_err(|e| self.db_err(e))?;
-            if !k.starts_with(META_UNSETTLED) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(prefix) {
                 break;
             }
-            out.push(key32(&k[META_UNSETTLED.len()..])?);
+            out.push((key32(&k[prefix.len()..])?, v.to_vec()));
         }
         Ok(out)
     }
@@ -558,19 +570,7 @@ impl Store {
     /// Deliveries whose receipt is owed (bundle key, mark): what a sync session stopped
     /// before its end did not acknowledge yet.
     pub fn owed_marks(&self) -> Result<Vec<crate::route::delivery::OwedMarkBytes>, StoreError> {
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf(cf::META),
-            IteratorMode::From(META_OWED, Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            if !k.starts_with(META_OWED) {
-                break;
-            }
-            out.push((key32(&k[META_OWED.len()..])?, v.to_vec()));
-        }
-        Ok(out)
+        self.meta_marks(META_OWED)
     }
 
     /// Keys of bundles addressed to any endpoint of `node` (its node ID).
