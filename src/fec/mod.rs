@@ -220,7 +220,22 @@ impl Shard {
 
     /// CBOR: `[1, object, k, m, stripes, shard_len, object_len, stripe, index, [proof*], data]`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(self.data.len() + 64 + 34 * self.proof.len());
+        let mut out = Vec::with_capacity(self.encoded_bound());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// At least the length of [`Shard::encode`]'s bytes.
+    pub fn encoded_bound(&self) -> usize {
+        self.data.len() + 64 + 34 * self.proof.len()
+    }
+
+    /// [`Shard::encode`]'s bytes appended to `out` (a pack being built), with no buffer
+    /// of their own.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut w = Writer {
+            buf: std::mem::take(out),
+        };
         w.array(11);
         w.uint(SHARD_VERSION);
         w.bytes(&self.object);
@@ -237,7 +252,7 @@ impl Shard {
             w.bytes(h);
         }
         w.bytes(&self.data);
-        w.into_vec()
+        *out = w.into_vec();
     }
 
     /// Decode a record and verify it against its object id. Nothing is allocated beyond
@@ -472,6 +487,22 @@ mod tests {
         let (out, parity) = rebuild(&p, &refs).unwrap();
         assert_eq!(out, bytes);
         assert_eq!(parity, drop.iter().any(|d| (*d as u32 % p.n()) < p.k));
+    }
+
+    /// A record written into a pack in place is the record [`Shard::encode`] makes, after
+    /// what the pack held, and no longer than the room reserved for it.
+    #[test]
+    fn records_written_in_place_are_the_records() {
+        let bytes: Vec<u8> = (0..300_000).map(|i| (i * 7 % 253) as u8).collect();
+        let (_, shards) = encode(&bytes, Policy::folder(0.5).params(bytes.len())).unwrap();
+        let mut pack = b"head".to_vec();
+        for s in &shards {
+            let at = pack.len();
+            s.encode_into(&mut pack);
+            assert_eq!(pack[at..], s.encode()[..]);
+            assert!(pack.len() - at <= s.encoded_bound());
+        }
+        assert_eq!(&pack[..4], b"head");
     }
 
     #[test]

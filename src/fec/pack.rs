@@ -13,9 +13,19 @@ pub const MAX_RECORD: u32 = MAX_SHARD_LEN + 64 * 1024;
 
 /// Append one framed record to a pack being built in memory.
 pub fn push_frame(pack: &mut Vec<u8>, record: &[u8]) {
+    push_frame_with(pack, |p| p.extend_from_slice(record));
+}
+
+/// Append one framed record that `write` appends to the pack itself (so the record needs
+/// no buffer of its own); its length is filled in after. `write` only appends, and
+/// records are far below 4 GiB ([`MAX_RECORD`]).
+pub fn push_frame_with(pack: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
     pack.extend_from_slice(REC_MAGIC);
-    pack.extend_from_slice(&(record.len() as u32).to_be_bytes());
-    pack.extend_from_slice(record);
+    let at = pack.len();
+    pack.extend_from_slice(&[0; 4]);
+    write(pack);
+    let len = (pack.len() - at - 4) as u32;
+    pack[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// What the reader found at some byte offset.

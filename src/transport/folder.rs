@@ -19,7 +19,7 @@
 
 use super::{sync_dir, Capped, TMP_PREFIX};
 use crate::bundle::{Eid, VerifiedBundle};
-use crate::fec::pack::{push_frame, Frame, PackReader, PACK_MAGIC};
+use crate::fec::pack::{push_frame_with, Frame, PackReader, PACK_MAGIC};
 use crate::fec::{self, ObjectId, Params, Policy, Shard};
 use crate::node::{Node, SettleReport};
 use crate::route::delivery::{Arriving, ContactTag, RECEIPT_BATCH};
@@ -408,11 +408,14 @@ fn write_group(
 ) -> Result<(usize, usize, u64), FolderError> {
     let mut objects: Vec<Vec<Shard>> = Vec::with_capacity(group.len());
     for c in group {
-        let Some(raw) = node.store.get_raw(&c.key)? else {
+        // Encoded straight from RocksDB's pinned buffer (no copy of the bundle).
+        let encoded = node
+            .store
+            .with_raw(&c.key, |raw| fec::encode(raw, policy.params(raw.len())))?;
+        let Some(encoded) = encoded else {
             continue;
         };
-        let params = policy.params(raw.len());
-        let (_, shards) = fec::encode(&raw, params).map_err(|e| FolderError::Io {
+        let (_, shards) = encoded.map_err(|e| FolderError::Io {
             path: hex::encode(c.key),
             reason: e.to_string(),
         })?;
@@ -424,15 +427,32 @@ fn write_group(
         .flat_map(|o| o.iter().map(|s| s.data.len() as u64 + 128))
         .sum();
     let f = max_n.max(total.div_ceil(PACK_TARGET)).max(1) as usize;
-    let mut packs: Vec<Vec<u8>> = vec![PACK_MAGIC.to_vec(); f];
-    let mut rot = 0usize;
+    // Which pack each shard goes to: shards of one object to different packs, in turn.
+    let placed = || {
+        let mut rot = 0usize;
+        objects.iter().flat_map(move |obj| {
+            let at = rot;
+            rot = (rot + obj.len()) % f;
+            obj.iter().enumerate().map(move |(j, s)| ((at + j) % f, s))
+        })
+    };
+    // Each pack's room reserved once, so no pack is copied as it grows.
+    let mut room = vec![PACK_MAGIC.len(); f];
+    for (p, s) in placed() {
+        room[p] += 8 + s.encoded_bound();
+    }
+    let mut packs: Vec<Vec<u8>> = room
+        .iter()
+        .map(|&n| {
+            let mut p = Vec::with_capacity(n);
+            p.extend_from_slice(PACK_MAGIC);
+            p
+        })
+        .collect();
     let mut nshards = 0;
-    for obj in &objects {
-        for (j, s) in obj.iter().enumerate() {
-            push_frame(&mut packs[(rot + j) % f], &s.encode());
-            nshards += 1;
-        }
-        rot = (rot + obj.len()) % f;
+    for (p, s) in placed() {
+        push_frame_with(&mut packs[p], |out| s.encode_into(out));
+        nshards += 1;
     }
     let mut files = 0;
     let mut bytes = 0;
