@@ -154,18 +154,21 @@ const ZERO_SPREAD: BlockQ4_1x8Spread = BlockQ4_1x8Spread {
 /// not be repaid.
 const SPREAD_ROWS: usize = 4;
 
-/// An activation block: value ≈ d · q, with s = d · Σq (for Q4_1's offset term).
+/// An activation block: value ≈ d · q, with s = d · Σq (for Q4_1's offset term) and
+/// `sum` = Σq itself (to take the offset of Q8_0's AVX-512 weights off exactly).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
+    pub sum: i32,
     pub qs: [i8; 32],
 }
 
 const ZERO_Q8: BlockQ8 = BlockQ8 {
     d: 0.0,
     s: 0.0,
+    sum: 0,
     qs: [0; 32],
 };
 
@@ -644,6 +647,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         }
         b.d = d;
         b.s = d * sum as f32;
+        b.sum = sum;
     }
 }
 
@@ -891,8 +895,10 @@ mod x86 {
             );
             let packed = _mm256_permutevar8x32_epi32(packed, order);
             _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), packed);
+            let sum = _mm_cvtsi128_si32(sum);
             b.d = d;
-            b.s = d * _mm_cvtsi128_si32(sum) as f32;
+            b.s = d * sum as f32;
+            b.sum = sum;
         }
     }
 
@@ -960,28 +966,29 @@ mod x86 {
         _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(q.cast()))
     }
 
-    /// Eight halves widened and each repeated (lanes 2r and 2r + 1 hold row r's), or with
-    /// `EVEN_ONLY` in the even lanes alone (a per-row term added once per pair).
+    /// Eight halves widened, each repeated (lanes 2r and 2r + 1 hold row r's).
     #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn halves_paired<const EVEN_ONLY: bool>(h: &[u16; 8]) -> __m512 {
+    unsafe fn halves_paired(h: &[u16; 8]) -> __m512 {
         let v = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())));
         let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-        if EVEN_ONLY {
-            _mm512_maskz_permutexvar_ps(0x5555, idx, v)
-        } else {
-            _mm512_permutexvar_ps(idx, v)
-        }
+        _mm512_permutexvar_ps(idx, v)
     }
 
-    /// Each pair of lanes summed: row r's result from lanes 2r and 2r + 1.
+    /// Each lane pair's two halves of a row's block summed into both lanes (exact, in
+    /// 32 bits): the whole block's sum, as the AVX2 kernels hold it in one lane.
     #[target_feature(enable = "avx512f")]
-    unsafe fn fold_pairs(v: __m512) -> [f32; 8] {
-        let s = _mm512_add_ps(v, _mm512_permute_ps::<0b1011_0001>(v));
+    unsafe fn whole(s: __m512i) -> __m512i {
+        _mm512_add_epi32(s, _mm512_shuffle_epi32::<0b1011_0001>(s))
+    }
+
+    /// Row r's result from lane 2r (lanes 2r and 2r + 1 hold the same).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn even_lanes(v: __m512) -> [f32; 8] {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut out = [0f32; 8];
         _mm256_storeu_ps(
             out.as_mut_ptr(),
-            _mm512_castps512_ps256(_mm512_permutexvar_ps(even, s)),
+            _mm512_castps512_ps256(_mm512_permutexvar_ps(even, v)),
         );
         out
     }
@@ -998,14 +1005,15 @@ mod x86 {
     /// nibbles, and per activation row four `vpdpbusd` (unsigned nibbles times signed
     /// activation bytes, summed four at a time into 32 bits: no 16-bit step, no
     /// saturation) take the whole block. Lanes 2r and 2r + 1 hold row r's two halves,
-    /// scaled alike and summed at the end; the offsets `m · s` go in the even lanes.
+    /// summed into both ([`whole`]); from there the floating-point steps are
+    /// [`q4_1x8`]'s, in its order, so the results are the AVX2 kernel's to the bit (near
+    /// ties in greedy generation go the same way on both paths).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn q4_1x8_vnni<const N: usize>(
         w: &[BlockQ4_1x8],
         xs: [&[BlockQ8]; N],
     ) -> [[f32; 8]; N] {
-        // The scaled products and the offsets in two chains of additions, not one.
-        let (mut acc, mut off) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        let mut acc = [_mm512_setzero_ps(); N];
         let low = _mm512_set1_epi8(0x0f);
         for (l, b) in w.iter().enumerate() {
             // Columns 0..8 and 16..24 (nibbles of quads 0, 1), 8..16 and 24..32 (2, 3).
@@ -1015,8 +1023,8 @@ mod x86 {
             let hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), low);
             let lo1 = _mm512_and_si512(q1, low);
             let hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), low);
-            let d = halves_paired::<false>(&b.d);
-            let m = halves_paired::<true>(&b.m);
+            let d = halves_paired(&b.d);
+            let m = halves_paired(&b.m);
             for k in 0..N {
                 let a = xs[k].get_unchecked(l);
                 // Two chains of two, not one of four.
@@ -1025,30 +1033,25 @@ mod x86 {
                 let s1 = _mm512_dpbusd_epi32(z, lo1, eight(a, 8));
                 let s0 = _mm512_dpbusd_epi32(s0, hi0, eight(a, 16));
                 let s1 = _mm512_dpbusd_epi32(s1, hi1, eight(a, 24));
-                let s = _mm512_add_epi32(s0, s1);
-                let ad = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-                acc[k] = _mm512_fmadd_ps(ad, _mm512_cvtepi32_ps(s), acc[k]);
-                off[k] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.s), off[k]);
+                let p = _mm512_cvtepi32_ps(whole(_mm512_add_epi32(s0, s1)));
+                acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(a.d)), p, acc[k]);
+                acc[k] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.s), acc[k]);
             }
         }
-        let mut out = [[0f32; 8]; N];
-        for k in 0..N {
-            out[k] = fold_pairs(_mm512_add_ps(acc[k], off[k]));
-        }
-        out
+        acc.map(|v| even_lanes(v))
     }
 
     /// Eight interleaved Q8_0 rows · N activation rows with AVX-512 VNNI. `vpdpbusd`
     /// takes unsigned by signed bytes, so the weights go in offset by 128 (a sign-bit
     /// flip, once per load for every activation row): Σ (w + 128) · a = Σ w · a + 128 · Σ a,
-    /// and 128 · Σ a is the activation block's own sum (`s = d · Σ a`), taken off once
-    /// per row in the even lanes.
+    /// and 128 · Σ a comes off in 32-bit integers (the activation block's `sum`), so the
+    /// block's sum is exact and the rest is [`q8_0x8`]'s arithmetic: the same results.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn q8_0x8_vnni<const N: usize>(
         w: &[BlockQ8_0x8],
         xs: [&[BlockQ8]; N],
     ) -> [[f32; 8]; N] {
-        let (mut acc, mut off) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
+        let mut acc = [_mm512_setzero_ps(); N];
         let flip = _mm512_set1_epi8(-128);
         for (l, b) in w.iter().enumerate() {
             let p = b.qs.as_ptr().cast::<u8>();
@@ -1058,8 +1061,7 @@ mod x86 {
                 _mm512_xor_si512(pairs(p.add(128)), flip),
                 _mm512_xor_si512(pairs(p.add(192)), flip),
             ];
-            let d = halves_paired::<false>(&b.d);
-            let d_even = halves_paired::<true>(&b.d);
+            let d = halves_paired(&b.d);
             for k in 0..N {
                 let a = xs[k].get_unchecked(l);
                 let z = _mm512_setzero_si512();
@@ -1067,17 +1069,19 @@ mod x86 {
                 let s1 = _mm512_dpbusd_epi32(z, q[1], eight(a, 8));
                 let s0 = _mm512_dpbusd_epi32(s0, q[2], eight(a, 16));
                 let s1 = _mm512_dpbusd_epi32(s1, q[3], eight(a, 24));
-                let s = _mm512_add_epi32(s0, s1);
-                let ad = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-                acc[k] = _mm512_fmadd_ps(ad, _mm512_cvtepi32_ps(s), acc[k]);
-                off[k] = _mm512_fmadd_ps(d_even, _mm512_set1_ps(-128.0 * a.s), off[k]);
+                // |Σ (w + 128) · a| ≤ 32 · 255 · 128: no 32-bit overflow.
+                let s = _mm512_sub_epi32(
+                    whole(_mm512_add_epi32(s0, s1)),
+                    _mm512_set1_epi32(128 * a.sum),
+                );
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(a.d)),
+                    _mm512_cvtepi32_ps(s),
+                    acc[k],
+                );
             }
         }
-        let mut out = [[0f32; 8]; N];
-        for k in 0..N {
-            out[k] = fold_pairs(_mm512_add_ps(acc[k], off[k]));
-        }
-        out
+        acc.map(|v| even_lanes(v))
     }
 
     /// Q4_1 weights · one activation row (the tail rows outside the groups of eight).
@@ -1316,6 +1320,59 @@ mod tests {
         }
     }
 
+    /// The AVX-512 VNNI kernels give the AVX2 kernels' results to the bit, for one row
+    /// and many (packed and spread Q4_1 on AVX2, eight rows a call on AVX-512), random and
+    /// extreme blocks: both sum each block exactly in integers and then take the same
+    /// floating-point steps in the same order, so greedy generation chooses alike.
+    #[test]
+    fn vnni_kernels_equal_avx2_kernels_to_the_bit() {
+        if !(Isa::Avx512.available() && super::super::isa::vnni_here()) {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return;
+        }
+        let mut seed = 17u64;
+        let (rows, cols) = (24, 256);
+        for extreme in [false, true] {
+            let mut q41 = Vec::new();
+            let mut q80 = Vec::new();
+            for b in 0..rows * cols / QK {
+                let d = 0.01 + 0.008 * lcg(&mut seed);
+                q41.extend_from_slice(&half_bits(d).to_le_bytes());
+                q41.extend_from_slice(&half_bits(-8.3 * d).to_le_bytes());
+                q41.extend((0..16).map(|j| match extreme {
+                    true if (b + j) % 3 == 0 => 0x00,
+                    true => 0xff,
+                    false => ((lcg(&mut seed) + 1.0) * 127.9) as u8,
+                }));
+                q80.extend_from_slice(&half_bits(d).to_le_bytes());
+                q80.extend((0..32).map(|j| match extreme {
+                    true if (b + j) % 5 == 0 => 0x7f,
+                    true => 0x80,
+                    false => ((lcg(&mut seed) + 1.0) * 127.9) as u8,
+                }));
+            }
+            for (kind, bytes) in [("Q4_1", &q41), ("Q8_0", &q80)] {
+                let m = QMatrix::from_gguf(kind, rows, cols, bytes).unwrap();
+                for n in [1, 3, 4, 8, 13] {
+                    let x: Vec<f32> = (0..n * cols)
+                        .map(|i| match extreme {
+                            true if i % 7 < 5 => 1.0,
+                            true => -1.0,
+                            false => lcg(&mut seed) * 4.0,
+                        })
+                        .collect();
+                    let mut want = vec![0f32; n * rows];
+                    m.matmul_on(Isa::Avx2, &x, n, &mut want);
+                    let mut got = vec![0f32; n * rows];
+                    m.matmul_on(Isa::Avx512, &x, n, &mut got);
+                    assert!(want.iter().any(|v| *v != 0.0));
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{kind} n={n} extreme={extreme}");
+                }
+            }
+        }
+    }
+
     /// Activations quantise to the same blocks on every path: ties round to even, an
     /// all-zero block stays zero, the largest magnitude becomes ±127.
     #[test]
@@ -1337,7 +1394,11 @@ mod tests {
             let mut got = vec![ZERO_Q8; 40];
             quantize_q8_on(Kern::on(isa), &x, &mut got);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!((g.d, g.s, g.qs), (w.d, w.s, w.qs), "{isa:?} block {i}");
+                assert_eq!(
+                    (g.d, g.s, g.sum, g.qs),
+                    (w.d, w.s, w.sum, w.qs),
+                    "{isa:?} block {i}"
+                );
             }
         }
     }
