@@ -172,6 +172,45 @@ const ZERO_Q8: BlockQ8 = BlockQ8 {
     qs: [0; 32],
 };
 
+/// Two activation rows' blocks side by side, for the AVX-512 VNNI kernels: `qs[8t..8t + 4]`
+/// is the first row's quad t (values 4t..4t + 4) and `qs[8t + 4..8t + 8]` the second's, so
+/// one 64-bit broadcast feeds lane pairs (weight row r, first row) and (r, second row).
+/// Made once per product from the quantised rows ([`pair_rows`]) and read by every row
+/// group: a row's whole block then sums in one lane, with no step across lanes.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct BlockQ8x2 {
+    pub qs: [i8; 64],
+    pub d: [f32; 2],
+    pub s: [f32; 2],
+    /// 128 · Σq of each row (Q8_0's weight offset, taken off in integers).
+    pub off: [i32; 2],
+}
+
+const ZERO_Q8X2: BlockQ8x2 = BlockQ8x2 {
+    qs: [0; 64],
+    d: [0.0; 2],
+    s: [0.0; 2],
+    off: [0; 2],
+};
+
+/// Rows 2p and 2p + 1 of `xq` (`nb` blocks a row) as pairs ([`BlockQ8x2`]), into `out`
+/// (`n / 2 · nb` blocks); an odd last row is left to the one-row kernels.
+fn pair_rows(xq: &[BlockQ8], nb: usize, out: &mut [BlockQ8x2]) {
+    for (p, o) in out.chunks_exact_mut(nb).enumerate() {
+        let (a, b) = (&xq[2 * p * nb..][..nb], &xq[(2 * p + 1) * nb..][..nb]);
+        for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+            for t in 0..8 {
+                o.qs[8 * t..8 * t + 4].copy_from_slice(&a.qs[4 * t..4 * t + 4]);
+                o.qs[8 * t + 4..8 * t + 8].copy_from_slice(&b.qs[4 * t..4 * t + 4]);
+            }
+            o.d = [a.d, b.d];
+            o.s = [a.s, b.s];
+            o.off = [128 * a.sum, 128 * b.sum];
+        }
+    }
+}
+
 /// Which kernels a product runs: the instruction-set path narrowed to what these blocks
 /// have kernels for (an AVX-512 CPU without VNNI runs the AVX2 ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -441,6 +480,7 @@ impl QMatrix {
         xq: &[BlockQ8],
         nb: usize,
         n: usize,
+        xp: &[BlockQ8x2],
         spread: &mut Vec<BlockQ4_1x8Spread>,
         mut put: impl FnMut(usize, &[f32; GROUP]),
     ) {
@@ -475,13 +515,45 @@ impl QMatrix {
             }};
         }
         let mut j = 0;
-        // AVX-512 has the registers for eight rows' accumulators, which share each
-        // block's unpacked weights twice as widely.
-        if kern == Kern::Avx512Vnni {
-            while j + 8 <= n {
-                run!(8, j);
-                j += 8;
+        // AVX-512 VNNI: rows in pairs ([`BlockQ8x2`]), four pairs a call (the registers
+        // hold eight rows' accumulators, which share each block's unpacked weights).
+        #[cfg(target_arch = "x86_64")]
+        if kern == Kern::Avx512Vnni && !xp.is_empty() {
+            macro_rules! pairs {
+                ($p:literal, $at:expr) => {{
+                    let at = $at;
+                    let xs: [&[BlockQ8x2]; $p] =
+                        std::array::from_fn(|k| &xp[(at + k) * nb..(at + k + 1) * nb]);
+                    // SAFETY: `Kern::Avx512Vnni` is picked only where the CPU has
+                    // AVX-512F, BW and VNNI, AVX2, FMA and F16C.
+                    let r: [[[f32; GROUP]; 2]; $p] = match &self.data {
+                        Data::Q4_1(p) => unsafe {
+                            x86::q4_1x8_vnni_pairs::<$p>(&p.groups[g * nb..(g + 1) * nb], xs)
+                        },
+                        Data::Q8_0(p) => unsafe {
+                            x86::q8_0x8_vnni_pairs::<$p>(&p.groups[g * nb..(g + 1) * nb], xs)
+                        },
+                        Data::F32(_) => [[[0.0; GROUP]; 2]; $p],
+                    };
+                    for (k, v) in r.iter().enumerate() {
+                        put(2 * (at + k), &v[0]);
+                        put(2 * (at + k) + 1, &v[1]);
+                    }
+                }};
             }
+            let pairs = n / 2;
+            let mut p = 0;
+            while p + 4 <= pairs {
+                pairs!(4, p);
+                p += 4;
+            }
+            match pairs - p {
+                3 => pairs!(3, p),
+                2 => pairs!(2, p),
+                1 => pairs!(1, p),
+                _ => {}
+            }
+            j = 2 * pairs;
         }
         while j + 4 <= n {
             run!(4, j);
@@ -569,6 +641,12 @@ pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: 
                 }
             });
     }
+    // Rows in pairs for the AVX-512 VNNI kernels.
+    let mut xp = Vec::new();
+    if kern == Kern::Avx512Vnni && n >= 2 {
+        xp = vec![ZERO_Q8X2; n / 2 * nb];
+        pair_rows(&xq, nb, &mut xp);
+    }
     let avx2 = kern.avx2();
     {
         // Chunks of groups big enough to be worth a task, small enough to balance.
@@ -589,7 +667,7 @@ pub fn matmul_each(isa: Isa, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: 
             .into_par_iter()
             .for_each_init(Vec::new, |spread, (m, g0, g1, ptr)| {
                 for g in g0..g1 {
-                    m.group(kern, g, &xq, nb, n, spread, |i, v| {
+                    m.group(kern, g, &xq, nb, n, &xp, spread, |i, v| {
                         // SAFETY: `out` is n × rows (asserted above) and i < n, (g + 1)·8 ≤
                         // rows; each task writes only its own groups' columns, so no two
                         // tasks write the same element, and `out` outlives this call.
@@ -751,7 +829,9 @@ pub fn dot_q8_0_scalar(w: &[BlockQ8_0], x: &[BlockQ8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ4_1, BlockQ4_1x8, BlockQ4_1x8Spread, BlockQ8, BlockQ8_0, BlockQ8_0x8};
+    use super::{
+        BlockQ4_1, BlockQ4_1x8, BlockQ4_1x8Spread, BlockQ8, BlockQ8_0, BlockQ8_0x8, BlockQ8x2,
+    };
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -1084,6 +1164,116 @@ mod x86 {
         acc.map(|v| even_lanes(v))
     }
 
+    /// A column quad of the eight rows (32 bytes), each row's dword in two adjacent lanes:
+    /// lanes 2r and 2r + 1 meet the two rows of a [`BlockQ8x2`] broadcast.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn quad_twice(q: *const u8) -> __m512i {
+        let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        _mm512_permutexvar_epi32(idx, _mm512_castsi256_si512(_mm256_loadu_si256(q.cast())))
+    }
+
+    /// Quad t of both rows of a pair in every 64-bit lane.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_quad(a: &BlockQ8x2, t: usize) -> __m512i {
+        _mm512_set1_epi64(std::ptr::read_unaligned(a.qs.as_ptr().add(8 * t).cast()))
+    }
+
+    /// Two f32s (one per row of a pair) alternating across the lanes.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_f32(v: &[f32; 2]) -> __m512 {
+        _mm512_castsi512_ps(_mm512_set1_epi64(std::ptr::read_unaligned(
+            v.as_ptr().cast(),
+        )))
+    }
+
+    /// Lanes 2r (the pair's first row) and 2r + 1 (its second) as two rows of eight.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn unpair(v: __m512) -> [[f32; 8]; 2] {
+        let idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        let v = _mm512_permutexvar_ps(idx, v);
+        let mut out = [[0f32; 8]; 2];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), _mm512_castps512_ps256(v));
+        let upper = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+        _mm256_storeu_ps(out[1].as_mut_ptr(), _mm256_castpd_ps(upper));
+        out
+    }
+
+    /// Eight interleaved Q4_1 rows · P pairs of activation rows with AVX-512 VNNI. Lane 2r
+    /// holds weight row r times a pair's first row, lane 2r + 1 times its second: per
+    /// block the four column quads are split into nibbles once (eight vectors, each row's
+    /// dword twice, see [`quad_twice`]) and each pair takes eight `vpdpbusd`, after which
+    /// every lane holds its whole block's sum. From there the floating-point steps are
+    /// [`q4_1x8`]'s, in its order, so the results are the AVX2 kernel's to the bit.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q4_1x8_vnni_pairs<const P: usize>(
+        w: &[BlockQ4_1x8],
+        xs: [&[BlockQ8x2]; P],
+    ) -> [[[f32; 8]; 2]; P] {
+        let mut acc = [_mm512_setzero_ps(); P];
+        let low = _mm512_set1_epi8(0x0f);
+        for (l, b) in w.iter().enumerate() {
+            let q: [__m512i; 4] = std::array::from_fn(|g| quad_twice(b.qs.as_ptr().add(32 * g)));
+            let lo = q.map(|q| _mm512_and_si512(q, low));
+            let hi = q.map(|q| _mm512_and_si512(_mm512_srli_epi16(q, 4), low));
+            let d = halves_paired(&b.d);
+            let m = halves_paired(&b.m);
+            for k in 0..P {
+                let a = xs[k].get_unchecked(l);
+                // Two chains of four; low nibbles meet values 4g.., high ones 16 + 4g...
+                let z = _mm512_setzero_si512();
+                let mut s0 = _mm512_dpbusd_epi32(z, lo[0], pair_quad(a, 0));
+                let mut s1 = _mm512_dpbusd_epi32(z, lo[1], pair_quad(a, 1));
+                s0 = _mm512_dpbusd_epi32(s0, lo[2], pair_quad(a, 2));
+                s1 = _mm512_dpbusd_epi32(s1, lo[3], pair_quad(a, 3));
+                s0 = _mm512_dpbusd_epi32(s0, hi[0], pair_quad(a, 4));
+                s1 = _mm512_dpbusd_epi32(s1, hi[1], pair_quad(a, 5));
+                s0 = _mm512_dpbusd_epi32(s0, hi[2], pair_quad(a, 6));
+                s1 = _mm512_dpbusd_epi32(s1, hi[3], pair_quad(a, 7));
+                let p = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                acc[k] = _mm512_fmadd_ps(_mm512_mul_ps(d, pair_f32(&a.d)), p, acc[k]);
+                acc[k] = _mm512_fmadd_ps(m, pair_f32(&a.s), acc[k]);
+            }
+        }
+        acc.map(|v| unpair(v))
+    }
+
+    /// Eight interleaved Q8_0 rows · P pairs of activation rows with AVX-512 VNNI, laid
+    /// out as [`q4_1x8_vnni_pairs`]; the weights go in offset by 128 (unsigned for
+    /// `vpdpbusd`) and each row's 128 · Σa comes off in integers, so every lane holds its
+    /// block's exact sum and the rest is [`q8_0x8`]'s arithmetic: the same results.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn q8_0x8_vnni_pairs<const P: usize>(
+        w: &[BlockQ8_0x8],
+        xs: [&[BlockQ8x2]; P],
+    ) -> [[[f32; 8]; 2]; P] {
+        let mut acc = [_mm512_setzero_ps(); P];
+        let flip = _mm512_set1_epi8(-128);
+        for (l, b) in w.iter().enumerate() {
+            let q: [__m512i; 8] = std::array::from_fn(|g| {
+                _mm512_xor_si512(quad_twice(b.qs.as_ptr().cast::<u8>().add(32 * g)), flip)
+            });
+            let d = halves_paired(&b.d);
+            for k in 0..P {
+                let a = xs[k].get_unchecked(l);
+                let off = _mm512_set1_epi64(std::ptr::read_unaligned(a.off.as_ptr().cast()));
+                let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], pair_quad(a, 0));
+                let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], pair_quad(a, 1));
+                for t in (2..8).step_by(2) {
+                    s0 = _mm512_dpbusd_epi32(s0, q[t], pair_quad(a, t));
+                    s1 = _mm512_dpbusd_epi32(s1, q[t + 1], pair_quad(a, t + 1));
+                }
+                // |Σ (w + 128) · a| ≤ 32 · 255 · 127: no 32-bit overflow.
+                let s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), off);
+                acc[k] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, pair_f32(&a.d)),
+                    _mm512_cvtepi32_ps(s),
+                    acc[k],
+                );
+            }
+        }
+        acc.map(|v| unpair(v))
+    }
+
     /// Q4_1 weights · one activation row (the tail rows outside the groups of eight).
     /// Two accumulators (even and odd blocks), so the sum is two dependency chains, not one.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1353,7 +1543,7 @@ mod tests {
             }
             for (kind, bytes) in [("Q4_1", &q41), ("Q8_0", &q80)] {
                 let m = QMatrix::from_gguf(kind, rows, cols, bytes).unwrap();
-                for n in [1, 3, 4, 8, 13] {
+                for n in [1, 2, 3, 4, 8, 13, 16] {
                     let x: Vec<f32> = (0..n * cols)
                         .map(|i| match extreme {
                             true if i % 7 < 5 => 1.0,
