@@ -468,9 +468,10 @@ impl QMatrix {
             });
     }
 
-    /// Group `g` (rows 8g..8g + 8) times all `n` activation rows, four per kernel call;
-    /// `put(i, v)` takes the eight results of activation row `i`. `spread` is room for
-    /// the group's Q4_1 weights spread to bytes, reused from group to group.
+    /// Group `g` (rows 8g..8g + 8) times all `n` activation rows, four per kernel call
+    /// (eight, as four pairs `xp`, on AVX-512 VNNI); `put(i, v)` takes the eight results
+    /// of activation row `i`. `spread` is room for the group's Q4_1 weights spread to
+    /// bytes, reused from group to group.
     #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn group(
@@ -496,6 +497,23 @@ impl QMatrix {
             // SAFETY: `Kern::Avx2` is picked only where the CPU has AVX2, FMA and F16C.
             unsafe { x86::spread_q4_1x8(&p.groups[g * nb..(g + 1) * nb], spread) };
         }
+        // `$call!(4, i)` for i in `$from..$to` by fours, then `$call!(3 | 2 | 1, i)` once
+        // for what is left.
+        macro_rules! by_fours {
+            ($call:ident, $from:expr, $to:expr) => {{
+                let (mut i, to) = ($from, $to);
+                while i + 4 <= to {
+                    $call!(4, i);
+                    i += 4;
+                }
+                match to - i {
+                    3 => $call!(3, i),
+                    2 => $call!(2, i),
+                    1 => $call!(1, i),
+                    _ => {}
+                }
+            }};
+        }
         macro_rules! run {
             ($n:literal, $j:expr) => {{
                 let j = $j;
@@ -514,11 +532,13 @@ impl QMatrix {
                 }
             }};
         }
-        let mut j = 0;
         // AVX-512 VNNI: rows in pairs ([`BlockQ8x2`]), four pairs a call (the registers
-        // hold eight rows' accumulators, which share each block's unpacked weights).
+        // hold eight rows' accumulators, which share each block's unpacked weights); an
+        // odd last row, or a single one, takes the one-row kernels below.
+        #[cfg(not(target_arch = "x86_64"))]
+        let paired = 0;
         #[cfg(target_arch = "x86_64")]
-        if kern == Kern::Avx512Vnni && !xp.is_empty() {
+        let paired = if kern == Kern::Avx512Vnni && !xp.is_empty() {
             macro_rules! pairs {
                 ($p:literal, $at:expr) => {{
                     let at = $at;
@@ -541,30 +561,12 @@ impl QMatrix {
                     }
                 }};
             }
-            let pairs = n / 2;
-            let mut p = 0;
-            while p + 4 <= pairs {
-                pairs!(4, p);
-                p += 4;
-            }
-            match pairs - p {
-                3 => pairs!(3, p),
-                2 => pairs!(2, p),
-                1 => pairs!(1, p),
-                _ => {}
-            }
-            j = 2 * pairs;
-        }
-        while j + 4 <= n {
-            run!(4, j);
-            j += 4;
-        }
-        match n - j {
-            3 => run!(3, j),
-            2 => run!(2, j),
-            1 => run!(1, j),
-            _ => {}
-        }
+            by_fours!(pairs, 0, n / 2);
+            n / 2 * 2
+        } else {
+            0
+        };
+        by_fours!(run, paired, n);
     }
 
     /// Tail row `t` (row `rows / 8 · 8 + t`) · one activation row.
