@@ -584,13 +584,7 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use crate::worker::quant::tests::lcg;
 
     /// The AVX2 attention gives the portable loop's results to the bit, for any number of
     /// keys (eight at a time and the rest), grouped heads, and scores far apart or tied:
