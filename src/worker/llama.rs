@@ -239,6 +239,7 @@ unsafe fn attend_avx2(
         let inv = 1.0 / sum16(w, |v| v);
         // The weighted values in eight registers, each element summed over the keys in
         // order (as `attend_body`'s loop, without storing them back after every key).
+        // Key t's values and this head's output lie in `vals` and `out` (asserted above).
         let mut o = [_mm256_setzero_ps(); 8];
         for (t, wt) in w.iter().enumerate() {
             let f = _mm256_set1_ps(wt * inv);
@@ -255,6 +256,7 @@ unsafe fn attend_avx2(
 
 /// The head size [`attend_avx2`] has registers for (SmolLM2's); other sizes take
 /// `attend_body`.
+#[cfg(target_arch = "x86_64")]
 const HD64: usize = 64;
 
 /// `dot8(q, key) · scale` for eight keys (64 values each, `stride` apart from `k`), with
