@@ -594,7 +594,7 @@ mod tests {
     #[test]
     fn avx2_attention_equals_the_loop_to_the_bit() {
         if !Isa::Avx2.available() {
-            eprintln!("no AVX2 on this CPU: nothing to compare");
+            // A CPU without AVX2 has only the loop: nothing to compare.
             return;
         }
         let mut seed = 9u64;
