@@ -1082,7 +1082,8 @@ mod x86 {
         _mm512_set1_epi64(std::ptr::read_unaligned(a.qs.as_ptr().add(at).cast()))
     }
 
-    /// Eight interleaved Q4_1 rows · N activation rows with AVX-512 VNNI: per block, two
+    /// Eight interleaved Q4_1 rows · N activation rows with AVX-512 VNNI, for single rows
+    /// (generation, or an odd last row: pairs take [`q4_1x8_vnni_pairs`]): per block, two
     /// 64-byte loads (each two column quads of the eight rows, see [`pairs`]) split into
     /// nibbles, and per activation row four `vpdpbusd` (unsigned nibbles times signed
     /// activation bytes, summed four at a time into 32 bits: no 16-bit step, no
@@ -1123,7 +1124,8 @@ mod x86 {
         acc.map(|v| even_lanes(v))
     }
 
-    /// Eight interleaved Q8_0 rows · N activation rows with AVX-512 VNNI. `vpdpbusd`
+    /// Eight interleaved Q8_0 rows · N activation rows with AVX-512 VNNI, for single rows
+    /// (pairs take [`q8_0x8_vnni_pairs`]). `vpdpbusd`
     /// takes unsigned by signed bytes, so the weights go in offset by 128 (a sign-bit
     /// flip, once per load for every activation row): Σ (w + 128) · a = Σ w · a + 128 · Σ a,
     /// and 128 · Σ a comes off in 32-bit integers (the activation block's `sum`), so the
