@@ -127,14 +127,36 @@ impl Frame {
 
     /// [`Frame::decode`] of a frame of type `t` whose body was read on its own: a bundle
     /// frame takes `body` as it is (no copy).
-    pub fn decode_body(t: u8, body: Vec<u8>) -> Result<Frame, WireError> {
+    pub fn decode_body(t: u8, mut body: Vec<u8>) -> Result<Frame, WireError> {
         if t == 4 {
             return Ok(Frame::Bundle(body));
+        }
+        if t == 7 && body.len() >= 4 {
+            let copies = [body[0], body[1], body[2], body[3]];
+            body.drain(..4);
+            return Frame::spray(copies, body);
         }
         let mut buf = Vec::with_capacity(body.len() + 1);
         buf.push(t);
         buf.extend_from_slice(&body);
         Frame::decode(buf)
+    }
+
+    /// A Spray frame from its copies field and the bundle after it, each read on its own
+    /// (so the bundle, perhaps megabytes, is taken as it is, not copied).
+    pub fn spray(copies: [u8; 4], bundle: Vec<u8>) -> Result<Frame, WireError> {
+        let bad = |reason: &str| WireError::Malformed {
+            frame: "Spray",
+            reason: reason.to_string(),
+        };
+        if bundle.is_empty() {
+            return Err(bad("shorter than copies and a bundle"));
+        }
+        let copies = u32::from_be_bytes(copies);
+        if copies == 0 {
+            return Err(bad("hands over zero copies"));
+        }
+        Ok(Frame::Spray { copies, bundle })
     }
 
     /// Decode a frame from what follows the length field (type byte and body).
@@ -204,14 +226,7 @@ impl Frame {
                 if body.len() < 5 {
                     return Err(bad("Spray", "shorter than copies and a bundle"));
                 }
-                let copies = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                if copies == 0 {
-                    return Err(bad("Spray", "hands over zero copies"));
-                }
-                Frame::Spray {
-                    copies,
-                    bundle: body[4..].to_vec(),
-                }
+                Frame::spray([body[0], body[1], body[2], body[3]], body[4..].to_vec())?
             }
             other => return Err(WireError::UnknownType(other)),
         })
@@ -238,6 +253,8 @@ mod tests {
         let len = Frame::body_len(h, MAX_BUNDLE_FRAME).unwrap();
         assert_eq!(len, enc.len() - 4);
         assert_eq!(Frame::decode(enc[4..].to_vec()).unwrap(), f);
+        // As a stream driver reads it: the type byte, then the body on its own.
+        assert_eq!(Frame::decode_body(enc[4], enc[5..].to_vec()).unwrap(), f);
     }
 
     #[test]
@@ -255,6 +272,21 @@ mod tests {
             bundle: vec![0x9f, 0xff],
         });
         assert!(Frame::decode(vec![7, 0, 0, 0, 0, 0x9f]).is_err());
+        // Zero copies, or copies and no bundle, refused however the body was read.
+        for body in [vec![0, 0, 0, 0, 0x9f], vec![0, 0, 0, 1], vec![0, 1]] {
+            assert!(Frame::decode_body(7, body.clone()).is_err(), "{body:?}");
+            let mut whole = vec![7];
+            whole.extend_from_slice(&body);
+            assert!(Frame::decode(whole).is_err(), "{body:?}");
+        }
+        assert!(Frame::spray([0, 0, 0, 2], Vec::new()).is_err());
+        assert_eq!(
+            Frame::spray([0, 0, 1, 2], vec![0x9f]).unwrap(),
+            Frame::Spray {
+                copies: 258,
+                bundle: vec![0x9f]
+            }
+        );
         round(Frame::Error("no".into()));
         let long = "é".repeat(600);
         let enc = Frame::Error(long).encode();

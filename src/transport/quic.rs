@@ -823,7 +823,19 @@ async fn read_frame(
             crate::sync::wire::MAX_CONTROL
         )));
     }
-    let len = len - 1;
+    let mut len = len - 1;
+    // A Spray frame's copies field on its own, so its bundle is read as a bundle frame's.
+    let mut copies = None;
+    if t[0] == 7 && len > 4 {
+        let mut c = [0u8; 4];
+        match tokio::time::timeout(timeout, recv.read_exact(&mut c)).await {
+            Err(_) => return Err(QuicError::Timeout(timeout)),
+            Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
+            Ok(Ok(())) => {}
+        }
+        copies = Some(c);
+        len -= 4;
+    }
     // The body straight into one buffer of its size (only pages the peer fills are
     // touched), copied once out of quinn's chunks: no zero fill, no shift of the type byte.
     let mut body = Vec::with_capacity(len);
@@ -848,9 +860,12 @@ async fn read_frame(
         }
         left = len - body.len();
     }
-    Frame::decode_body(t[0], body)
-        .map(Some)
-        .map_err(|e| QuicError::Frame(e.to_string()))
+    match copies {
+        Some(c) => Frame::spray(c, body),
+        None => Frame::decode_body(t[0], body),
+    }
+    .map(Some)
+    .map_err(|e| QuicError::Frame(e.to_string()))
 }
 
 /// Run a session over one bidirectional stream until both sides are done.
