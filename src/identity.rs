@@ -53,6 +53,9 @@ pub struct Identity {
     /// Whether this node published its pre-2026-12 sealing key (so bundles may still be
     /// sealed to it): only then is that key tried too, at the cost of a second X25519.
     legacy_seal: bool,
+    /// [`Identity::seal_keys`], derived on first use: every arriving sealed bundle is tried
+    /// with them.
+    seal_keys: OnceLock<Vec<crate::seal::SealKey>>,
 }
 
 impl Identity {
@@ -61,6 +64,7 @@ impl Identity {
         Identity {
             key: SigningKey::generate(&mut rand_core::OsRng),
             legacy_seal: false,
+            seal_keys: OnceLock::new(),
         }
     }
 
@@ -69,6 +73,7 @@ impl Identity {
         Identity {
             key: SigningKey::from_bytes(&seed),
             legacy_seal: false,
+            seal_keys: OnceLock::new(),
         }
     }
 
@@ -104,15 +109,16 @@ impl Identity {
     /// Also try [`Identity::legacy_seal_key`] when opening: for a home that published it.
     pub fn with_legacy_seal_key(mut self, yes: bool) -> Identity {
         self.legacy_seal = yes;
+        self.seal_keys = OnceLock::new();
         self
     }
 
     /// Every key a sealed bundle for this node may be sealed to, the node-ID key first.
-    pub fn seal_keys(&self) -> Vec<crate::seal::SealKey> {
-        match self.legacy_seal {
+    pub fn seal_keys(&self) -> &[crate::seal::SealKey] {
+        self.seal_keys.get_or_init(|| match self.legacy_seal {
             true => vec![self.seal_key(), self.legacy_seal_key()],
             false => vec![self.seal_key()],
-        }
+        })
     }
 
     /// The key as PKCS#8 v1 DER (RFC 8410), for TLS libraries. Zeroised on drop.
@@ -239,6 +245,26 @@ pub fn verify_by_node(signer: &Eid, msg: &[u8], sig: &[u8; 64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys tried on every arriving sealed bundle are derived once, and again when
+    /// the legacy key is switched on or off; each carries its own public key.
+    #[test]
+    fn seal_keys_are_derived_once_and_follow_the_legacy_switch() {
+        let id = Identity::from_seed([7; 32]);
+        assert_eq!(id.seal_keys().len(), 1);
+        assert!(std::ptr::eq(id.seal_keys(), id.seal_keys()));
+        let id = id.with_legacy_seal_key(true);
+        let keys: Vec<[u8; 32]> = id.seal_keys().iter().map(|k| k.public()).collect();
+        assert_eq!(
+            keys,
+            [id.seal_key().public(), id.legacy_seal_key().public()]
+        );
+        let x = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*Zeroizing::new(
+            id.key.to_scalar_bytes(),
+        )));
+        assert_eq!(keys[0], x.to_bytes());
+        assert_eq!(id.with_legacy_seal_key(false).seal_keys().len(), 1);
+    }
 
     #[test]
     fn node_id_round_trips_to_key() {

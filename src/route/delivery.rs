@@ -179,7 +179,7 @@ impl Arriving {
     pub fn new(vb: VerifiedBundle, me: &Identity) -> Arriving {
         let opened = match vb.is_sealed() {
             // A sealed bundle for this node that does not open is carried like any other.
-            true => crate::seal::open_with_any(vb.bundle(), &me.seal_keys(), &me.node_id())
+            true => crate::seal::open_with_any(vb.bundle(), me.seal_keys(), &me.node_id())
                 .ok()
                 .flatten(),
             false => None,

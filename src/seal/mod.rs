@@ -101,19 +101,23 @@ struct SealedBody {
 }
 
 /// A node's X25519 key pair for sealing.
+#[derive(Clone)]
 pub struct SealKey {
     secret: StaticSecret,
+    /// The public key, computed once (a scalar multiplication and an inversion): opening
+    /// a sealed bundle needs it for every bundle tried.
+    public: [u8; 32],
 }
 
 impl SealKey {
     pub fn from_bytes(b: [u8; 32]) -> SealKey {
-        SealKey {
-            secret: StaticSecret::from(b),
-        }
+        let secret = StaticSecret::from(b);
+        let public = PublicKey::from(&secret).to_bytes();
+        SealKey { secret, public }
     }
 
     pub fn public(&self) -> [u8; 32] {
-        PublicKey::from(&self.secret).to_bytes()
+        self.public
     }
 }
 

@@ -506,7 +506,7 @@ impl Chats {
 /// Whether this identity's key opens the sealed bundle (the trial every recipient makes).
 fn opens(vb: &VerifiedBundle, ident: &crate::identity::Identity) -> bool {
     matches!(
-        crate::seal::open_with_any(vb.bundle(), &ident.seal_keys(), &ident.node_id()),
+        crate::seal::open_with_any(vb.bundle(), ident.seal_keys(), &ident.node_id()),
         Ok(Some(_))
     )
 }
