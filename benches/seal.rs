@@ -75,7 +75,7 @@ fn main() {
         let try_one = t.elapsed().as_secs_f64() / n as f64;
         let t = Instant::now();
         for o in &outers {
-            assert!(seal::open_with_any(o.bundle(), &both, &c.node_id())
+            assert!(seal::open_with_any(o.bundle(), both, &c.node_id())
                 .expect("try")
                 .is_none());
         }
