@@ -898,6 +898,10 @@ pub fn import(
                 continue;
             }
         };
+        // While this file is verified and stored, the device reads the next one.
+        if let Some(next) = files.get(n + 1) {
+            super::read_ahead(next);
+        }
         let mut reader = match PackReader::open(BufReader::with_capacity(1 << 20, file)) {
             Ok(Ok(r)) => r,
             Ok(Err(reason)) => {
