@@ -131,6 +131,8 @@ impl Frame {
         if t == 4 {
             return Ok(Frame::Bundle(body));
         }
+        // A Spray frame: the copies field is taken off the front (a move within `body`, no
+        // second buffer).
         if t == 7 && body.len() >= 4 {
             let copies = [body[0], body[1], body[2], body[3]];
             body.drain(..4);

@@ -795,6 +795,19 @@ impl<'a> NodeIo<'a> {
     }
 }
 
+/// Fill `buf` from the stream within `timeout`.
+async fn read_exact_within(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> Result<(), QuicError> {
+    match tokio::time::timeout(timeout, recv.read_exact(buf)).await {
+        Err(_) => Err(QuicError::Timeout(timeout)),
+        Ok(Err(e)) => Err(QuicError::Connection(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
 /// Read one frame, each part within `timeout`.
 async fn read_frame(
     recv: &mut quinn::RecvStream,
@@ -811,11 +824,7 @@ async fn read_frame(
     let len = Frame::body_len(h, max).map_err(|e| QuicError::Frame(e.to_string()))?;
     // The type byte first: only bundle frames may be large.
     let mut t = [0u8; 1];
-    match tokio::time::timeout(timeout, recv.read_exact(&mut t)).await {
-        Err(_) => return Err(QuicError::Timeout(timeout)),
-        Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
-        Ok(Ok(())) => {}
-    }
+    read_exact_within(recv, &mut t, timeout).await?;
     if !matches!(t[0], 4 | 7) && len > crate::sync::wire::MAX_CONTROL {
         return Err(QuicError::Frame(format!(
             "frame of type {} is {len} bytes, more than the {} a control frame may have",
@@ -828,11 +837,7 @@ async fn read_frame(
     let mut copies = None;
     if t[0] == 7 && len > 4 {
         let mut c = [0u8; 4];
-        match tokio::time::timeout(timeout, recv.read_exact(&mut c)).await {
-            Err(_) => return Err(QuicError::Timeout(timeout)),
-            Ok(Err(e)) => return Err(QuicError::Connection(e.to_string())),
-            Ok(Ok(())) => {}
-        }
+        read_exact_within(recv, &mut c, timeout).await?;
         copies = Some(c);
         len -= 4;
     }
